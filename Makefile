@@ -1,0 +1,46 @@
+# runbook — `make help` lists the targets.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.DEFAULT_GOAL := help
+.PHONY: help install docker sandbox sandbox-down lint unit integration test demo clean
+
+help: ## List the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed ## Make .venv with the project and its dev tools installed
+
+docker: ## Install (Debian docker.io) and start the Docker engine if it is not running
+	bash sandbox/ensure-docker.sh
+
+sandbox: install docker ## Start the sandbox stack (idempotent; builds its images locally when missing)
+	$(PY) -m sandbox.stack up
+
+sandbox-down: install ## Remove the sandbox stack
+	$(PY) -m sandbox.stack down
+
+lint: install ## ruff on everything, mypy --strict on agent/
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+unit: install ## Unit tests (no services needed)
+	$(PY) -m pytest tests/unit -q
+
+integration: sandbox ## Integration tests against the real Docker engine, PostgreSQL and Redis
+	$(PY) -m pytest tests/integration -q -m integration
+
+test: lint sandbox ## Everything CI runs: lint, unit and integration tests
+	$(PY) -m pytest tests -q
+
+demo: sandbox ## The sandbox, a real fault, the runbook that diagnoses it, the audit trail
+	$(PY) -m sandbox.demo
+
+clean: sandbox-down ## Remove the sandbox and the virtualenv
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

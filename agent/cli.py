@@ -1,0 +1,239 @@
+"""The `runbook` command line. Heavy libraries (docker, psycopg, redis, rich) load inside commands."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import socket
+import sys
+from collections.abc import Callable, Sequence
+from functools import wraps
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from agent.config import Settings, load_settings
+from agent.exceptions import AuditError, RunbookError, UnknownRunbook
+from agent.redaction import Redactor
+
+__all__ = ["main"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+_PACKAGED_RUNBOOKS = Path(__file__).resolve().parent.parent / "runbooks"
+
+
+class _State:
+    def __init__(self, verbose: bool, config: Path | None) -> None:
+        self.verbose = verbose
+        self.config = config
+        self._settings: Settings | None = None
+        self.redactor = Redactor()
+        self.redactor.add_from_env(os.environ)
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = load_settings(self.config)
+            for url in (self._settings.database_url, self._settings.redis_url, self._settings.docker_host):
+                if url:
+                    self.redactor.add(url)
+        return self._settings
+
+    def runbooks_dirs(self, given: Sequence[Path]) -> list[Path]:
+        if given:
+            return list(given)
+        if self.settings.runbooks_dir:
+            return [self.settings.runbooks_dir]
+        local = Path("runbooks")
+        return [local if local.is_dir() else _PACKAGED_RUNBOOKS]
+
+    def load(self, given: Sequence[Path] = ()) -> Any:
+        from agent.loader import load_runbooks
+
+        return load_runbooks(self.runbooks_dirs(given))
+
+
+def _errors_as_one_line(func: F) -> F:
+    """Print a RunbookError as one redacted line with its exit code; tracebacks only with --verbose."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        state: _State = click.get_current_context().find_object(_State)  # type: ignore[assignment]
+        try:
+            return func(*args, **kwargs)
+        except RunbookError as exc:
+            if state.verbose:
+                raise
+            for line in exc.message.splitlines():
+                click.echo(state.redactor.text(line), err=True)
+            sys.exit(exc.exit_code)
+        except (click.exceptions.Exit, click.ClickException):
+            raise
+        except Exception as exc:
+            if state.verbose:
+                raise
+            click.echo(state.redactor.text(f"runbook: internal error: {type(exc).__name__}: {exc}"), err=True)
+            click.echo("run again with --verbose for the traceback", err=True)
+            sys.exit(3)
+
+    return wrapper  # type: ignore[return-value]
+
+
+_runbooks_option = click.option(
+    "--runbooks", "runbooks_dirs", multiple=True, type=click.Path(path_type=Path),
+    help="Runbook directory or file (repeatable). Default: $RUNBOOK_DIR, ./runbooks.",
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Show tracebacks for errors.")
+@click.option("--config", type=click.Path(path_type=Path), help="Config file (YAML). Default: $RUNBOOK_CONFIG.")
+@click.pass_context
+def cli(ctx: click.Context, verbose: bool, config: Path | None) -> None:
+    """Executable, audited incident-response runbooks.
+
+    Exit codes of `run`: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
+    """
+    ctx.obj = _State(verbose, config)
+
+
+@cli.command("list")
+@_runbooks_option
+@click.pass_obj
+@_errors_as_one_line
+def list_(state: _State, runbooks_dirs: tuple[Path, ...]) -> None:
+    """List the runbooks: id, severity, title."""
+    runbooks = state.load(runbooks_dirs)
+    for runbook_id in runbooks.ids():
+        spec = runbooks.runbooks[runbook_id].spec
+        click.echo(f"{spec.id:18} {spec.severity:6} {spec.title}  ({len(spec.checks)} checks)")
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@click.pass_obj
+@_errors_as_one_line
+def validate(state: _State, paths: tuple[Path, ...]) -> None:
+    """Validate runbooks; every problem on one line as file:line: field: reason."""
+    runbooks = state.load(paths)
+    click.echo(f"{len(runbooks.ids())} runbooks valid: {', '.join(runbooks.ids())}")
+
+
+@cli.command()
+@click.argument("name")
+@_runbooks_option
+@click.pass_obj
+@_errors_as_one_line
+def show(state: _State, name: str, runbooks_dirs: tuple[Path, ...]) -> None:
+    """Show a runbook, or a check/remediation's parameters (e.g. `show postgres.connections`)."""
+    from agent.output import show_plugin, show_runbook
+
+    runbooks = state.load(runbooks_dirs)
+    if "." in name:
+        click.echo(show_plugin(runbooks.registry, name))
+        return
+    if name not in runbooks.runbooks:
+        raise UnknownRunbook(f"unknown runbook {name!r} (known: {', '.join(runbooks.ids())})")
+    click.echo(show_runbook(runbooks.runbooks[name], runbooks.registry))
+
+
+def _parse_params(values: Sequence[str]) -> dict[str, str]:
+    params = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected key=value, got {item!r}", param_hint="--param")
+        params[key.strip()] = value
+    return params
+
+
+@cli.command()
+@click.argument("runbook_id")
+@click.option("--dry-run", is_flag=True, help="Check and plan only; nothing is changed.")
+@click.option("-p", "--param", "params", multiple=True, metavar="KEY=VALUE", help="Override a runbook param.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of text.")
+@_runbooks_option
+@click.pass_obj
+@_errors_as_one_line
+def run(
+    state: _State,
+    runbook_id: str,
+    dry_run: bool,
+    params: tuple[str, ...],
+    as_json: bool,
+    runbooks_dirs: tuple[Path, ...],
+) -> None:
+    """Run a runbook's checks against the live stack and say what is wrong."""
+    from agent.audit import AuditLog
+    from agent.executor import Executor
+    from agent.output import Printer
+
+    overrides = _parse_params(params)
+    runbooks = state.load(runbooks_dirs)
+    if runbook_id not in runbooks.runbooks:
+        raise UnknownRunbook(f"unknown runbook {runbook_id!r} (known: {', '.join(runbooks.ids())})")
+    settings = state.settings
+    actor = f"{getpass.getuser()}@{socket.gethostname()}"
+    audit = AuditLog(settings.audit_path, state.redactor)
+    executor = Executor(runbooks, settings, state.redactor, audit)
+    printer = Printer(state.redactor, enabled=not as_json)
+    with printer.progress(runbooks.runbooks[runbook_id].spec) as progress:
+        report = executor.run(runbook_id, overrides=overrides, dry_run=dry_run, actor=actor, progress=progress)
+    if as_json:
+        click.echo(json.dumps(state.redactor.data(report.to_json()), indent=2))
+    else:
+        printer.report(report)
+    if report.audit_error:
+        click.echo(state.redactor.text(f"runbook: warning: {report.audit_error}"), err=True)
+    sys.exit(report.status.exit_code)
+
+
+@cli.group()
+def audit() -> None:
+    """Read and verify the audit log."""
+
+
+@audit.command("verify")
+@click.argument("file", required=False, type=click.Path(path_type=Path))
+@click.pass_obj
+@_errors_as_one_line
+def audit_verify(state: _State, file: Path | None) -> None:
+    """Check the hash chain; name the first edited, removed, reordered or truncated line."""
+    from agent.audit import verify
+
+    path = file or state.settings.audit_path
+    result = verify(path)
+    if not result.ok:
+        where = f"{path}:{result.line}" if result.line else str(path)
+        raise AuditError(f"{where}: {result.problem}")
+    click.echo(f"{path}: {result.records} records, chain intact")
+
+
+@audit.command("show")
+@click.argument("file", required=False, type=click.Path(path_type=Path))
+@click.option("--run", "run_id", help="Only this run's records.")
+@click.option("--json", "as_json", is_flag=True, help="Print the records as JSON lines.")
+@click.pass_obj
+@_errors_as_one_line
+def audit_show(state: _State, file: Path | None, run_id: str | None, as_json: bool) -> None:
+    """Show audit records, oldest first."""
+    from agent.audit import read_records
+    from agent.output import audit_line
+
+    path = file or state.settings.audit_path
+    if not path.exists():
+        raise AuditError(f"{path}: no audit log yet")
+    for record in read_records(path):
+        if run_id and record.get("run_id") != run_id:
+            continue
+        click.echo(json.dumps(record) if as_json else audit_line(record))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    cli.main(args=list(argv) if argv is not None else None, prog_name="runbook")
+
+
+if __name__ == "__main__":
+    main()

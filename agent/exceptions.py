@@ -1,0 +1,57 @@
+"""The project's one exception base: every error carries its exit code and a one-line message."""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuditError",
+    "ConfigError",
+    "RunbookError",
+    "RunbookValidationError",
+    "TargetUnreachable",
+    "UnknownRunbook",
+]
+
+
+class RunbookError(Exception):
+    """Base of every error the CLI reports as one line (tracebacks only with --verbose)."""
+
+    exit_code = 2
+    code = "error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ConfigError(RunbookError):
+    code = "config_error"
+
+
+class UnknownRunbook(RunbookError):
+    code = "unknown_runbook"
+
+
+class RunbookValidationError(RunbookError):
+    """One or more problems found while loading runbooks; each is already `file:line: field: reason`."""
+
+    code = "invalid_runbook"
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class AuditError(RunbookError):
+    """The audit log cannot be written or does not verify."""
+
+    code = "audit_error"
+    exit_code = 1
+
+
+class TargetUnreachable(Exception):
+    """Raised by a check when its target refused the connection or timed out: the result is CRITICAL."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message

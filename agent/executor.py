@@ -1,0 +1,242 @@
+"""Runs a runbook: resolves params, runs checks concurrently with timeouts, decides remediations, audits."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from agent.audit import AuditLog
+from agent.config import Settings
+from agent.context import CheckContext, RunClients
+from agent.exceptions import AuditError, RunbookError, TargetUnreachable
+from agent.loader import LoadedRunbook, RunbookSet
+from agent.models import CheckResult, RemediationDecision, RunReport
+from agent.plugins import Outcome
+from agent.redaction import MASK, Redactor
+from agent.schema import CheckStep
+from agent.status import Status, worst
+from agent.templating import TemplateError
+
+__all__ = ["Executor", "ParamError"]
+
+ProgressCallback = Callable[[str, CheckResult | None], None]
+
+
+class ParamError(RunbookError):
+    code = "bad_param"
+
+
+class _Audit:
+    """The run's audit trail. A failed write is kept as `error` (nothing may be applied after it)
+    instead of aborting the diagnosis an engineer is waiting for."""
+
+    def __init__(self, log: AuditLog) -> None:
+        self.log = log
+        self.error: str | None = None
+
+    def record(self, event: str, **fields: Any) -> None:
+        if self.error:
+            return
+        try:
+            self.log.record(event, **fields)
+        except AuditError as exc:
+            self.error = exc.message
+
+
+class Executor:
+    def __init__(self, runbooks: RunbookSet, settings: Settings, redactor: Redactor, audit: AuditLog) -> None:
+        self.runbooks = runbooks
+        self.settings = settings
+        self.redactor = redactor
+        self.audit = audit
+        self.templates = runbooks.templates
+        self.registry = runbooks.registry
+
+    def resolve_params(self, runbook: LoadedRunbook, overrides: Mapping[str, str]) -> dict[str, Any]:
+        spec = runbook.spec
+        unknown = sorted(set(overrides) - set(spec.params))
+        if unknown:
+            known = ", ".join(spec.params) or "none"
+            raise ParamError(f"{spec.id}: unknown param {', '.join(unknown)} (known: {known})")
+        context = {"env": dict(os.environ), "config": self.settings.template_view()}
+        params: dict[str, Any] = {}
+        for name, param in spec.params.items():
+            if name in overrides:
+                params[name] = overrides[name]
+            else:
+                try:
+                    params[name] = self.templates.render(param.default, context)
+                except TemplateError as exc:
+                    raise ParamError(f"{runbook.path}: params.{name}: {exc}") from None
+            if param.secret and isinstance(params[name], str):
+                self.redactor.add(params[name])
+        return params
+
+    def run(
+        self,
+        runbook_id: str,
+        *,
+        overrides: Mapping[str, str] | None = None,
+        dry_run: bool = False,
+        actor: str,
+        progress: ProgressCallback | None = None,
+    ) -> RunReport:
+        runbook = self.runbooks.runbooks[runbook_id]
+        spec = runbook.spec
+        params = self.resolve_params(runbook, overrides or {})
+        shown_params = {
+            k: (MASK if spec.params[k].secret else self.redactor.data(v)) for k, v in params.items()
+        }
+        report = RunReport(
+            run_id=uuid.uuid4().hex[:12],
+            runbook=spec.id,
+            title=spec.title,
+            severity=spec.severity,
+            mode="dry-run" if dry_run else "live",
+            actor=actor,
+            started_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            params=shown_params,
+            advice=list(spec.advice),
+        )
+        audit = _Audit(self.audit.bind(run_id=report.run_id, actor=actor, mode=report.mode, runbook=spec.id))
+        audit.record("run_started", severity=spec.severity, params=shown_params)
+        start = time.monotonic()
+        clients = RunClients(self.settings)
+        try:
+            report.checks = self._run_checks(spec.checks, params, clients, audit, progress)
+        finally:
+            clients.close()
+        report.status = worst(c.status for c in report.checks)
+        report.remediations = self._decide(runbook, params, report, audit)
+        report.duration_ms = (time.monotonic() - start) * 1000
+        audit.record("run_finished", status=report.status.value, duration_ms=round(report.duration_ms, 1))
+        report.audit_error = audit.error
+        return report
+
+    # --- checks -------------------------------------------------------------------------------
+
+    def _run_checks(
+        self,
+        steps: list[CheckStep],
+        params: dict[str, Any],
+        clients: RunClients,
+        audit: _Audit,
+        progress: ProgressCallback | None,
+    ) -> list[CheckResult]:
+        context = {"params": params, "env": dict(os.environ), "config": self.settings.template_view()}
+        results: dict[str, CheckResult] = {}
+        waiting = list(steps)
+        running: dict[Future[CheckResult], tuple[CheckStep, float]] = {}
+        pool = ThreadPoolExecutor(max_workers=self.settings.max_parallel_checks, thread_name_prefix="check")
+
+        def finish(result: CheckResult) -> None:
+            results[result.id] = result
+            audit.record("check_result", **self.redactor.data(result.to_json()))
+            if progress:
+                progress(result.id, result)
+
+        try:
+            while waiting or running:
+                for step in list(waiting):
+                    if any(need not in results for need in step.needs):
+                        continue
+                    waiting.remove(step)
+                    failed = [n for n in step.needs if results[n].status not in (Status.OK, Status.WARNING)]
+                    if failed:
+                        finish(self._skipped(step, failed, results))
+                        continue
+                    if progress:
+                        progress(step.id, None)
+                    future = pool.submit(self._run_one, step, context, clients)
+                    running[future] = (step, time.monotonic() + step.timeout)
+                if not running:
+                    continue
+                next_deadline = min(deadline for _, deadline in running.values())
+                done, _ = wait(running, timeout=max(0.0, next_deadline - time.monotonic()), return_when=FIRST_COMPLETED)
+                now = time.monotonic()
+                for future in list(running):
+                    step, deadline = running[future]
+                    if future in done:
+                        del running[future]
+                        finish(future.result())
+                    elif now >= deadline:
+                        # The thread cannot be killed; its client timeouts end it soon. The run moves on.
+                        del running[future]
+                        finish(
+                            CheckResult(
+                                step.id, step.check, Status.CRITICAL,
+                                f"timed out after {step.timeout:g}s", step.timeout * 1000, code="timeout",
+                            )
+                        )
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+        return [results[step.id] for step in steps]
+
+    def _skipped(self, step: CheckStep, failed: list[str], results: dict[str, CheckResult]) -> CheckResult:
+        why = ", ".join(f"{n} is {results[n].status.value}" for n in failed)
+        return CheckResult(step.id, step.check, Status.UNKNOWN, f"not run: {why}", 0.0, code="dependency_failed")
+
+    def _run_one(self, step: CheckStep, context: dict[str, Any], clients: RunClients) -> CheckResult:
+        start = time.monotonic()
+
+        def result(outcome: Outcome) -> CheckResult:
+            return CheckResult(
+                id=step.id,
+                check=step.check,
+                status=outcome.status,
+                summary=self.redactor.text(outcome.summary),
+                duration_ms=(time.monotonic() - start) * 1000,
+                details=self.redactor.data(outcome.details),
+                metrics=dict(outcome.metrics),
+                code=outcome.code,
+            )
+
+        try:
+            plugin = self.registry.check(step.check)
+            values = self.templates.render(step.with_, context)
+            params = plugin.params.model_validate(values)
+            outcome = plugin.func(CheckContext(clients, step.timeout), params)
+        except TemplateError as exc:
+            outcome = Outcome(Status.UNKNOWN, str(exc), code="template_error")
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            outcome = Outcome(Status.UNKNOWN, f"bad parameter with.{where}: {first['msg']}", code="bad_params")
+        except TargetUnreachable as exc:
+            outcome = Outcome(Status.CRITICAL, exc.message, code=exc.code)
+        except (TimeoutError, ConnectionError) as exc:
+            outcome = Outcome(Status.CRITICAL, f"target unreachable: {exc}", code="unreachable")
+        except Exception as exc:
+            # A bug or bad data in a check is a result, never an aborted run.
+            outcome = Outcome(Status.UNKNOWN, f"check failed: {type(exc).__name__}: {exc}", code="check_error")
+        return result(outcome)
+
+    # --- remediations (declared; applying them is the safe-remediation work) --------------------
+
+    def _decide(
+        self, runbook: LoadedRunbook, params: dict[str, Any], report: RunReport, audit: _Audit
+    ) -> list[RemediationDecision]:
+        views = {c.id: c.view() for c in report.checks}
+        decisions = []
+        for rem in runbook.spec.remediations:
+            if rem.when is None:
+                # No condition: it is for when something is wrong, never for a healthy run.
+                applies = report.status is not Status.OK
+                reason = f"overall status is {report.status.value}"
+            else:
+                try:
+                    applies = bool(self.templates.evaluate(rem.when, {"checks": views, "params": params}))
+                    reason = f"when: {rem.when.strip()} -> {str(applies).lower()}"
+                except TemplateError as exc:
+                    applies, reason = False, f"when could not be evaluated: {exc}"
+            decision = RemediationDecision(rem.id, rem.do, rem.approval, applies, self.redactor.text(reason))
+            audit.record("remediation_decision", **decision.to_json())
+            decisions.append(decision)
+        return decisions

@@ -1,0 +1,254 @@
+"""Loads runbook YAML and validates all of it up front; every problem is `file:line: field: reason`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from agent.exceptions import RunbookValidationError
+from agent.registry import Registry, UnknownPlugin
+from agent.schema import Runbook
+from agent.templating import TemplateError, Templates, is_template
+
+__all__ = ["LoadedRunbook", "RunbookSet", "load_runbooks"]
+
+Loc = tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class LoadedRunbook:
+    spec: Runbook
+    path: Path
+
+
+@dataclass(frozen=True)
+class RunbookSet:
+    runbooks: dict[str, LoadedRunbook]
+    templates: Templates
+    registry: Registry
+
+    def ids(self) -> list[str]:
+        return sorted(self.runbooks)
+
+
+class _Source:
+    """One YAML file: its data and, for any field path, the line it stands on."""
+
+    def __init__(self, path: Path, text: str) -> None:
+        self.path = path
+        loader = yaml.SafeLoader(text)
+        try:
+            self.node = loader.get_single_node()
+            self.data = loader.construct_document(self.node) if self.node is not None else None
+        finally:
+            loader.dispose()
+
+    def line(self, loc: Loc) -> int:
+        node = self.node
+        if node is None:
+            return 1
+        for part in loc:
+            child = None
+            if isinstance(node, yaml.MappingNode):
+                for key, value in node.value:
+                    if key.value == part:
+                        child = value
+                        break
+            elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+                child = node.value[part]
+            if child is None:
+                break
+            node = child
+        return int(node.start_mark.line) + 1
+
+
+def _field(loc: Loc) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+# pydantic's wording turned into "expected X" for the errors a runbook author meets.
+_EXPECTED = {
+    "int_parsing": "expected a whole number",
+    "int_type": "expected a whole number",
+    "int_from_float": "expected a whole number",
+    "float_parsing": "expected a number",
+    "float_type": "expected a number",
+    "bool_parsing": "expected true or false",
+    "bool_type": "expected true or false",
+    "string_type": "expected a string",
+    "list_type": "expected a list",
+    "dict_type": "expected a mapping",
+    "model_type": "expected a mapping",
+    "missing": "required field is missing",
+    "extra_forbidden": "unknown field",
+}
+
+
+def _reason(error: Any) -> str:
+    kind = error["type"]
+    if kind in ("missing", "extra_forbidden"):
+        return _EXPECTED[kind]
+    got = error.get("input")
+    shown = repr(got) if not isinstance(got, dict | list) else type(got).__name__
+    if kind in _EXPECTED:
+        return f"{_EXPECTED[kind]}, got {shown}"
+    msg = str(error["msg"]).removeprefix("Value error, ")
+    if kind == "literal_error":
+        return f"{msg[0].lower()}{msg[1:]}, got {shown}"
+    if kind == "string_pattern_mismatch":
+        return f"{msg}, got {shown}"
+    return msg[0].lower() + msg[1:] if msg else kind
+
+
+class _Problems:
+    def __init__(self) -> None:
+        self.items: list[str] = []
+
+    def add(self, source: _Source, loc: Loc, reason: str) -> None:
+        self.items.append(f"{source.path}:{source.line(loc)}: {_field(loc)}: {reason}")
+
+    def from_validation(self, source: _Source, exc: ValidationError, prefix: Loc = ()) -> None:
+        for error in exc.errors():
+            self.add(source, prefix + tuple(error["loc"]), _reason(error))
+
+
+def _validate_with(
+    source: _Source, problems: _Problems, model: type[BaseModel], values: dict[str, Any], loc: Loc
+) -> None:
+    """Check a step's `with` against the plugin's params model. Templated values are only known at run
+    time, so their type errors are left to the run; unknown and missing keys are caught now."""
+    try:
+        model.model_validate(values)
+    except ValidationError as exc:
+        for error in exc.errors():
+            key = error["loc"][0] if error["loc"] else None
+            if key in values and is_template(values[key]):
+                continue
+            if key is None and any(is_template(v) for v in values.values()):
+                continue  # a whole-model rule over values not known until the run
+            problems.add(source, loc + tuple(error["loc"]), _reason(error))
+
+
+def _walk_templates(value: Any, loc: Loc) -> Iterable[tuple[Loc, str]]:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _walk_templates(item, (*loc, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _walk_templates(item, (*loc, index))
+    elif is_template(value):
+        yield loc, value
+
+
+def _check_runbook(
+    source: _Source, spec: Runbook, registry: Registry, templates: Templates, problems: _Problems
+) -> None:
+    params = list(spec.params)
+    check_ids = [c.id for c in spec.checks]
+
+    def template(loc: Loc, text: str, allowed: dict[str, Any], expression: bool = False) -> None:
+        try:
+            templates.check(text, expression=expression, allowed=allowed)
+        except TemplateError as exc:
+            problems.add(source, loc, str(exc))
+
+    for name, param in spec.params.items():
+        for loc, text in _walk_templates(param.default, ("params", name)):
+            template(loc, text, {"env": None, "config": None})
+
+    seen: set[str] = set()
+    for i, step in enumerate(spec.checks):
+        loc: Loc = ("checks", i)
+        if step.id in seen:
+            problems.add(source, (*loc, "id"), f"duplicate check id {step.id!r}")
+        seen.add(step.id)
+        for j, need in enumerate(step.needs):
+            if need not in check_ids or check_ids.index(need) >= i:
+                problems.add(source, (*loc, "needs", j), f"{need!r} is not a check defined before this one")
+        try:
+            plugin = registry.check(step.check)
+        except UnknownPlugin as exc:
+            problems.add(source, (*loc, "check"), str(exc))
+        else:
+            _validate_with(source, problems, plugin.params, step.with_, (*loc, "with"))
+        for tloc, text in _walk_templates(step.with_, (*loc, "with")):
+            template(tloc, text, {"params": params, "env": None, "config": None})
+
+    seen = set()
+    for i, rem in enumerate(spec.remediations):
+        loc = ("remediations", i)
+        if rem.id in seen:
+            problems.add(source, (*loc, "id"), f"duplicate remediation id {rem.id!r}")
+        seen.add(rem.id)
+        try:
+            plugin_r = registry.remediation(rem.do)
+        except UnknownPlugin as exc:
+            problems.add(source, (*loc, "do"), str(exc))
+        else:
+            _validate_with(source, problems, plugin_r.params, rem.with_, (*loc, "with"))
+        for tloc, text in _walk_templates(rem.with_, (*loc, "with")):
+            template(tloc, text, {"params": params, "env": None, "config": None})
+        if rem.when is not None:
+            template((*loc, "when"), rem.when, {"checks": check_ids, "params": params}, expression=True)
+        for j, verify in enumerate(rem.verify):
+            if verify not in check_ids:
+                problems.add(source, (*loc, "verify", j), f"unknown check {verify!r}")
+
+
+def _files(paths: Sequence[Path]) -> list[Path]:
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            files.extend(sorted([*path.glob("*.yaml"), *path.glob("*.yml")]))
+        else:
+            files.append(path)
+    return files
+
+
+def load_runbooks(paths: Sequence[Path], registry: Registry | None = None) -> RunbookSet:
+    """Load and validate every runbook under `paths`; raise with all problems found, not just the first."""
+    registry = registry or Registry()
+    templates = Templates()
+    problems = _Problems()
+    runbooks: dict[str, LoadedRunbook] = {}
+    files = _files(paths)
+    for path in files:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            problems.items.append(f"{path}:1: (file): cannot read: {exc}")
+            continue
+        try:
+            source = _Source(path, text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            line = mark.line + 1 if mark is not None else 1
+            what = getattr(exc, "problem", None) or str(exc)
+            problems.items.append(f"{path}:{line}: (yaml): not valid YAML: {what}")
+            continue
+        if not isinstance(source.data, dict):
+            problems.add(source, (), "expected a mapping with id, title, severity and checks")
+            continue
+        try:
+            spec = Runbook.model_validate(source.data)
+        except ValidationError as exc:
+            problems.from_validation(source, exc)
+            continue
+        _check_runbook(source, spec, registry, templates, problems)
+        if spec.id in runbooks:
+            problems.add(source, ("id",), f"duplicate runbook id {spec.id!r} (also in {runbooks[spec.id].path})")
+            continue
+        runbooks[spec.id] = LoadedRunbook(spec, path)
+    if not files and not problems.items:
+        problems.items.append(f"{', '.join(map(str, paths))}: no runbook files (*.yaml) found")
+    if problems.items:
+        raise RunbookValidationError(problems.items)
+    return RunbookSet(runbooks, templates, registry)

@@ -1,0 +1,1 @@
+"""Checks: one module per system probed. Each module declares its checks in `plugins`."""

@@ -1,0 +1,305 @@
+"""Checks against the Docker engine: engine, container state, replicas, logs, error rate, stats."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from agent.context import CheckContext
+from agent.plugins import Outcome, PluginSet
+from agent.schema import Duration
+from agent.status import Status, worst
+from checks._thresholds import above
+
+plugins = PluginSet("docker")
+
+
+class _Params(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Target(_Params):
+    """A container by name, or every container of a compose service."""
+
+    container: str | None = Field(None, description="Container name or id.")
+    service: str | None = Field(None, description="Compose service name (com.docker.compose.service label).")
+    project: str | None = Field(None, description="Compose project; default: the configured compose_project.")
+
+    @model_validator(mode="after")
+    def _one_target(self) -> Target:
+        if (self.container is None) == (self.service is None):
+            raise ValueError("give exactly one of container or service")
+        return self
+
+
+def containers(ctx: CheckContext, target: Target, *, running_only: bool = False) -> list[Any]:
+    """The containers a target names, ordered by compose container number then name."""
+    import docker.errors
+
+    client = ctx.clients.docker()
+    if target.container is not None:
+        try:
+            found = [client.containers.get(target.container)]
+        except docker.errors.NotFound:
+            return []
+        return [c for c in found if c.status == "running"] if running_only else found
+    project = target.project or ctx.settings.compose_project
+    filters = {
+        "label": [f"com.docker.compose.project={project}", f"com.docker.compose.service={target.service}"]
+    }
+    found = client.containers.list(all=not running_only, filters=filters)
+    return sorted(found, key=lambda c: (int(c.labels.get("com.docker.compose.container-number", 0) or 0), c.name))
+
+
+def _describe(target: Target) -> str:
+    return f"container {target.container}" if target.container else f"service {target.service}"
+
+
+def _missing(target: Target) -> Outcome:
+    return Outcome(Status.CRITICAL, f"no container for {_describe(target)}", code="container_missing")
+
+
+class EngineParams(_Params):
+    pass
+
+
+@plugins.check("docker.engine", EngineParams)
+def engine(ctx: CheckContext, params: EngineParams) -> Outcome:
+    """The Docker engine answers: version and number of running containers."""
+    client = ctx.clients.docker()
+    version = client.version()
+    info = client.info()
+    return Outcome(
+        Status.OK,
+        f"Docker {version.get('Version')} reachable, {info.get('ContainersRunning', 0)} containers running",
+        details={"version": version.get("Version"), "api_version": version.get("ApiVersion")},
+        metrics={"containers_running": float(info.get("ContainersRunning", 0))},
+    )
+
+
+class ContainerParams(Target):
+    warn_restarts: int = Field(3, ge=1, description="Restart count from which the result is WARNING.")
+
+
+def _container_status(container: Any, warn_restarts: int) -> tuple[Status, str, str | None, dict[str, Any]]:
+    state = container.attrs["State"]
+    health = (state.get("Health") or {}).get("Status")
+    restarts = int(container.attrs.get("RestartCount", 0))
+    facts = {
+        "name": container.name,
+        "id": container.id[:12],
+        "state": state["Status"],
+        "exit_code": state.get("ExitCode"),
+        "oom_killed": bool(state.get("OOMKilled")),
+        "restart_count": restarts,
+        "health": health,
+        "image": container.attrs["Config"].get("Image"),
+    }
+    name = container.name
+    if state["Status"] == "restarting":
+        return Status.CRITICAL, f"{name} restarting (restarts={restarts})", "container_restarting", facts
+    if state["Status"] != "running":
+        oom = ", OOMKilled" if facts["oom_killed"] else ""
+        return (
+            Status.CRITICAL,
+            f"{name} {state['Status']} (exit code {state.get('ExitCode')}{oom})",
+            "container_not_running",
+            facts,
+        )
+    if health == "unhealthy":
+        return Status.CRITICAL, f"{name} running but unhealthy", "container_unhealthy", facts
+    if health == "starting":
+        return Status.WARNING, f"{name} running, health check starting", "container_starting", facts
+    if restarts >= warn_restarts:
+        return Status.WARNING, f"{name} running after {restarts} restarts", "container_restarts", facts
+    shown = f", {health}" if health else ""
+    return Status.OK, f"{name} running{shown}", None, facts
+
+
+@plugins.check("docker.container", ContainerParams)
+def container_state(ctx: CheckContext, params: ContainerParams) -> Outcome:
+    """State of a container or of every container of a compose service: running/exited/restarting,
+    exit code, OOMKilled, restart count and health."""
+    found = containers(ctx, params)
+    if not found:
+        return _missing(params)
+    rows = [_container_status(c, params.warn_restarts) for c in found]
+    status = worst(r[0] for r in rows)
+    bad = [r for r in rows if r[0] is status]
+    summary = "; ".join(r[1] for r in bad) if status is not Status.OK else f"{len(rows)} running: " + ", ".join(
+        r[3]["name"] for r in rows
+    )
+    return Outcome(
+        status,
+        summary,
+        details={"containers": [r[3] for r in rows]},
+        metrics={"restart_count": float(max(r[3]["restart_count"] for r in rows))},
+        code=bad[0][2] if status is not Status.OK else None,
+    )
+
+
+class ReplicasParams(_Params):
+    service: str = Field(description="Compose service name.")
+    project: str | None = Field(None, description="Compose project; default: the configured compose_project.")
+    min: int = Field(1, ge=0, description="Fewer running replicas than this is CRITICAL.")
+    expected: int | None = Field(None, ge=0, description="Fewer than this (but at least min) is WARNING.")
+
+
+@plugins.check("docker.replicas", ReplicasParams)
+def replicas(ctx: CheckContext, params: ReplicasParams) -> Outcome:
+    """Running replicas of a compose service, found by its compose project/service labels."""
+    target = Target(service=params.service, project=params.project)
+    running = containers(ctx, target, running_only=True)
+    count = len(running)
+    names = [c.name for c in running]
+    metrics = {"replicas": float(count)}
+    if count < params.min:
+        return Outcome(
+            Status.CRITICAL, f"{count} of service {params.service} running (min {params.min})",
+            {"running": names}, metrics, "replicas_below_min",
+        )
+    if params.expected is not None and count < params.expected:
+        return Outcome(
+            Status.WARNING, f"{count} of service {params.service} running (expected {params.expected})",
+            {"running": names}, metrics, "replicas_below_expected",
+        )
+    return Outcome(Status.OK, f"{count} of service {params.service} running", {"running": names}, metrics)
+
+
+def _log_lines(ctx: CheckContext, target: Target, since: float) -> list[tuple[str, str]]:
+    start = datetime.now(UTC) - timedelta(seconds=since)
+    lines: list[tuple[str, str]] = []
+    for container in containers(ctx, target):
+        raw = container.logs(stdout=True, stderr=True, since=start, timestamps=False)
+        lines.extend((container.name, line) for line in raw.decode("utf-8", "replace").splitlines())
+    return lines
+
+
+class LogMatchParams(Target):
+    pattern: str = Field(description="Regular expression searched in each log line.")
+    since: Duration = Field(300.0, description="How far back to read, e.g. 5m.")
+    warn: int | None = Field(None, ge=1, description="Matching lines from which the result is WARNING.")
+    crit: int | None = Field(1, ge=1, description="Matching lines from which the result is CRITICAL.")
+    ignore_case: bool = False
+
+    @model_validator(mode="after")
+    def _compiles(self) -> LogMatchParams:
+        re.compile(self.pattern)
+        return self
+
+
+@plugins.check("docker.log_matches", LogMatchParams)
+def log_matches(ctx: CheckContext, params: LogMatchParams) -> Outcome:
+    """Log lines of a container or service matching a regex in the last N minutes (docker logs)."""
+    if not containers(ctx, params):
+        return _missing(params)
+    regex = re.compile(params.pattern, re.IGNORECASE if params.ignore_case else 0)
+    matched = [(name, line) for name, line in _log_lines(ctx, params, params.since) if regex.search(line)]
+    status = above(len(matched), params.warn, params.crit)
+    window = f"{params.since:g}s"
+    summary = f"{len(matched)} lines matching {params.pattern!r} in the last {window}"
+    if matched:
+        summary += f"; last: {matched[-1][1].strip()[:160]}"
+    return Outcome(
+        status,
+        summary,
+        details={"samples": [f"{n}: {line}" for n, line in matched[-5:]]},
+        metrics={"matches": float(len(matched))},
+        code="log_pattern_found" if status is not Status.OK else None,
+    )
+
+
+# Common/combined log format: `"GET / HTTP/1.1" 500 -` -> the status code.
+_ACCESS_STATUS = r'"[A-Z]+ [^"]*" (?P<status>\d{3}) '
+
+
+class ErrorRateParams(Target):
+    window: Duration = Field(300.0, description="How far back to count requests, e.g. 5m.")
+    status_pattern: str = Field(
+        _ACCESS_STATUS, description="Regex with a named group `status` finding the HTTP status in a log line."
+    )
+    warn_pct: float = Field(1.0, ge=0, le=100, description="5xx share (%) from which the result is WARNING.")
+    crit_pct: float = Field(5.0, ge=0, le=100, description="5xx share (%) from which the result is CRITICAL.")
+    min_requests: int = Field(10, ge=1, description="Fewer requests than this: too few to judge (OK).")
+
+    @model_validator(mode="after")
+    def _has_status_group(self) -> ErrorRateParams:
+        if "status" not in re.compile(self.status_pattern).groupindex:
+            raise ValueError("status_pattern needs a named group (?P<status>...)")
+        return self
+
+
+@plugins.check("docker.error_rate", ErrorRateParams)
+def error_rate(ctx: CheckContext, params: ErrorRateParams) -> Outcome:
+    """Share of 5xx answers over all requests in a window, from the container's request log."""
+    if not containers(ctx, params):
+        return _missing(params)
+    regex = re.compile(params.status_pattern)
+    total = errors = 0
+    for _, line in _log_lines(ctx, params, params.window):
+        match = regex.search(line)
+        if match:
+            total += 1
+            errors += match.group("status").startswith("5")
+    pct = 100.0 * errors / total if total else 0.0
+    metrics = {"requests": float(total), "errors": float(errors), "error_pct": round(pct, 2)}
+    window = f"{params.window:g}s"
+    if total < params.min_requests:
+        return Outcome(Status.OK, f"{total} requests in the last {window}: too few to judge", metrics=metrics)
+    status = above(pct, params.warn_pct, params.crit_pct)
+    return Outcome(
+        status,
+        f"error rate {pct:.1f}% ({errors} of {total} requests 5xx in the last {window})",
+        metrics=metrics,
+        code="error_rate_high" if status is not Status.OK else None,
+    )
+
+
+class StatsParams(Target):
+    cpu_warn_pct: float | None = Field(80.0, description="CPU % (of the host's CPUs) for WARNING.")
+    cpu_crit_pct: float | None = Field(95.0, description="CPU % for CRITICAL.")
+    mem_warn_pct: float | None = Field(80.0, description="Memory % of the container's limit for WARNING.")
+    mem_crit_pct: float | None = Field(95.0, description="Memory % of the limit for CRITICAL.")
+
+
+def _usage(stats: dict[str, Any]) -> tuple[float, float, float]:
+    cpu, pre = stats["cpu_stats"], stats.get("precpu_stats") or {}
+    cpu_delta = cpu["cpu_usage"]["total_usage"] - (pre.get("cpu_usage") or {}).get("total_usage", 0)
+    system_delta = cpu.get("system_cpu_usage", 0) - pre.get("system_cpu_usage", 0)
+    cpus = cpu.get("online_cpus") or len(cpu["cpu_usage"].get("percpu_usage") or [1])
+    cpu_pct = 100.0 * cpu_delta / system_delta * cpus if system_delta > 0 and cpu_delta > 0 else 0.0
+    memory = stats.get("memory_stats") or {}
+    # Page cache is reclaimable; `docker stats` leaves it out too.
+    extra = memory.get("stats") or {}
+    used = memory.get("usage", 0) - extra.get("total_inactive_file", extra.get("inactive_file", 0))
+    limit = memory.get("limit") or 0
+    mem_pct = 100.0 * used / limit if limit else 0.0
+    return cpu_pct, mem_pct, float(used)
+
+
+@plugins.check("docker.stats", StatsParams)
+def stats(ctx: CheckContext, params: StatsParams) -> Outcome:
+    """CPU and memory use of a container or service from the engine's stats API (`docker stats`)."""
+    found = containers(ctx, params, running_only=True)
+    if not found:
+        return Outcome(Status.CRITICAL, f"no running container for {_describe(params)}", code="container_missing")
+    rows = []
+    for container in found:
+        cpu_pct, mem_pct, used = _usage(container.stats(stream=False))
+        status = worst(
+            [above(cpu_pct, params.cpu_warn_pct, params.cpu_crit_pct),
+             above(mem_pct, params.mem_warn_pct, params.mem_crit_pct)]
+        )
+        rows.append((status, container.name, cpu_pct, mem_pct, used))
+    status = worst(r[0] for r in rows)
+    top = max(rows, key=lambda r: (r[0].severity, r[2] + r[3]))
+    return Outcome(
+        status,
+        f"{top[1]}: CPU {top[2]:.1f}%, memory {top[3]:.1f}% of limit ({top[4] / 2**20:.0f} MiB)",
+        details={"containers": [{"name": r[1], "cpu_pct": round(r[2], 2), "mem_pct": round(r[3], 2)} for r in rows]},
+        metrics={"cpu_pct": round(max(r[2] for r in rows), 2), "mem_pct": round(max(r[3] for r in rows), 2)},
+        code="resource_use_high" if status is not Status.OK else None,
+    )

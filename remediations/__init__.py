@@ -1,0 +1,1 @@
+"""Remediations: one module per system acted on. Each declares its params and side effects in `plugins`."""
