@@ -6,7 +6,7 @@ import fcntl
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,8 +39,8 @@ def _last_line(fh: Any) -> bytes | None:
         # The file ends with "\n"; the line starts after the newline before that one.
         cut = buf.rfind(b"\n", 0, len(buf) - 1)
         if cut != -1:
-            return buf[cut + 1 :].rstrip(b"\n")
-    return buf.rstrip(b"\n")
+            return bytes(buf[cut + 1 :].rstrip(b"\n"))
+    return bytes(buf.rstrip(b"\n"))
 
 
 class AuditSink:
@@ -100,11 +100,12 @@ class AuditLog:
         self.path = path
         self._redactor = redactor
 
-        def redact(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+        def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> Mapping[str, Any]:
             redacted: dict[str, Any] = self._redactor.data(event)
             return redacted
 
-        def as_kwargs(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+        # The last processor's mapping reaches AuditSink.info(**event): hashing happens under its lock.
+        def as_kwargs(_: Any, __: str, event: MutableMapping[str, Any]) -> Mapping[str, Any]:
             return event
 
         self._log = structlog.wrap_logger(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -85,10 +86,9 @@ class RunClients:
     def close(self) -> None:
         with self._lock:
             for client in self._clients.values():
-                try:
+                # Closing is best effort: the run is over and its results are already recorded.
+                with contextlib.suppress(Exception):
                     client.close()
-                except Exception:  # noqa: S110 - closing is best effort; the run is already over
-                    pass
             self._clients.clear()
 
 

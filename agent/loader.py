@@ -161,12 +161,13 @@ def _check_runbook(
             problems.add(source, loc, str(exc))
 
     for name, param in spec.params.items():
-        for loc, text in _walk_templates(param.default, ("params", name)):
-            template(loc, text, {"env": None, "config": None})
+        for ploc, text in _walk_templates(param.default, ("params", name)):
+            template(ploc, text, {"env": None, "config": None})
 
     seen: set[str] = set()
+    loc: Loc
     for i, step in enumerate(spec.checks):
-        loc: Loc = ("checks", i)
+        loc = ("checks", i)
         if step.id in seen:
             problems.add(source, (*loc, "id"), f"duplicate check id {step.id!r}")
         seen.add(step.id)

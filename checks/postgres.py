@@ -29,11 +29,13 @@ def _query(ctx: CheckContext, dsn: str, sql: str, args: tuple[Any, ...] = ()) ->
     try:
         with conn.cursor() as cur:
             cur.execute(sql, args)  # SQL is the runbook author's or ours; values only as parameters
-            return list(cur.fetchall()) if cur.description else []
+            rows = cur.fetchall() if cur.description else []
     except psycopg.errors.QueryCanceled:
         raise TargetUnreachable("db_timeout", "PostgreSQL query timed out") from None
     except psycopg.OperationalError as exc:
         raise TargetUnreachable("db_unreachable", f"PostgreSQL connection lost: {str(exc).strip()}") from None
+    # A SQL_ASCII database hands text back as bytes; results are for people and JSON.
+    return [tuple(v.decode("utf-8", "replace") if isinstance(v, bytes) else v for v in row) for row in rows]
 
 
 class QueryParams(_Params):

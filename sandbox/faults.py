@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import docker
@@ -56,10 +56,8 @@ def idle_in_transaction(sessions: int) -> Iterator[list[Any]]:
         yield conns
     finally:
         for conn in conns:
-            try:
+            with suppress(psycopg.Error):
                 conn.close()
-            except psycopg.Error:
-                pass
 
 
 def build_bad_app(dc: docker.DockerClient) -> str:

@@ -8,6 +8,7 @@ One definition serves `make demo`, `make sandbox` and the integration tests. Ima
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import subprocess
@@ -207,10 +208,8 @@ def down(dc: docker.DockerClient | None = None) -> None:
     dc = dc or client()
     for container in dc.containers.list(all=True, filters={"label": f"com.docker.compose.project={PROJECT}"}):
         container.remove(force=True, v=True)
-    try:
+    with contextlib.suppress(docker.errors.NotFound):
         dc.networks.get(NETWORK).remove()
-    except docker.errors.NotFound:
-        pass
 
 
 def status(dc: docker.DockerClient | None = None) -> list[str]:

@@ -1,0 +1,122 @@
+"""Fixtures for tests against the real sandbox: Docker engine, PostgreSQL and Redis in containers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+
+from agent.audit import AuditLog
+from agent.config import Settings, load_settings
+from agent.executor import Executor
+from agent.loader import LoadedRunbook, RunbookSet
+from agent.models import CheckResult
+from agent.redaction import Redactor
+from agent.registry import Registry
+from agent.schema import Runbook
+from agent.templating import Templates
+from sandbox import faults, stack
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def dc() -> Iterator[docker.DockerClient]:
+    client = stack.client()
+    stack.up(client)
+    yield client
+    client.close()
+
+
+def restore_sandbox(dc: docker.DockerClient) -> None:
+    """Back to the healthy definition: a fresh app (clean logs, new connections), empty test queues."""
+    try:
+        dc.containers.get(stack.container_name("app")).remove(force=True)
+    except docker.errors.NotFound:
+        pass
+    stack.up(dc)
+    faults.clear_queue()
+
+
+@pytest.fixture
+def restore(dc: docker.DockerClient) -> Iterator[None]:
+    """For tests that break the sandbox: it is healthy again afterwards, pass or fail."""
+    yield
+    restore_sandbox(dc)
+
+
+@pytest.fixture
+def agent_env(tmp_path: Path) -> dict[str, str]:
+    return {**os.environ, **stack.AGENT_ENV, "RUNBOOK_STATE_DIR": str(tmp_path / "state"), "NO_COLOR": "1"}
+
+
+RunRunbook = Callable[..., tuple[int, dict[str, Any]]]
+
+
+@pytest.fixture
+def run_json(agent_env: dict[str, str]) -> RunRunbook:
+    """`runbook run ID --json` as a real process; returns (exit code, report)."""
+
+    def run(runbook_id: str, *args: str, env: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
+        result = subprocess.run(
+            [sys.executable, "-m", "agent.cli", "run", runbook_id, "--json", *args],
+            env=env or agent_env, cwd=REPO, capture_output=True, text=True, timeout=120,
+        )
+        assert result.stdout, result.stderr
+        return result.returncode, json.loads(result.stdout)
+
+    return run
+
+
+def checks_by_id(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["id"]: c for c in report["checks"]}
+
+
+Probe = Callable[..., CheckResult]
+
+
+@pytest.fixture
+def probe(tmp_path: Path, dc: docker.DockerClient) -> Probe:
+    """Run one check through the real executor against the sandbox."""
+
+    def run(check: str, timeout: float = 10, settings: Settings | None = None, **with_: Any) -> CheckResult:
+        settings = settings or load_settings(env={**stack.AGENT_ENV, "RUNBOOK_STATE_DIR": str(tmp_path)})
+        spec = Runbook.model_validate(
+            {"id": "probe", "title": "Probe", "severity": "SEV-4",
+             "checks": [{"id": "c", "check": check, "with": with_, "timeout": timeout}]}
+        )
+        runbooks = RunbookSet({"probe": LoadedRunbook(spec, Path("probe.yaml"))}, Templates(), Registry())
+        redactor = Redactor()
+        executor = Executor(runbooks, settings, redactor, AuditLog(tmp_path / "audit.jsonl", redactor))
+        return executor.run("probe", actor="test").checks[0]
+
+    return run
+
+
+@pytest.fixture
+def throwaway(dc: docker.DockerClient) -> Iterator[Callable[..., Any]]:
+    """Start short-lived containers from the sandbox image (no ports, default bridge); removed after."""
+    made: list[Any] = []
+
+    def start(command: list[str], **kwargs: Any) -> Any:
+        container = dc.containers.run(
+            stack.IMAGE, command, name=f"rbtest-{uuid.uuid4().hex[:8]}", detach=True,
+            labels={"io.runbook.test": "1"}, **kwargs,
+        )
+        made.append(container)
+        return container
+
+    yield start
+    for container in made:
+        try:
+            container.remove(force=True)
+        except docker.errors.NotFound:
+            pass

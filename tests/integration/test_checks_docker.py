@@ -1,0 +1,100 @@
+"""Docker checks against the real engine: a healthy and a failing case for each."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from agent.config import Settings
+from agent.status import Status
+from sandbox import faults, stack
+
+pytestmark = pytest.mark.integration
+
+
+def test_engine(probe, tmp_path) -> None:
+    assert probe("docker.engine").status is Status.OK
+    result = probe("docker.engine", settings=Settings(state_dir=tmp_path, docker_host="tcp://127.0.0.1:1"))
+    assert (result.status, result.code) == (Status.CRITICAL, "docker_unreachable")
+
+
+def test_container_running_exited_and_missing(probe, throwaway) -> None:
+    result = probe("docker.container", service="app")
+    assert result.status is Status.OK and result.details["containers"][0]["name"] == "sandbox-app-1"
+    exited = throwaway(["sh", "-c", "exit 3"])
+    exited.wait(timeout=30)
+    result = probe("docker.container", container=exited.name)
+    assert (result.status, result.code) == (Status.CRITICAL, "container_not_running")
+    assert result.details["containers"][0]["exit_code"] == 3
+    result = probe("docker.container", service="no-such-service")
+    assert (result.status, result.code) == (Status.CRITICAL, "container_missing")
+
+
+def test_container_oom_killed(probe, throwaway) -> None:
+    hog = throwaway(["python3", "-c", "x = bytearray(256 * 2**20)"], mem_limit="64m", memswap_limit="64m")
+    hog.wait(timeout=60)
+    result = probe("docker.container", container=hog.name)
+    assert result.status is Status.CRITICAL
+    facts = result.details["containers"][0]
+    assert facts["oom_killed"] is True and facts["exit_code"] == 137
+    assert "OOMKilled" in result.summary
+
+
+def test_container_unhealthy(probe, throwaway) -> None:
+    sick = throwaway(
+        ["sleep", "60"],
+        healthcheck={"test": ["CMD", "false"], "interval": 200_000_000, "retries": 1, "timeout": 1_000_000_000},
+    )
+    assert faults.wait_for(lambda: sick.client.api.inspect_container(sick.id)["State"]["Health"]["Status"] == "unhealthy")
+    result = probe("docker.container", container=sick.name)
+    assert (result.status, result.code) == (Status.CRITICAL, "container_unhealthy")
+
+
+def test_replicas(probe) -> None:
+    result = probe("docker.replicas", service="worker", min=1)
+    assert result.status is Status.OK and result.metrics["replicas"] == 1
+    result = probe("docker.replicas", service="worker", min=1, expected=3)
+    assert (result.status, result.code) == (Status.WARNING, "replicas_below_expected")
+    result = probe("docker.replicas", service="worker", min=2)
+    assert (result.status, result.code) == (Status.CRITICAL, "replicas_below_min")
+
+
+def test_log_matches(probe, throwaway) -> None:
+    noisy = throwaway(["sh", "-c", "for i in 1 2 3; do echo 'ERROR Database connection error: refused'; done; sleep 60"])
+    assert faults.wait_for(lambda: b"refused" in noisy.logs())
+    result = probe("docker.log_matches", container=noisy.name, pattern="Database connection error", since="5m")
+    assert (result.status, result.code) == (Status.CRITICAL, "log_pattern_found")
+    assert result.metrics["matches"] == 3
+    result = probe("docker.log_matches", container=noisy.name, pattern="OutOfMemory", since="5m")
+    assert result.status is Status.OK
+
+
+def test_error_rate(probe, throwaway) -> None:
+    faults.traffic(20)
+    result = probe("docker.error_rate", service="app", window="5m")
+    assert result.status is Status.OK and result.metrics["requests"] >= 20
+    line = '172.18.0.1 - - [28/Nov/2026 10:00:00] "GET / HTTP/1.1" {} -'
+    script = f"for i in $(seq 30); do echo '{line.format(200)}'; done; for i in $(seq 10); do echo '{line.format(500)}'; done; sleep 60"
+    failing = throwaway(["sh", "-c", script])
+    assert faults.wait_for(lambda: failing.logs().count(b"\n") >= 40)
+    result = probe("docker.error_rate", container=failing.name, window="5m")
+    assert (result.status, result.code) == (Status.CRITICAL, "error_rate_high")
+    assert result.metrics == {"requests": 40.0, "errors": 10.0, "error_pct": 25.0}
+
+
+def test_stats(probe, throwaway) -> None:
+    result = probe("docker.stats", service="app")
+    assert result.status is Status.OK and 0 < result.metrics["mem_pct"] < 80
+    hog = throwaway(["python3", "-c", "import time; x = bytearray(50 * 2**20); time.sleep(60)"], mem_limit="64m")
+    time.sleep(2)
+    result = probe("docker.stats", container=hog.name, mem_warn_pct=70, mem_crit_pct=75)
+    assert (result.status, result.code) == (Status.CRITICAL, "resource_use_high")
+    assert result.metrics["mem_pct"] >= 75
+
+
+def test_sandbox_is_compose_labelled(dc) -> None:
+    app = dc.containers.get("sandbox-app-1")
+    assert app.labels["com.docker.compose.project"] == stack.PROJECT
+    assert app.labels["com.docker.compose.service"] == "app"
+    assert app.attrs["HostConfig"]["PortBindings"]["8080/tcp"] == [{"HostIp": "127.0.0.1", "HostPort": "58080"}]

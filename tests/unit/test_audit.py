@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+import json
+import multiprocessing
+from pathlib import Path
+
+import pytest
+
+from agent.audit import AuditLog, read_records, verify
+from agent.exceptions import AuditError
+from agent.redaction import Redactor
+
+
+def write(path: Path, n: int, **context: str) -> None:
+    log = AuditLog(path, Redactor(), **context)
+    for i in range(n):
+        log.record("check_result", i=i)
+
+
+def test_chain_verifies_and_records_carry_context(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    write(path, 5, run_id="r1", actor="me@host", mode="live")
+    assert verify(path).ok and verify(path).records == 5
+    records = list(read_records(path))
+    assert [r["seq"] for r in records] == [1, 2, 3, 4, 5]
+    assert records[0]["prev"] == "0" * 64
+    assert {r["run_id"] for r in records} == {"r1"} and records[0]["ts"].endswith("Z")
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text().splitlines(keepends=True)
+
+
+@pytest.mark.parametrize("tamper", ["edit", "remove", "reorder", "truncate_line", "remove_tail"])
+def test_tampering_is_found_and_the_line_named(tmp_path: Path, tamper: str) -> None:
+    path = tmp_path / "audit.jsonl"
+    write(path, 6)
+    lines = _lines(path)
+    if tamper == "edit":
+        record = json.loads(lines[2])
+        record["i"] = 99
+        lines[2] = json.dumps(record, separators=(",", ":")) + "\n"
+        expected_line = 4  # the next line's hash no longer matches
+    elif tamper == "remove":
+        del lines[2]
+        expected_line = 3
+    elif tamper == "reorder":
+        lines[1], lines[2] = lines[2], lines[1]
+        expected_line = 2
+    elif tamper == "truncate_line":
+        lines[-1] = lines[-1][:20]
+        expected_line = 6
+    else:
+        lines = lines[:-2]
+        expected_line = 5
+    path.write_text("".join(lines))
+    result = verify(path)
+    assert not result.ok
+    assert result.line == expected_line, result
+
+
+def _writer(path: str, n: int) -> None:
+    write(Path(path), n)
+
+
+def test_two_processes_writing_at_once_keep_the_chain(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(str(path), 150)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    result = verify(path)
+    assert result.ok, result
+    assert result.records == 300
+
+
+def test_secrets_never_reach_the_log(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(path, Redactor(["sup3r-secret-value"]), actor="a")
+    log.record("run_started", params={"dsn": "postgresql://u:pw-in-url@h/d", "x": "sup3r-secret-value"})
+    text = path.read_text()
+    assert "pw-in-url" not in text and "sup3r-secret-value" not in text
+
+
+def test_unwritable_log_raises_audit_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    log = AuditLog(blocker / "audit.jsonl", Redactor())
+    with pytest.raises(AuditError, match="cannot write audit log"):
+        log.record("run_started")

@@ -1,0 +1,106 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from agent.cli import cli
+
+REPO = Path(__file__).resolve().parents[2]
+HEAVY = ("docker", "psycopg", "redis", "fastapi", "uvicorn", "httpx")
+
+
+@pytest.mark.parametrize("args", [["--help"], ["list"], ["validate"], ["show", "db-connection"]])
+def test_light_commands_do_not_import_clients(args: list[str]) -> None:
+    code = (
+        "import sys\n"
+        "from agent.cli import main\n"
+        "try:\n"
+        f"    main({args!r})\n"
+        "except SystemExit as exc:\n"
+        "    assert not exc.code, exc.code\n"
+        f"loaded = sorted(m for m in {HEAVY!r} if m in sys.modules)\n"
+        "print('LOADED', loaded)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert "LOADED []" in out
+
+
+def invoke(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    result = CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False)
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_list_and_show() -> None:
+    code, out, _ = invoke("list", "--runbooks", str(REPO / "runbooks"))
+    assert code == 0 and "db-connection" in out and "SEV-1" in out
+    code, out, _ = invoke("show", "db-connection", "--runbooks", str(REPO / "runbooks"))
+    assert code == 0 and "Database Connection Failed" in out and "postgres.query" in out
+    code, out, _ = invoke("show", "postgres.connections", "--runbooks", str(REPO / "runbooks"))
+    assert code == 0 and "warn_pct" in out and "max_connections" in out
+
+
+def test_validate_reports_each_problem_on_a_line_and_exits_2(write_runbook: Callable[[str, str], Path]) -> None:
+    text = (REPO / "runbooks" / "db-connection.yaml").read_text()
+    bad = text.replace("warn_pct: 80, crit_pct: 90", "warn_pct: 80, crit_pct: high").replace(
+        "check: postgres.long_query", "check: postgres.long_queries"
+    )
+    path = write_runbook("db.yaml", bad)
+    text_lines = path.read_text().splitlines()
+    crit_line = next(i for i, line in enumerate(text_lines, 1) if "crit_pct: high" in line)
+    check_line = next(i for i, line in enumerate(text_lines, 1) if "postgres.long_queries" in line)
+    code, out, err = invoke("validate", str(path))
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 2
+    assert lines[0] == f"{path}:{crit_line}: checks[1].with.crit_pct: expected a number, got 'high'"
+    assert lines[1].startswith(f"{path}:{check_line}: checks[3].check: unknown check 'postgres.long_queries'")
+    assert "Traceback" not in err
+    code, out, _ = invoke("validate", str(REPO / "runbooks"))
+    assert code == 0 and "5 runbooks valid" in out
+
+
+def test_unknown_runbook_exits_2_listing_known_ids() -> None:
+    code, _, err = invoke("run", "nope", "--runbooks", str(REPO / "runbooks"))
+    assert code == 2
+    assert err.strip().startswith("unknown runbook 'nope' (known: app-down, db-connection")
+
+
+def test_bad_param_syntax_and_unknown_param(tmp_path: Path) -> None:
+    env = {"RUNBOOK_STATE_DIR": str(tmp_path)}
+    code, _, err = invoke("run", "email-queue", "-p", "queue", "--runbooks", str(REPO / "runbooks"), env=env)
+    assert code == 2 and "expected key=value" in err
+    code, _, err = invoke("run", "email-queue", "-p", "qeue=x", "--runbooks", str(REPO / "runbooks"), env=env)
+    assert code == 2 and err.strip() == "email-queue: unknown param qeue (known: redis_url, queue, worker_service, scale_to)"
+
+
+def test_config_errors_are_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("read_timeout: soon\n")
+    code, _, err = invoke("--config", str(config), "run", "email-queue", "--runbooks", str(REPO / "runbooks"))
+    assert code == 2 and err.strip().startswith(f"{config}: read_timeout:")
+    code, _, err = invoke("--config", str(tmp_path / "missing.yaml"), "run", "app-down", "--runbooks", str(REPO / "runbooks"))
+    assert code == 2 and "cannot read config file" in err
+
+
+def test_audit_verify_names_the_bad_line(tmp_path: Path) -> None:
+    log = tmp_path / "audit.jsonl"
+    from agent.audit import AuditLog
+    from agent.redaction import Redactor
+
+    audit = AuditLog(log, Redactor(), run_id="abc")
+    for i in range(3):
+        audit.record("check_result", i=i)
+    code, out, _ = invoke("audit", "verify", str(log))
+    assert code == 0 and "3 records, chain intact" in out
+    code, out, _ = invoke("audit", "show", str(log), "--run", "abc", "--json")
+    assert code == 0 and [json.loads(line)["i"] for line in out.splitlines()] == [0, 1, 2]
+    lines = log.read_text().splitlines(keepends=True)
+    log.write_text(lines[0] + lines[2])
+    code, _, err = invoke("audit", "verify", str(log))
+    assert code == 1 and err.startswith(f"{log}:2: hash chain broken")
