@@ -82,7 +82,10 @@ def _errors_as_one_line(func: F) -> F:
 
 
 _runbooks_option = click.option(
-    "--runbooks", "runbooks_dirs", multiple=True, type=click.Path(path_type=Path),
+    "--runbooks",
+    "runbooks_dirs",
+    multiple=True,
+    type=click.Path(path_type=Path),
     help="Runbook directory or file (repeatable). Default: $RUNBOOK_DIR, ./runbooks.",
 )
 

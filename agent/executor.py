@@ -91,9 +91,7 @@ class Executor:
         runbook = self.runbooks.runbooks[runbook_id]
         spec = runbook.spec
         params = self.resolve_params(runbook, overrides or {})
-        shown_params = {
-            k: (MASK if spec.params[k].secret else self.redactor.data(v)) for k, v in params.items()
-        }
+        shown_params = {k: (MASK if spec.params[k].secret else self.redactor.data(v)) for k, v in params.items()}
         report = RunReport(
             run_id=uuid.uuid4().hex[:12],
             runbook=spec.id,
@@ -171,8 +169,12 @@ class Executor:
                         del running[future]
                         finish(
                             CheckResult(
-                                step.id, step.check, Status.CRITICAL,
-                                f"timed out after {step.timeout:g}s", step.timeout * 1000, code="timeout",
+                                step.id,
+                                step.check,
+                                Status.CRITICAL,
+                                f"timed out after {step.timeout:g}s",
+                                step.timeout * 1000,
+                                code="timeout",
                             )
                         )
         finally:

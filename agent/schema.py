@@ -97,9 +97,7 @@ class Runbook(_Strict):
     description: str = ""
     symptoms: list[str] = Field(default_factory=list)
     triggers: list[dict[str, str]] = Field(default_factory=list)
-    params: dict[Identifier, Annotated[ParamSpec, BeforeValidator(_param_shorthand)]] = Field(
-        default_factory=dict
-    )
+    params: dict[Identifier, Annotated[ParamSpec, BeforeValidator(_param_shorthand)]] = Field(default_factory=dict)
     checks: list[CheckStep] = Field(min_length=1)
     remediations: list[RemediationStep] = Field(default_factory=list)
     advice: list[str] = Field(default_factory=list)

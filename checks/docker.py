@@ -47,9 +47,7 @@ def containers(ctx: CheckContext, target: Target, *, running_only: bool = False)
             return []
         return [c for c in found if c.status == "running"] if running_only else found
     project = target.project or ctx.settings.compose_project
-    filters = {
-        "label": [f"com.docker.compose.project={project}", f"com.docker.compose.service={target.service}"]
-    }
+    filters = {"label": [f"com.docker.compose.project={project}", f"com.docker.compose.service={target.service}"]}
     found = client.containers.list(all=not running_only, filters=filters)
     return sorted(found, key=lambda c: (int(c.labels.get("com.docker.compose.container-number", 0) or 0), c.name))
 
@@ -129,8 +127,10 @@ def container_state(ctx: CheckContext, params: ContainerParams) -> Outcome:
     rows = [_container_status(c, params.warn_restarts) for c in found]
     status = worst(r[0] for r in rows)
     bad = [r for r in rows if r[0] is status]
-    summary = "; ".join(r[1] for r in bad) if status is not Status.OK else f"{len(rows)} running: " + ", ".join(
-        r[3]["name"] for r in rows
+    summary = (
+        "; ".join(r[1] for r in bad)
+        if status is not Status.OK
+        else f"{len(rows)} running: " + ", ".join(r[3]["name"] for r in rows)
     )
     return Outcome(
         status,
@@ -158,13 +158,19 @@ def replicas(ctx: CheckContext, params: ReplicasParams) -> Outcome:
     metrics = {"replicas": float(count)}
     if count < params.min:
         return Outcome(
-            Status.CRITICAL, f"{count} of service {params.service} running (min {params.min})",
-            {"running": names}, metrics, "replicas_below_min",
+            Status.CRITICAL,
+            f"{count} of service {params.service} running (min {params.min})",
+            {"running": names},
+            metrics,
+            "replicas_below_min",
         )
     if params.expected is not None and count < params.expected:
         return Outcome(
-            Status.WARNING, f"{count} of service {params.service} running (expected {params.expected})",
-            {"running": names}, metrics, "replicas_below_expected",
+            Status.WARNING,
+            f"{count} of service {params.service} running (expected {params.expected})",
+            {"running": names},
+            metrics,
+            "replicas_below_expected",
         )
     return Outcome(Status.OK, f"{count} of service {params.service} running", {"running": names}, metrics)
 
@@ -290,8 +296,10 @@ def stats(ctx: CheckContext, params: StatsParams) -> Outcome:
     for container in found:
         cpu_pct, mem_pct, used = _usage(container.stats(stream=False))
         status = worst(
-            [above(cpu_pct, params.cpu_warn_pct, params.cpu_crit_pct),
-             above(mem_pct, params.mem_warn_pct, params.mem_crit_pct)]
+            [
+                above(cpu_pct, params.cpu_warn_pct, params.cpu_crit_pct),
+                above(mem_pct, params.mem_warn_pct, params.mem_crit_pct),
+            ]
         )
         rows.append((status, container.name, cpu_pct, mem_pct, used))
     status = worst(r[0] for r in rows)

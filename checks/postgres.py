@@ -108,8 +108,11 @@ def idle_in_transaction(ctx: CheckContext, params: IdleInTransactionParams) -> O
         status,
         f"{count} sessions idle in transaction for over {params.older_than:g}s"
         + (f" (oldest {oldest:.0f}s)" if rows else ""),
-        details={"sessions": [{"pid": r[0], "user": r[1], "application": r[2], "idle_s": round(float(r[3]), 1)}
-                              for r in rows[:20]]},
+        details={
+            "sessions": [
+                {"pid": r[0], "user": r[1], "application": r[2], "idle_s": round(float(r[3]), 1)} for r in rows[:20]
+            ]
+        },
         metrics={"idle_in_transaction": float(count), "oldest_idle_s": round(oldest, 1)},
         code="db_idle_in_transaction" if status is not Status.OK else None,
     )

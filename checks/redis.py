@@ -90,9 +90,7 @@ class _QueueParams(_Params):
 
 
 class QueueDepthParams(_QueueParams):
-    key_format: str = Field(
-        "bull:{queue}:wait", description="Key holding waiting jobs (list, stream or sorted set)."
-    )
+    key_format: str = Field("bull:{queue}:wait", description="Key holding waiting jobs (list, stream or sorted set).")
     warn: int | None = Field(1000, ge=1, description="Depth from which the result is WARNING.")
     crit: int | None = Field(10000, ge=1, description="Depth from which the result is CRITICAL (guide: 10,000).")
 

@@ -65,8 +65,19 @@ SERVICES: dict[str, dict[str, Any]] = {
     "redis": {
         "image": IMAGE,
         "command": [
-            "redis-server", "--bind", "0.0.0.0", "--protected-mode", "no", "--requirepass", REDIS_PASSWORD,
-            "--maxmemory", "256mb", "--save", "", "--appendonly", "no",
+            "redis-server",
+            "--bind",
+            "0.0.0.0",
+            "--protected-mode",
+            "no",
+            "--requirepass",
+            REDIS_PASSWORD,
+            "--maxmemory",
+            "256mb",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
         ],
         "ports": {"6379/tcp": ("127.0.0.1", PORTS["redis"])},
         "healthcheck": _health(["redis-cli", "-a", REDIS_PASSWORD, "--no-auth-warning", "ping"]),
@@ -112,8 +123,12 @@ def build_image(dc: docker.DockerClient, tag: str, **buildargs: str) -> str:
     except docker.errors.ImageNotFound:
         subprocess.run(["bash", str(HERE / "build-base-image.sh"), BASE_IMAGE], check=True)
     image, _ = dc.images.build(
-        path=str(HERE / "services"), tag=tag, rm=True, pull=False,
-        buildargs={"BASE": BASE_IMAGE, **buildargs}, labels={"io.runbook.sandbox.source": label},
+        path=str(HERE / "services"),
+        tag=tag,
+        rm=True,
+        pull=False,
+        buildargs={"BASE": BASE_IMAGE, **buildargs},
+        labels={"io.runbook.sandbox.source": label},
     )
     return str(image.id)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -38,10 +39,8 @@ def dc() -> Iterator[docker.DockerClient]:
 
 def restore_sandbox(dc: docker.DockerClient) -> None:
     """Back to the healthy definition: a fresh app (clean logs, new connections), empty test queues."""
-    try:
+    with contextlib.suppress(docker.errors.NotFound):
         dc.containers.get(stack.container_name("app")).remove(force=True)
-    except docker.errors.NotFound:
-        pass
     stack.up(dc)
     faults.clear_queue()
 
@@ -68,7 +67,11 @@ def run_json(agent_env: dict[str, str]) -> RunRunbook:
     def run(runbook_id: str, *args: str, env: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
         result = subprocess.run(
             [sys.executable, "-m", "agent.cli", "run", runbook_id, "--json", *args],
-            env=env or agent_env, cwd=REPO, capture_output=True, text=True, timeout=120,
+            env=env or agent_env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         assert result.stdout, result.stderr
         return result.returncode, json.loads(result.stdout)
@@ -90,8 +93,12 @@ def probe(tmp_path: Path, dc: docker.DockerClient) -> Probe:
     def run(check: str, timeout: float = 10, settings: Settings | None = None, **with_: Any) -> CheckResult:
         settings = settings or load_settings(env={**stack.AGENT_ENV, "RUNBOOK_STATE_DIR": str(tmp_path)})
         spec = Runbook.model_validate(
-            {"id": "probe", "title": "Probe", "severity": "SEV-4",
-             "checks": [{"id": "c", "check": check, "with": with_, "timeout": timeout}]}
+            {
+                "id": "probe",
+                "title": "Probe",
+                "severity": "SEV-4",
+                "checks": [{"id": "c", "check": check, "with": with_, "timeout": timeout}],
+            }
         )
         runbooks = RunbookSet({"probe": LoadedRunbook(spec, Path("probe.yaml"))}, Templates(), Registry())
         redactor = Redactor()
@@ -108,15 +115,17 @@ def throwaway(dc: docker.DockerClient) -> Iterator[Callable[..., Any]]:
 
     def start(command: list[str], **kwargs: Any) -> Any:
         container = dc.containers.run(
-            stack.IMAGE, command, name=f"rbtest-{uuid.uuid4().hex[:8]}", detach=True,
-            labels={"io.runbook.test": "1"}, **kwargs,
+            stack.IMAGE,
+            command,
+            name=f"rbtest-{uuid.uuid4().hex[:8]}",
+            detach=True,
+            labels={"io.runbook.test": "1"},
+            **kwargs,
         )
         made.append(container)
         return container
 
     yield start
     for container in made:
-        try:
+        with contextlib.suppress(docker.errors.NotFound):
             container.remove(force=True)
-        except docker.errors.NotFound:
-            pass

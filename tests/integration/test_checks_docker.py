@@ -46,7 +46,9 @@ def test_container_unhealthy(probe, throwaway) -> None:
         ["sleep", "60"],
         healthcheck={"test": ["CMD", "false"], "interval": 200_000_000, "retries": 1, "timeout": 1_000_000_000},
     )
-    assert faults.wait_for(lambda: sick.client.api.inspect_container(sick.id)["State"]["Health"]["Status"] == "unhealthy")
+    assert faults.wait_for(
+        lambda: sick.client.api.inspect_container(sick.id)["State"]["Health"]["Status"] == "unhealthy"
+    )
     result = probe("docker.container", container=sick.name)
     assert (result.status, result.code) == (Status.CRITICAL, "container_unhealthy")
 
@@ -61,7 +63,9 @@ def test_replicas(probe) -> None:
 
 
 def test_log_matches(probe, throwaway) -> None:
-    noisy = throwaway(["sh", "-c", "for i in 1 2 3; do echo 'ERROR Database connection error: refused'; done; sleep 60"])
+    noisy = throwaway(
+        ["sh", "-c", "for i in 1 2 3; do echo 'ERROR Database connection error: refused'; done; sleep 60"]
+    )
     assert faults.wait_for(lambda: b"refused" in noisy.logs())
     result = probe("docker.log_matches", container=noisy.name, pattern="Database connection error", since="5m")
     assert (result.status, result.code) == (Status.CRITICAL, "log_pattern_found")
@@ -75,7 +79,10 @@ def test_error_rate(probe, throwaway) -> None:
     result = probe("docker.error_rate", service="app", window="5m")
     assert result.status is Status.OK and result.metrics["requests"] >= 20
     line = '172.18.0.1 - - [28/Nov/2026 10:00:00] "GET / HTTP/1.1" {} -'
-    script = f"for i in $(seq 30); do echo '{line.format(200)}'; done; for i in $(seq 10); do echo '{line.format(500)}'; done; sleep 60"
+    script = (
+        f"for i in $(seq 30); do echo '{line.format(200)}'; done; "
+        f"for i in $(seq 10); do echo '{line.format(500)}'; done; sleep 60"
+    )
     failing = throwaway(["sh", "-c", script])
     assert faults.wait_for(lambda: failing.logs().count(b"\n") >= 40)
     result = probe("docker.error_rate", container=failing.name, window="5m")

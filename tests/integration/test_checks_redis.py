@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import redis
 import pytest
+import redis
 
 from agent.status import Status
 from sandbox import stack

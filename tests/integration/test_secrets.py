@@ -37,7 +37,12 @@ def test_password_never_appears_in_any_output(dc, agent_env, unique_role, tmp_pa
         env = {**agent_env, "DATABASE_URL": dsn}
         for args in (["run", "db-connection", *extra], ["show", "db-connection"], ["run", "no-such-runbook"]):
             result = subprocess.run(
-                [sys.executable, "-m", "agent.cli", *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=60
+                [sys.executable, "-m", "agent.cli", *args],
+                env=env,
+                cwd=REPO,
+                capture_output=True,
+                text=True,
+                timeout=60,
             )
             outputs += [result.stdout, result.stderr]
     # A config file holding the URL, and an error about that file.
@@ -45,7 +50,10 @@ def test_password_never_appears_in_any_output(dc, agent_env, unique_role, tmp_pa
     config.write_text(f"database_url: {good}\nread_timeout: nope\n")
     result = subprocess.run(
         [sys.executable, "-m", "agent.cli", "--config", str(config), "run", "db-connection"],
-        env={k: v for k, v in agent_env.items() if k != "DATABASE_URL"}, cwd=REPO, capture_output=True, text=True,
+        env={k: v for k, v in agent_env.items() if k != "DATABASE_URL"},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
     )
     outputs += [result.stdout, result.stderr]
     audit = Path(agent_env["RUNBOOK_STATE_DIR"]) / "audit.jsonl"

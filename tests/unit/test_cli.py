@@ -76,7 +76,10 @@ def test_bad_param_syntax_and_unknown_param(tmp_path: Path) -> None:
     code, _, err = invoke("run", "email-queue", "-p", "queue", "--runbooks", str(REPO / "runbooks"), env=env)
     assert code == 2 and "expected key=value" in err
     code, _, err = invoke("run", "email-queue", "-p", "qeue=x", "--runbooks", str(REPO / "runbooks"), env=env)
-    assert code == 2 and err.strip() == "email-queue: unknown param qeue (known: redis_url, queue, worker_service, scale_to)"
+    assert (
+        code == 2
+        and err.strip() == "email-queue: unknown param qeue (known: redis_url, queue, worker_service, scale_to)"
+    )
 
 
 def test_config_errors_are_one_line(tmp_path: Path) -> None:
@@ -84,7 +87,9 @@ def test_config_errors_are_one_line(tmp_path: Path) -> None:
     config.write_text("read_timeout: soon\n")
     code, _, err = invoke("--config", str(config), "run", "email-queue", "--runbooks", str(REPO / "runbooks"))
     assert code == 2 and err.strip().startswith(f"{config}: read_timeout:")
-    code, _, err = invoke("--config", str(tmp_path / "missing.yaml"), "run", "app-down", "--runbooks", str(REPO / "runbooks"))
+    code, _, err = invoke(
+        "--config", str(tmp_path / "missing.yaml"), "run", "app-down", "--runbooks", str(REPO / "runbooks")
+    )
     assert code == 2 and "cannot read config file" in err
 
 

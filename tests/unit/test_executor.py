@@ -72,7 +72,9 @@ def make(tmp_path: Path, spec: dict[str, Any]) -> tuple[Executor, Path]:
 
 
 def test_checks_run_concurrently(tmp_path: Path) -> None:
-    executor, _ = make(tmp_path, {"checks": [{"id": "a", "check": "fake.together"}, {"id": "b", "check": "fake.together"}]})
+    executor, _ = make(
+        tmp_path, {"checks": [{"id": "a", "check": "fake.together"}, {"id": "b", "check": "fake.together"}]}
+    )
     report = executor.run("t", actor="test")
     assert [c.status for c in report.checks] == [Status.OK, Status.OK]
 
@@ -121,7 +123,9 @@ def test_params_render_into_with_and_overrides_apply(tmp_path: Path) -> None:
         tmp_path,
         {
             "params": {"level": "WARNING", "n": 3},
-            "checks": [{"id": "a", "check": "fake.status", "with": {"value": "{{ params.level }}", "n": "{{ params.n }}"}}],
+            "checks": [
+                {"id": "a", "check": "fake.status", "with": {"value": "{{ params.level }}", "n": "{{ params.n }}"}}
+            ],
         },
     )
     assert executor.run("t", actor="test").checks[0].status is Status.WARNING

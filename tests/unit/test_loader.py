@@ -44,7 +44,9 @@ def test_seed_runbooks_load() -> None:
     runbooks = load_runbooks([REPO / "runbooks"])
     assert runbooks.ids() == ["app-down", "db-connection", "email-queue", "high-error-rate", "host-resources"]
     for loaded in runbooks.runbooks.values():
-        assert loaded.spec.symptoms and loaded.spec.advice and loaded.spec.remediations or loaded.spec.id == "host-resources"
+        assert (
+            loaded.spec.symptoms and loaded.spec.advice and loaded.spec.remediations
+        ) or loaded.spec.id == "host-resources"
 
 
 def test_good_runbook_loads(write_runbook: WriteRunbook) -> None:
@@ -84,7 +86,9 @@ def test_unknown_keys_are_errors(write_runbook: WriteRunbook) -> None:
 
 
 def test_template_typos_fail_at_load(write_runbook: WriteRunbook) -> None:
-    path = write_runbook("demo.yaml", GOOD.replace("{{ params.service }}\"}\n    needs", "{{ params.servce }}\"}\n    needs"))
+    path = write_runbook(
+        "demo.yaml", GOOD.replace('{{ params.service }}"}\n    needs', '{{ params.servce }}"}\n    needs')
+    )
     assert problems([path]) == [f"{path}:13: checks[1].with.service: unknown params.servce (known: dsn, service)"]
     path = write_runbook("demo.yaml", GOOD.replace("checks.db.ok", "checks.dbb.ok"))
     assert problems([path]) == [f"{path}:19: remediations[0].when: unknown checks.dbb (known: app, db)"]
@@ -120,5 +124,7 @@ def test_missing_required_fields(write_runbook: WriteRunbook) -> None:
 
 
 def test_missing_required_plugin_param(write_runbook: WriteRunbook) -> None:
-    path = write_runbook("demo.yaml", GOOD.replace('with: {dsn: "{{ params.dsn }}", warn_pct: 80, crit_pct: 95}', "with: {}"))
+    path = write_runbook(
+        "demo.yaml", GOOD.replace('with: {dsn: "{{ params.dsn }}", warn_pct: 80, crit_pct: 95}', "with: {}")
+    )
     assert problems([path]) == [f"{path}:10: checks[0].with.dsn: required field is missing"]

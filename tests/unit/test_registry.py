@@ -30,7 +30,7 @@ def test_signature_and_name_checked_at_registration() -> None:
     plugins = PluginSet("fake")
     with pytest.raises(TypeError):
         plugins.check("fake.bad", NoParams)(lambda ctx: None)  # type: ignore[arg-type,return-value]
-    with pytest.raises(ValueError, match="must be named 'fake.<name>'"):
+    with pytest.raises(ValueError, match=r"must be named 'fake\.<name>'"):
         plugins.check("other.name", NoParams)(lambda ctx, p: Outcome(Status.OK, ""))
 
 
