@@ -104,8 +104,15 @@ class Runbook(_Strict):
 
     @field_validator("triggers")
     @classmethod
-    def _matchers_not_empty(cls, triggers: list[dict[str, str]]) -> list[dict[str, str]]:
+    def _matchers_valid(cls, triggers: list[dict[str, str]]) -> list[dict[str, str]]:
+        # Values are Alertmanager matchers: `value` or `=value` (equal), `!=value`, `=~regex`, `!~regex`.
         for trigger in triggers:
             if not trigger:
                 raise ValueError("a trigger needs at least one label matcher")
+            for label, matcher in trigger.items():
+                if matcher.startswith(("=~", "!~")):
+                    try:
+                        re.compile(matcher[2:])
+                    except re.error as exc:
+                        raise ValueError(f"label {label}: invalid regex {matcher[2:]!r}: {exc}") from None
         return triggers

@@ -128,3 +128,10 @@ def test_missing_required_plugin_param(write_runbook: WriteRunbook) -> None:
         "demo.yaml", GOOD.replace('with: {dsn: "{{ params.dsn }}", warn_pct: 80, crit_pct: 95}', "with: {}")
     )
     assert problems([path]) == [f"{path}:10: checks[0].with.dsn: required field is missing"]
+
+
+def test_trigger_regex_must_compile(write_runbook: WriteRunbook) -> None:
+    bad_trigger = 'severity: SEV-2\ntriggers:\n  - {alertname: "=~Db(("}'
+    path = write_runbook("demo.yaml", GOOD.replace("severity: SEV-2", bad_trigger))
+    (problem,) = problems([path])
+    assert problem.startswith(f"{path}:5: triggers: label alertname: invalid regex 'Db(('")
