@@ -17,8 +17,8 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed ## Make .venv with the project and its dev tools installed
 
-docker: ## Install (Debian docker.io) and start the Docker engine if it is not running
-	bash sandbox/ensure-docker.sh
+docker: ## Install what the host needs (docker.io, debootstrap, postgresql-client) and start dockerd
+	bash sandbox/ensure-deps.sh
 
 sandbox: install docker ## Start the sandbox stack (idempotent; builds its images locally when missing)
 	$(PY) -m sandbox.stack up

@@ -157,6 +157,7 @@ def _parse_params(values: Sequence[str]) -> dict[str, str]:
 @click.option("--dry-run", is_flag=True, help="Check and plan only; nothing is changed.")
 @click.option("-p", "--param", "params", multiple=True, metavar="KEY=VALUE", help="Override a runbook param.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of text.")
+@click.option("-y", "--yes", is_flag=True, help="Approve manual remediations (their plans are still shown).")
 @_runbooks_option
 @click.pass_obj
 @_errors_as_one_line
@@ -166,31 +167,126 @@ def run(
     dry_run: bool,
     params: tuple[str, ...],
     as_json: bool,
+    yes: bool,
     runbooks_dirs: tuple[Path, ...],
 ) -> None:
-    """Run a runbook's checks against the live stack and say what is wrong."""
+    """Run a runbook: checks against the live stack, then the remediations they call for, within policy.
+
+    Manual remediations show their exact plan and ask y/N on a terminal; --yes approves; with neither
+    they are recorded as pending. --dry-run runs every check and shows every plan, and changes nothing.
+    """
     from agent.audit import AuditLog
     from agent.executor import Executor
     from agent.output import Printer
+    from agent.policy import load_policy
+    from agent.state import StateStore
 
     overrides = _parse_params(params)
     runbooks = state.load(runbooks_dirs)
     if runbook_id not in runbooks.runbooks:
         raise UnknownRunbook(f"unknown runbook {runbook_id!r} (known: {', '.join(runbooks.ids())})")
     settings = state.settings
-    actor = f"{getpass.getuser()}@{socket.gethostname()}"
+    actor = _actor()
     audit = AuditLog(settings.audit_path, state.redactor)
-    executor = Executor(runbooks, settings, state.redactor, audit)
+    policy = load_policy(settings.policy_file, settings.environment)
+    store = StateStore(settings.state_path)
+    executor = Executor(runbooks, settings, state.redactor, audit, policy=policy, state=store)
     printer = Printer(state.redactor, enabled=not as_json)
-    with printer.progress(runbooks.runbooks[runbook_id].spec) as progress:
-        report = executor.run(runbook_id, overrides=overrides, dry_run=dry_run, actor=actor, progress=progress)
+    interactive = not as_json and sys.stdin.isatty() and sys.stdout.isatty()
+
+    def approve(step: Any, plan: Any) -> bool | None:
+        if yes:
+            return True
+        if not interactive:
+            return None
+        return printer.ask_approval(step, plan)
+
+    try:
+        with printer.progress(runbooks.runbooks[runbook_id].spec) as progress:
+            report = executor.run(
+                runbook_id, overrides=overrides, dry_run=dry_run, actor=actor, progress=progress, approve=approve
+            )
+    finally:
+        store.close()
     if as_json:
         click.echo(json.dumps(state.redactor.data(report.to_json()), indent=2))
     else:
         printer.report(report)
     if report.audit_error:
         click.echo(state.redactor.text(f"runbook: warning: {report.audit_error}"), err=True)
-    sys.exit(report.status.exit_code)
+    for escalation in report.escalations:
+        click.echo(state.redactor.text(f"runbook: ESCALATE {report.runbook} {escalation}"), err=True)
+    sys.exit(report.exit_status.exit_code)
+
+
+def _actor() -> str:
+    return f"{getpass.getuser()}@{socket.gethostname()}"
+
+
+def _store(state: _State) -> Any:
+    from agent.state import StateStore
+
+    return StateStore(state.settings.state_path)
+
+
+def _audit_admin(state: _State, event: str, **fields: Any) -> None:
+    from agent.audit import AuditLog
+
+    AuditLog(state.settings.audit_path, state.redactor, actor=_actor(), mode="admin").record(event, **fields)
+
+
+@cli.command()
+@click.option("--reason", default="", help="Why: shown with every denial while paused.")
+@click.pass_obj
+@_errors_as_one_line
+def pause(state: _State, reason: str) -> None:
+    """Deny every remediation (checks still run) until `runbook resume`."""
+    _audit_admin(state, "paused", reason=reason)
+    _store(state).set_paused(True, _actor(), reason)
+    click.echo("remediation paused: every remediation is denied until `runbook resume`")
+
+
+@cli.command()
+@click.pass_obj
+@_errors_as_one_line
+def resume(state: _State) -> None:
+    """Allow remediations again after `runbook pause`."""
+    _audit_admin(state, "resumed")
+    _store(state).set_paused(False, _actor())
+    click.echo("remediation resumed")
+
+
+@cli.command()
+@click.argument("target")
+@click.pass_obj
+@_errors_as_one_line
+def reset(state: _State, target: str) -> None:
+    """Close a target's circuit breaker (a person has looked), e.g. `runbook reset container:sandbox-app-1`."""
+    store = _store(state)
+    if not store.reset_breaker(target):
+        known = ", ".join(b.target for b in store.breakers()) or "none open"
+        raise RunbookError(f"no open circuit breaker for {target!r} (open: {known})")
+    _audit_admin(state, "breaker_reset", target=target)
+    click.echo(f"circuit breaker on {target} closed")
+
+
+@cli.command()
+@click.pass_obj
+@_errors_as_one_line
+def status(state: _State) -> None:
+    """Pause switch, open circuit breakers, held locks and pending approvals."""
+    import time
+
+    store = _store(state)
+    paused = store.paused()
+    click.echo(f"remediation: {'PAUSED by ' + paused[1] + ': ' + paused[0] if paused else 'enabled'}")
+    for b in store.breakers():
+        until = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(b.until))
+        click.echo(f"circuit open: {b.target} ({b.reason}; run {b.run_id}) until {until} UTC")
+    for target, run_id, _ in store.locks():
+        click.echo(f"locked: {target} by run {run_id}")
+    for run_id, remediation, fingerprint, _ in store.pending():
+        click.echo(f"pending approval: run {run_id} {remediation} (plan {fingerprint})")
 
 
 @cli.group()

@@ -23,6 +23,8 @@ ENV_VARS: dict[str, str] = {
     "RUNBOOK_AUDIT_LOG": "audit_log",
     "RUNBOOK_STATE_DIR": "state_dir",
     "RUNBOOK_COMPOSE_PROJECT": "compose_project",
+    "RUNBOOK_POLICY": "policy_file",
+    "RUNBOOK_ENV": "environment",
 }
 
 
@@ -46,6 +48,14 @@ class Settings(BaseModel):
     connect_timeout: float = Field(2.0, gt=0, description="Seconds to connect to any target.")
     read_timeout: float = Field(4.0, gt=0, description="Seconds to wait for any target's answer.")
     max_parallel_checks: int = Field(8, ge=1, le=64, description="Checks run at once.")
+    policy_file: Path | None = Field(None, description="Environment policy file (RUNBOOK_POLICY).")
+    environment: str | None = Field(None, description="Which environment of the policy file applies (RUNBOOK_ENV).")
+    max_targets_per_run: int = Field(5, ge=1, description="Blast radius: targets one run may change.")
+    default_limit: int = Field(3, ge=1, description="Changes per target per limit_window when a runbook sets none.")
+    limit_window: float = Field(3600.0, gt=0, description="Seconds of the default rate-limit window.")
+    default_cooldown: float = Field(60.0, ge=0, description="Seconds a target rests after a change by default.")
+    lock_ttl: float = Field(900.0, gt=0, description="Seconds a target lock lives if its holder vanishes.")
+    apply_timeout: float = Field(120.0, gt=0, description="Seconds any one effect may take (restart, recreate...).")
 
     @model_validator(mode="after")
     def _timeouts_ordered(self) -> Settings:
@@ -56,6 +66,10 @@ class Settings(BaseModel):
     @property
     def audit_path(self) -> Path:
         return self.audit_log or self.state_dir / "audit.jsonl"
+
+    @property
+    def state_path(self) -> Path:
+        return self.state_dir / "state.sqlite3"
 
     def template_view(self) -> dict[str, Any]:
         """What runbook templates see as `config`."""

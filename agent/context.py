@@ -10,7 +10,7 @@ from typing import Any
 from agent.config import Settings
 from agent.exceptions import TargetUnreachable
 
-__all__ = ["CheckContext", "RunClients"]
+__all__ = ["ApplyContext", "CheckContext", "PlanContext", "RunClients"]
 
 
 class RunClients:
@@ -52,10 +52,13 @@ class RunClients:
 
         return self._get(("docker", self.settings.docker_host or ""), make)
 
-    def postgres(self, dsn: str) -> Any:
+    def postgres(self, dsn: str, *, read_only: bool = False) -> Any:
         def make() -> Any:
             import psycopg
 
+            options = f"-c statement_timeout={int(self.settings.read_timeout * 1000)}"
+            if read_only:
+                options += " -c default_transaction_read_only=on"
             try:
                 return psycopg.connect(
                     dsn,
@@ -63,12 +66,12 @@ class RunClients:
                     autocommit=True,
                     application_name="runbook-agent",
                     # A query that outlives the read timeout is cancelled by the server itself.
-                    options=f"-c statement_timeout={int(self.settings.read_timeout * 1000)}",
+                    options=options,
                 )
             except psycopg.OperationalError as exc:
                 raise TargetUnreachable("db_unreachable", f"PostgreSQL unreachable: {_first_line(exc)}") from None
 
-        return self._get(("postgres", dsn), make)
+        return self._get(("postgres-ro" if read_only else "postgres", dsn), make)
 
     def redis(self, url: str) -> Any:
         def make() -> Any:
@@ -104,3 +107,93 @@ class CheckContext:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+class ReadOnlyDocker:
+    """What a plan may learn from the Docker engine: snapshots (inspect data), never objects that act."""
+
+    def __init__(self, clients: RunClients) -> None:
+        self._clients = clients
+
+    def containers(self, *, labels: list[str] | None = None, name: str | None = None) -> list[dict[str, Any]]:
+        import docker.errors
+
+        client = self._clients.docker()
+        if name is not None:
+            try:
+                return [dict(client.api.inspect_container(name))]
+            except docker.errors.NotFound:
+                return []
+        found = client.api.containers(all=True, filters={"label": labels or []})
+        return [dict(client.api.inspect_container(c["Id"])) for c in found]
+
+    def image(self, ref: str) -> dict[str, Any] | None:
+        import docker.errors
+
+        try:
+            return dict(self._clients.docker().api.inspect_image(ref))
+        except docker.errors.ImageNotFound:
+            return None
+
+    def images(self, repository: str) -> list[dict[str, Any]]:
+        client = self._clients.docker()
+        return [dict(client.api.inspect_image(i["Id"])) for i in client.api.images(name=repository)]
+
+    def swarm_service(self, name: str) -> dict[str, Any] | None:
+        import docker.errors
+
+        client = self._clients.docker()
+        try:
+            if not client.info().get("Swarm", {}).get("ControlAvailable"):
+                return None
+            return dict(client.api.inspect_service(name))
+        except docker.errors.NotFound:
+            return None
+
+
+class ReadOnlySQL:
+    """Queries for plans, on a connection the server itself holds read-only."""
+
+    def __init__(self, clients: RunClients, dsn: str) -> None:
+        self._clients, self._dsn = clients, dsn
+
+    def rows(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        conn = self._clients.postgres(self._dsn, read_only=True)
+        with conn.cursor() as cur:
+            cur.execute(sql, args)
+            return list(cur.fetchall()) if cur.description else []
+
+
+class ReadOnlyRedis:
+    _ALLOWED = frozenset({"hget", "hgetall", "exists", "type", "llen", "zcard", "xlen", "get"})
+
+    def __init__(self, clients: RunClients, url: str) -> None:
+        self._clients, self._url = clients, url
+
+    def __getattr__(self, name: str) -> Any:
+        if name not in self._ALLOWED:
+            raise AttributeError(f"a plan may not call redis {name}")
+        return getattr(self._clients.redis(self._url), name)
+
+
+class PlanContext:
+    """What a remediation's plan sees: read-only views of the targets, and the settings."""
+
+    def __init__(self, clients: RunClients) -> None:
+        self.settings = clients.settings
+        self.docker = ReadOnlyDocker(clients)
+        self._clients = clients
+
+    def postgres(self, dsn: str) -> ReadOnlySQL:
+        return ReadOnlySQL(self._clients, dsn)
+
+    def redis(self, url: str) -> ReadOnlyRedis:
+        return ReadOnlyRedis(self._clients, url)
+
+
+class ApplyContext:
+    """What an effect function gets: the run's real clients. Built only by the live-mode applier."""
+
+    def __init__(self, clients: RunClients) -> None:
+        self.clients = clients
+        self.settings = clients.settings

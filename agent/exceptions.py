@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 __all__ = [
+    "ApplyError",
     "AuditError",
     "ConfigError",
+    "PlanError",
     "RunbookError",
     "RunbookValidationError",
     "TargetUnreachable",
@@ -55,3 +57,11 @@ class TargetUnreachable(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+class PlanError(Exception):
+    """A remediation cannot make its plan (nothing to roll back to, a bound exceeded): recorded, not applied."""
+
+
+class ApplyError(Exception):
+    """An effect did not take (a container never became healthy, a session was already gone...)."""

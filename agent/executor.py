@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from agent.apply import DEFAULT_EFFECT_MODULES, Applier
 from agent.audit import AuditLog
 from agent.config import Settings
 from agent.context import CheckContext, RunClients
@@ -19,8 +20,11 @@ from agent.exceptions import AuditError, RunbookError, TargetUnreachable
 from agent.loader import LoadedRunbook, RunbookSet
 from agent.models import CheckResult, RemediationDecision, RunReport
 from agent.plugins import Outcome
+from agent.policy import EnvironmentPolicy
 from agent.redaction import MASK, Redactor
+from agent.remediate import ApproveCallback, Remediator
 from agent.schema import CheckStep
+from agent.state import StateStore
 from agent.status import Status, worst
 from agent.templating import TemplateError
 
@@ -51,11 +55,24 @@ class _Audit:
 
 
 class Executor:
-    def __init__(self, runbooks: RunbookSet, settings: Settings, redactor: Redactor, audit: AuditLog) -> None:
+    def __init__(
+        self,
+        runbooks: RunbookSet,
+        settings: Settings,
+        redactor: Redactor,
+        audit: AuditLog,
+        *,
+        policy: EnvironmentPolicy | None = None,
+        state: StateStore | None = None,
+        effect_modules: Mapping[str, str] = DEFAULT_EFFECT_MODULES,
+    ) -> None:
         self.runbooks = runbooks
         self.settings = settings
         self.redactor = redactor
         self.audit = audit
+        self.policy = policy or EnvironmentPolicy()
+        self.state = state
+        self.effect_modules = effect_modules
         self.templates = runbooks.templates
         self.registry = runbooks.registry
 
@@ -87,6 +104,7 @@ class Executor:
         dry_run: bool = False,
         actor: str,
         progress: ProgressCallback | None = None,
+        approve: ApproveCallback | None = None,
     ) -> RunReport:
         runbook = self.runbooks.runbooks[runbook_id]
         spec = runbook.spec
@@ -112,9 +130,21 @@ class Executor:
         finally:
             clients.close()
         report.status = worst(c.status for c in report.checks)
-        report.remediations = self._decide(runbook, params, report, audit)
+        report.remediations = self._decide(runbook, params, report)
+        self._remediate(runbook, params, report, audit, dry_run=dry_run, actor=actor, approve=approve)
+        if any(r.applied for r in report.remediations):
+            # The state the run leaves behind: every check once more, after the changes.
+            final = self._run_checks(spec.checks, params, RunClients(self.settings), audit, None, phase="final")
+            report.final_checks = final
+            report.final_status = worst(c.status for c in final)
         report.duration_ms = (time.monotonic() - start) * 1000
-        audit.record("run_finished", status=report.status.value, duration_ms=round(report.duration_ms, 1))
+        audit.record(
+            "run_finished",
+            status=report.status.value,
+            final_status=report.final_status.value if report.final_status else None,
+            escalations=report.escalations,
+            duration_ms=round(report.duration_ms, 1),
+        )
         report.audit_error = audit.error
         return report
 
@@ -127,6 +157,7 @@ class Executor:
         clients: RunClients,
         audit: _Audit,
         progress: ProgressCallback | None,
+        phase: str = "diagnose",
     ) -> list[CheckResult]:
         context = {"params": params, "env": dict(os.environ), "config": self.settings.template_view()}
         results: dict[str, CheckResult] = {}
@@ -136,17 +167,20 @@ class Executor:
 
         def finish(result: CheckResult) -> None:
             results[result.id] = result
-            audit.record("check_result", **self.redactor.data(result.to_json()))
+            audit.record("check_result", phase=phase, **self.redactor.data(result.to_json()))
             if progress:
                 progress(result.id, result)
 
+        # A subset (verify) runs without the checks it would otherwise wait for.
+        ids = {step.id for step in steps}
+        needs = {step.id: [n for n in step.needs if n in ids] for step in steps}
         try:
             while waiting or running:
                 for step in list(waiting):
-                    if any(need not in results for need in step.needs):
+                    if any(need not in results for need in needs[step.id]):
                         continue
                     waiting.remove(step)
-                    failed = [n for n in step.needs if results[n].status not in (Status.OK, Status.WARNING)]
+                    failed = [n for n in needs[step.id] if results[n].status not in (Status.OK, Status.WARNING)]
                     if failed:
                         finish(self._skipped(step, failed, results))
                         continue
@@ -179,6 +213,8 @@ class Executor:
                         )
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
+            if phase != "diagnose":
+                clients.close()
         return [results[step.id] for step in steps]
 
     def _skipped(self, step: CheckStep, failed: list[str], results: dict[str, CheckResult]) -> CheckResult:
@@ -220,11 +256,10 @@ class Executor:
             outcome = Outcome(Status.UNKNOWN, f"check failed: {type(exc).__name__}: {exc}", code="check_error")
         return result(outcome)
 
-    # --- remediations (declared; applying them is the safe-remediation work) --------------------
+    # --- remediations ----------------------------------------------------------------------------
 
-    def _decide(
-        self, runbook: LoadedRunbook, params: dict[str, Any], report: RunReport, audit: _Audit
-    ) -> list[RemediationDecision]:
+    def _decide(self, runbook: LoadedRunbook, params: dict[str, Any], report: RunReport) -> list[RemediationDecision]:
+        """Which remediations the check results call for, and why (their `when:`)."""
         views = {c.id: c.view() for c in report.checks}
         decisions = []
         for rem in runbook.spec.remediations:
@@ -238,7 +273,50 @@ class Executor:
                     reason = f"when: {rem.when.strip()} -> {str(applies).lower()}"
                 except TemplateError as exc:
                     applies, reason = False, f"when could not be evaluated: {exc}"
-            decision = RemediationDecision(rem.id, rem.do, rem.approval, applies, self.redactor.text(reason))
-            audit.record("remediation_decision", **decision.to_json())
-            decisions.append(decision)
+            decisions.append(RemediationDecision(rem.id, rem.do, rem.approval, applies, self.redactor.text(reason)))
         return decisions
+
+    def _remediate(
+        self,
+        runbook: LoadedRunbook,
+        params: dict[str, Any],
+        report: RunReport,
+        audit: _Audit,
+        *,
+        dry_run: bool,
+        actor: str,
+        approve: ApproveCallback | None,
+    ) -> None:
+        live = not dry_run and self.policy.mode == "apply" and any(d.would_apply for d in report.remediations)
+        if live and self.state is None:
+            raise RunbookError("remediation needs the state store (limits and locks); none was given")
+        # In dry-run or a plan-only environment no applier exists: nothing below can change anything.
+        applier = Applier(self.settings, self.effect_modules) if live else None
+        by_id = {s.id: s for s in runbook.spec.checks}
+
+        def verify_checks(ids: list[str]) -> list[CheckResult]:
+            return self._run_checks([by_id[i] for i in ids], params, RunClients(self.settings), audit, None, "verify")
+
+        remediator = Remediator(
+            registry=self.registry,
+            templates=self.templates,
+            settings=self.settings,
+            redactor=self.redactor,
+            policy=self.policy,
+            state=self.state,
+            applier=applier,
+        )
+        try:
+            remediator.run(
+                runbook,
+                params,
+                report.remediations,
+                run_id=report.run_id,
+                actor=actor,
+                audit=audit,
+                approve=approve or (lambda step, plan: None),
+                run_checks=verify_checks,
+            )
+        finally:
+            if applier is not None:
+                applier.close()

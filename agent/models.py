@@ -43,14 +43,26 @@ class CheckResult:
         return data
 
 
-@dataclass(frozen=True)
+@dataclass
 class RemediationDecision:
+    """What became of one remediation in a run: whether it applied, its plan, the decision and outcome."""
+
     id: str
     do: str
     approval: str
     would_apply: bool
     reason: str
+    # planned_only | nothing_to_do | plan_failed | denied | pending | rejected | applied | not_needed
+    decision: str = "not_needed"
+    decision_reason: str = ""
+    approver: str | None = None
+    plan: dict[str, Any] | None = None
     applied: bool = False
+    # resolved | not_resolved | apply_failed | applied (nothing to verify); None when nothing was applied
+    outcome: str | None = None
+    results: list[dict[str, Any]] = field(default_factory=list)
+    verify: list[dict[str, Any]] = field(default_factory=list)
+    escalation: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -72,6 +84,17 @@ class RunReport:
     remediations: list[RemediationDecision] = field(default_factory=list)
     advice: list[str] = field(default_factory=list)
     audit_error: str | None = None
+    # After remediations were applied, the checks are run once more: the state the run leaves behind.
+    final_status: Status | None = None
+    final_checks: list[CheckResult] = field(default_factory=list)
+
+    @property
+    def exit_status(self) -> Status:
+        return self.final_status or self.status
+
+    @property
+    def escalations(self) -> list[str]:
+        return [f"{r.id}: {r.escalation}" for r in self.remediations if r.escalation]
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -89,6 +112,9 @@ class RunReport:
             "remediations": [r.to_json() for r in self.remediations],
             "advice": list(self.advice),
         }
+        if self.final_status is not None:
+            data["final_status"] = self.final_status.value
+            data["final_checks"] = [c.to_json() for c in self.final_checks]
         if self.audit_error:
             data["audit_error"] = self.audit_error
         return data

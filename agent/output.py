@@ -11,11 +11,12 @@ from pydantic import BaseModel
 from rich.console import Console
 from rich.markup import escape
 
+from agent.changes import Plan
 from agent.loader import LoadedRunbook
-from agent.models import CheckResult, RunReport
+from agent.models import CheckResult, RemediationDecision, RunReport
 from agent.redaction import MASK, Redactor
 from agent.registry import Registry, UnknownPlugin
-from agent.schema import Runbook
+from agent.schema import RemediationStep, Runbook
 from agent.status import Status
 
 __all__ = ["Printer", "audit_line", "show_plugin", "show_runbook"]
@@ -30,14 +31,49 @@ class Printer:
         self.redactor = redactor
         self.enabled = enabled
         self.console = Console(highlight=False, soft_wrap=True, emoji=False)
+        self._status: Any = None
 
-    def _status(self, status: Status) -> str:
+    def plan_lines(self, plan: Plan) -> list[str]:
+        return [f"    - {escape(self.redactor.text(c.summary))}" for c in plan.changes]
+
+    def ask_approval(self, step: RemediationStep, plan: Plan) -> bool:
+        """Show the exact plan and ask y/N (the spinner pauses while a person reads)."""
+        if self._status is not None:
+            self._status.stop()
+        self.console.print(f"\n[bold]Approve {step.id}[/] ({step.do}, plan {plan.fingerprint}):")
+        for line in self.plan_lines(plan):
+            self.console.print(line)
+        answer = self.console.input("Apply this plan? [y/N] ").strip().lower() in ("y", "yes")
+        if self._status is not None:
+            self._status.start()
+        return answer
+
+    def _status_text(self, status: Status) -> str:
         return f"[{_STYLE[status]}]{status.value:8}[/]"
+
+    def _remediation(self, rem: RemediationDecision) -> None:
+        c = self.console
+        if not rem.would_apply:
+            c.print(f"  not needed   {rem.id} ({rem.do}): {escape(rem.reason)}")
+            return
+        outcome = f" -> {rem.outcome}" if rem.outcome else ""
+        c.print(f"  {rem.decision:12} {rem.id} ({rem.do}, approval {rem.approval}){outcome}")
+        c.print(f"      why: {escape(rem.reason)}")
+        if rem.decision_reason:
+            c.print(f"      decision: {escape(rem.decision_reason)}")
+        if rem.plan:
+            c.print(f"      plan {rem.plan['fingerprint']}:")
+            for change in rem.plan["changes"]:
+                c.print(f"        - {escape(self.redactor.text(change['summary']))}")
+        for result in rem.results:
+            c.print(f"      applied: {escape(str(result.get('change')))}: {result.get('outcome')}")
+        for check in rem.verify:
+            c.print(f"      verify: {check['id']} {check['status']} {escape(check['summary'])}")
 
     def check_line(self, result: CheckResult) -> None:
         summary = escape(self.redactor.text(result.summary))
         self.console.print(
-            f"  {self._status(result.status)} {result.id:22} {summary} [dim]({result.duration_ms:.0f} ms)[/]"
+            f"  {self._status_text(result.status)} {result.id:22} {summary} [dim]({result.duration_ms:.0f} ms)[/]"
         )
 
     @contextmanager
@@ -51,6 +87,7 @@ class Printer:
         running: set[str] = set()
         done = 0
         with self.console.status("", spinner="dots") if self.console.is_terminal else _null() as status:
+            self._status = status
 
             def update(check_id: str, result: CheckResult | None) -> None:
                 nonlocal done
@@ -64,25 +101,29 @@ class Printer:
                     status.update(f"checks {done}/{total} done; running: {', '.join(sorted(running)) or '-'}")
 
             yield update
+        self._status = None
 
     def report(self, report: RunReport) -> None:
         c = self.console
         c.print(
-            f"\nVerdict: {self._status(report.status).rstrip()}  "
+            f"\nVerdict: {self._status_text(report.status).rstrip()}  "
             f"[dim]run {report.run_id}, {report.mode}, {report.duration_ms / 1000:.1f}s[/]"
         )
         failing = [r for r in report.checks if r.status is not Status.OK]
         for result in failing:
             code = f" [{result.code}]" if result.code else ""
             c.print(f"  - {result.id}: {escape(self.redactor.text(result.summary))}{escape(code)}")
-        applicable = [r for r in report.remediations if r.would_apply]
         if report.remediations:
             c.print("\nRemediations:")
             for rem in report.remediations:
-                mark = "would apply" if rem.would_apply else "not needed"
-                c.print(f"  {mark:12} {rem.id} ({rem.do}, approval {rem.approval}): {escape(rem.reason)}")
-            if applicable:
-                c.print("  [dim]Remediations are not executed by this version; they are listed for the engineer.[/]")
+                self._remediation(rem)
+        if report.final_status is not None:
+            c.print(f"\nAfter remediation: {self._status_text(report.final_status).rstrip()}")
+            for result in report.final_checks:
+                if result.status is not Status.OK:
+                    c.print(f"  - {result.id}: {escape(self.redactor.text(result.summary))}")
+        for escalation in report.escalations:
+            c.print(f"\n[bold red]ESCALATE[/] {escape(escalation)}")
         if report.advice and report.status is not Status.OK:
             c.print("\nAdvice:")
             for line in report.advice:

@@ -9,12 +9,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel
 
+from agent.changes import Change
 from agent.status import Status
 
 if TYPE_CHECKING:
-    from agent.context import CheckContext
+    from agent.context import ApplyContext, CheckContext, PlanContext
 
-__all__ = ["CheckFunc", "CheckSpec", "Outcome", "PluginSet", "RemediationSpec"]
+__all__ = ["CheckFunc", "CheckSpec", "EffectSet", "EffectSpec", "Outcome", "PluginSet", "RemediationSpec"]
 
 
 @dataclass(frozen=True)
@@ -41,13 +42,26 @@ class CheckSpec:
     doc: str
 
 
+PlanFunc = Callable[["PlanContext", Any], list[Change]]
+ApplyFunc = Callable[["ApplyContext", Change], dict[str, Any]]
+
+
 @dataclass(frozen=True)
 class RemediationSpec:
     name: str
     params: type[BaseModel]
-    # What it changes in the world, e.g. ("docker.container.restart",). None declared: never applicable.
+    plan: PlanFunc
+    # What it may change in the world, e.g. ("docker.container.restart",): a plan may only name these.
     effects: tuple[str, ...]
     doc: str
+    # Destructive remediations (e.g. a restore) are never automatic, whatever a runbook says.
+    manual_only: bool = False
+
+
+@dataclass(frozen=True)
+class EffectSpec:
+    name: str
+    func: ApplyFunc
 
 
 class PluginSet:
@@ -74,5 +88,35 @@ class PluginSet:
 
         return register
 
-    def remediation(self, name: str, params: type[P], *, effects: tuple[str, ...], doc: str) -> None:
-        self.remediations.append(RemediationSpec(self._name(name), params, effects, doc))
+    def remediation(
+        self, name: str, params: type[P], *, effects: tuple[str, ...], manual_only: bool = False
+    ) -> Callable[[PlanFunc], PlanFunc]:
+        """Declare a remediation by its planning function; what applies it lives in an effects module."""
+
+        def register(func: PlanFunc) -> PlanFunc:
+            if len(inspect.signature(func).parameters) != 2:
+                raise TypeError(f"remediation {name}: expected plan(ctx, params), got {func.__name__}")
+            if not effects:
+                raise ValueError(f"remediation {name}: declares no effects, so it could never be applied")
+            doc = inspect.getdoc(func) or ""
+            self.remediations.append(RemediationSpec(self._name(name), params, func, effects, doc, manual_only))
+            return func
+
+        return register
+
+
+class EffectSet:
+    """Effect functions of one system. Only the executor's applier, built in live mode, loads these."""
+
+    def __init__(self, family: str) -> None:
+        self.family = family
+        self.effects: list[EffectSpec] = []
+
+    def effect(self, name: str) -> Callable[[ApplyFunc], ApplyFunc]:
+        def register(func: ApplyFunc) -> ApplyFunc:
+            if not name.startswith(self.family + "."):
+                raise ValueError(f"effect {name!r} must be named '{self.family}.<...>'")
+            self.effects.append(EffectSpec(name, func))
+            return func
+
+        return register

@@ -22,7 +22,7 @@ _DURATION = re.compile(r"^\s*(?P<n>\d+(?:\.\d+)?)\s*(?P<unit>ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
 
-def parse_duration(value: Any) -> float:
+def parse_duration(value: Any, *, allow_zero: bool = False) -> float:
     """`3s`, `500ms`, `5m`, `1h`, `1d` or a number of seconds -> seconds."""
     if isinstance(value, bool):
         raise ValueError("expected a duration like 5s, 10m or 1h")
@@ -33,12 +33,14 @@ def parse_duration(value: Any) -> float:
         if not match:
             raise ValueError(f"expected a duration like 5s, 10m or 1h, got {value!r}")
         seconds = float(match.group("n")) * _UNIT_SECONDS[match.group("unit")]
-    if seconds <= 0:
+    if seconds < 0 or (seconds == 0 and not allow_zero):
         raise ValueError("expected a positive duration")
     return seconds
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+# For quiet times, where none at all is a fair choice.
+DurationOrZero = Annotated[float, BeforeValidator(lambda v: parse_duration(v, allow_zero=True))]
 Identifier = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]*$", max_length=64)]
 RunbookId = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]*$", max_length=64)]
 PluginName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*$")]
@@ -85,8 +87,10 @@ class RemediationStep(_Strict):
     with_: dict[str, Any] = Field(default_factory=dict, alias="with")
     when: str | None = Field(None, description="Expression over `checks` and `params`; absent: always.")
     approval: Approval = "manual"
-    limit: Limit | None = None
-    verify: list[Identifier] = Field(default_factory=list)
+    limit: Limit | None = Field(None, description="Changes per target per window; default 3 per hour.")
+    cooldown: DurationOrZero | None = Field(None, description="Quiet time on a target after a change; default 60s.")
+    verify: list[Identifier] = Field(default_factory=list, description="Checks re-run until OK after applying.")
+    verify_timeout: Duration = Field(60.0, description="How long verify may wait for the checks to pass.")
     description: str = ""
 
 

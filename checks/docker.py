@@ -175,10 +175,25 @@ def replicas(ctx: CheckContext, params: ReplicasParams) -> Outcome:
     return Outcome(Status.OK, f"{count} of service {params.service} running", {"running": names}, metrics)
 
 
-def _log_lines(ctx: CheckContext, target: Target, since: float) -> list[tuple[str, str]]:
-    start = datetime.now(UTC) - timedelta(seconds=since)
+def _started_at(container: Any) -> datetime | None:
+    raw = container.attrs["State"].get("StartedAt") or ""
+    # Docker gives nanoseconds ("...T13:34:33.123456789Z"); datetime takes microseconds.
+    match = re.match(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d{1,6})?\d*Z$", raw)
+    if not match or raw.startswith("0001-"):
+        return None
+    return datetime.fromisoformat(match.group(1) + (match.group(2) or "") + "+00:00")
+
+
+def _log_lines(ctx: CheckContext, target: Target, since: float, across_restarts: bool) -> list[tuple[str, str]]:
+    """Log lines of the target's containers in the window; unless `across_restarts`, only since each
+    container last started, so a restart that fixed things is not judged by what came before it."""
+    window_start = datetime.now(UTC) - timedelta(seconds=since)
     lines: list[tuple[str, str]] = []
     for container in containers(ctx, target):
+        start = window_start
+        started = None if across_restarts else _started_at(container)
+        if started is not None and started > start:
+            start = started
         raw = container.logs(stdout=True, stderr=True, since=start, timestamps=False)
         lines.extend((container.name, line) for line in raw.decode("utf-8", "replace").splitlines())
     return lines
@@ -190,6 +205,7 @@ class LogMatchParams(Target):
     warn: int | None = Field(None, ge=1, description="Matching lines from which the result is WARNING.")
     crit: int | None = Field(1, ge=1, description="Matching lines from which the result is CRITICAL.")
     ignore_case: bool = False
+    across_restarts: bool = Field(False, description="Also count lines from before the container last started.")
 
     @model_validator(mode="after")
     def _compiles(self) -> LogMatchParams:
@@ -203,7 +219,11 @@ def log_matches(ctx: CheckContext, params: LogMatchParams) -> Outcome:
     if not containers(ctx, params):
         return _missing(params)
     regex = re.compile(params.pattern, re.IGNORECASE if params.ignore_case else 0)
-    matched = [(name, line) for name, line in _log_lines(ctx, params, params.since) if regex.search(line)]
+    matched = [
+        (name, line)
+        for name, line in _log_lines(ctx, params, params.since, params.across_restarts)
+        if regex.search(line)
+    ]
     status = above(len(matched), params.warn, params.crit)
     window = f"{params.since:g}s"
     summary = f"{len(matched)} lines matching {params.pattern!r} in the last {window}"
@@ -230,6 +250,7 @@ class ErrorRateParams(Target):
     warn_pct: float = Field(1.0, ge=0, le=100, description="5xx share (%) from which the result is WARNING.")
     crit_pct: float = Field(5.0, ge=0, le=100, description="5xx share (%) from which the result is CRITICAL.")
     min_requests: int = Field(10, ge=1, description="Fewer requests than this: too few to judge (OK).")
+    across_restarts: bool = Field(False, description="Also count requests from before the container last started.")
 
     @model_validator(mode="after")
     def _has_status_group(self) -> ErrorRateParams:
@@ -245,7 +266,7 @@ def error_rate(ctx: CheckContext, params: ErrorRateParams) -> Outcome:
         return _missing(params)
     regex = re.compile(params.status_pattern)
     total = errors = 0
-    for _, line in _log_lines(ctx, params, params.window):
+    for _, line in _log_lines(ctx, params, params.window, params.across_restarts):
         match = regex.search(line)
         if match:
             total += 1

@@ -61,8 +61,10 @@ def idle_in_transaction(sessions: int) -> Iterator[list[Any]]:
 
 
 def build_bad_app(dc: docker.DockerClient) -> str:
-    """A bad deploy: the app image built to answer 500 on every request to /."""
-    return stack.build_image(dc, f"{stack.APP_IMAGE}:bad", FAIL_RATIO="1", APP_VERSION="2-bad")
+    """A bad deploy: the app image built to answer 500 on every request to /. Returns its tag."""
+    tag = f"{stack.APP_IMAGE}:bad"
+    stack.build_image(dc, tag, FAIL_RATIO="1", APP_VERSION="2-bad")
+    return tag
 
 
 def deploy_app(dc: docker.DockerClient, image: str) -> None:

@@ -26,8 +26,8 @@ NETWORK = f"{PROJECT}_default"
 BASE_IMAGE = "runbook-sandbox-base:bookworm"
 IMAGE = "runbook-sandbox:latest"
 APP_IMAGE = "runbook-sandbox-app"  # tagged :latest; rollbacks use :previous
-AGENT_PASSWORD = "runbook-sandbox"
-REDIS_PASSWORD = "redis-sandbox"
+AGENT_PASSWORD = "agent-s3cret-pw"
+REDIS_PASSWORD = "redis-s3cret-pw"
 PORTS = {"db": 55432, "redis": 56379, "app": 58080}
 
 # What the agent uses to reach the sandbox from the host.

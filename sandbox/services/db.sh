@@ -5,7 +5,7 @@ PGDATA=/var/lib/sandbox-pg
 mkdir -p /var/run/postgresql && chown postgres /var/run/postgresql
 if [ ! -s "$PGDATA/PG_VERSION" ]; then
   mkdir -p "$PGDATA" && chown postgres "$PGDATA"
-  printf '%s\n' "${AGENT_PASSWORD:-runbook-sandbox}" > /tmp/pw && chown postgres /tmp/pw
+  printf '%s\n' "${AGENT_PASSWORD:?AGENT_PASSWORD is required}" > /tmp/pw && chown postgres /tmp/pw
   runuser -u postgres -- initdb -D "$PGDATA" -E UTF8 --locale=C -U runbook --pwfile=/tmp/pw --auth=scram-sha-256 >/dev/null
   rm -f /tmp/pw
   cat >> "$PGDATA/postgresql.conf" <<CONF

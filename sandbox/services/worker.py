@@ -7,7 +7,7 @@ import redis
 
 REDIS_URL = os.environ["APP_REDIS_URL"]
 QUEUE = os.environ.get("QUEUE", "email")
-JOB_SECONDS = float(os.environ.get("JOB_SECONDS", "0.005"))
+JOB_SECONDS = float(os.environ.get("JOB_SECONDS", "0.01"))
 
 client = redis.Redis.from_url(REDIS_URL, socket_timeout=10, decode_responses=True)
 print(f"worker started: queue={QUEUE} job_seconds={JOB_SECONDS}", flush=True)
@@ -18,6 +18,9 @@ while True:
             continue
         item = client.brpop(f"bull:{QUEUE}:wait", timeout=1)
         if item is None:
+            continue
+        if client.hget(f"bull:{QUEUE}:meta", "paused") == "1":
+            client.rpush(item[0], item[1])  # paused while we waited: put it back where it was
             continue
         time.sleep(JOB_SECONDS)
         if "fail" in item[1]:

@@ -129,3 +129,29 @@ def throwaway(dc: docker.DockerClient) -> Iterator[Callable[..., Any]]:
     for container in made:
         with contextlib.suppress(docker.errors.NotFound):
             container.remove(force=True)
+
+
+def world(dc: docker.DockerClient) -> dict[str, Any]:
+    """What a dry run must leave exactly as it was: containers (ids, starts, restarts), replicas, sessions."""
+    import psycopg
+
+    containers = {}
+    for c in dc.containers.list(all=True, filters={"label": f"com.docker.compose.project={stack.PROJECT}"}):
+        state = c.attrs["State"]
+        containers[c.name] = (c.id, c.attrs["RestartCount"], state["StartedAt"], state["Status"], c.attrs["Image"])
+    with psycopg.connect(stack.AGENT_ENV["DATABASE_URL"], autocommit=True) as conn:
+        sessions = conn.execute(
+            "SELECT pid, backend_start::text, state FROM pg_stat_activity WHERE backend_type = 'client backend'"
+            " AND pid <> pg_backend_pid() AND application_name <> 'runbook-agent' ORDER BY pid"
+        ).fetchall()
+    return {"containers": containers, "sessions": sessions}
+
+
+def starts(dc: docker.DockerClient, name: str, since: float) -> int:
+    """How many times the engine started a container since a time (docker events)."""
+    import time
+
+    events = dc.events(
+        since=int(since), until=int(time.time()) + 1, filters={"container": name, "event": "start"}, decode=True
+    )
+    return sum(1 for _ in events)

@@ -1,4 +1,4 @@
-"""The seed runbooks end to end (the real CLI as a process) against the sandbox, healthy and with real faults."""
+"""The seed runbooks diagnosing (dry-run) the sandbox, healthy and with real faults: the real CLI as a process."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def test_healthy_sandbox_reports_ok(dc, run_json, runbook_id: str) -> None:
 
 def test_app_killed_with_exit_137(dc, run_json, restore) -> None:
     faults.kill_app(dc)
-    code, report = run_json("app-down")
+    code, report = run_json("app-down", "--dry-run")
     checks = checks_by_id(report)
     assert (code, report["status"]) == (2, "CRITICAL")
     assert (checks["container"]["status"], checks["container"]["code"]) == ("CRITICAL", "container_not_running")
@@ -32,17 +32,18 @@ def test_app_killed_with_exit_137(dc, run_json, restore) -> None:
     assert checks["health"]["status"] == "CRITICAL"
     assert checks["database"]["status"] == "OK" and checks["redis"]["status"] == "OK"
     decision = report["remediations"][0]
-    assert (decision["id"], decision["would_apply"], decision["applied"]) == ("restart_app", True, False)
+    assert (decision["id"], decision["would_apply"], decision["decision"]) == ("restart_app", True, "planned_only")
+    assert decision["applied"] is False and decision["plan"]["changes"][0]["target"] == "container:sandbox-app-1"
 
 
 def test_database_stopped_then_app_holding_dead_connections(dc, run_json, restore) -> None:
     faults.stop_db(dc)
-    code, report = run_json("db-connection")
+    code, report = run_json("db-connection", "--dry-run")
     checks = checks_by_id(report)
     assert (code, report["status"]) == (2, "CRITICAL")
     assert (checks["db_reachable"]["status"], checks["db_reachable"]["code"]) == ("CRITICAL", "db_unreachable")
     assert checks["pool"]["code"] == "dependency_failed"
-    code, app_report = run_json("app-down")
+    code, app_report = run_json("app-down", "--dry-run")
     assert checks_by_id(app_report)["health"]["status"] == "CRITICAL"
     # Restarting the app would not help while the database is down.
     assert not app_report["remediations"][0]["would_apply"]
@@ -51,19 +52,20 @@ def test_database_stopped_then_app_holding_dead_connections(dc, run_json, restor
     dc.containers.get(stack.container_name("db")).start()
     stack.wait_healthy(dc, [stack.container_name("db")])
     faults.traffic(3, "/health")
-    code, report = run_json("db-connection")
+    code, report = run_json("db-connection", "--dry-run")
     checks = checks_by_id(report)
     assert checks["db_reachable"]["status"] == "OK"
     assert (checks["app_errors"]["status"], checks["app_errors"]["code"]) == ("CRITICAL", "log_pattern_found")
     decisions = {d["id"]: d["would_apply"] for d in report["remediations"]}
     assert decisions == {"terminate_idle": False, "restart_app": True}
+    assert checks["app_health"]["status"] == "CRITICAL"
 
 
 def test_connections_exhausted_by_idle_in_transaction_sessions(dc, run_json, restore) -> None:
     # The app role may use 27 of 30 slots (3 are reserved for superusers like the agent); take 26.
     with faults.idle_in_transaction(26):
         time.sleep(1.5)
-        code, report = run_json("db-connection", "--param", "idle_after=1s")
+        code, report = run_json("db-connection", "--dry-run", "--param", "idle_after=1s")
     checks = checks_by_id(report)
     assert (code, report["status"]) == (2, "CRITICAL")
     assert (checks["pool"]["status"], checks["pool"]["code"]) == ("CRITICAL", "db_connections_exhausted")
@@ -75,7 +77,7 @@ def test_connections_exhausted_by_idle_in_transaction_sessions(dc, run_json, res
 
 def test_email_queue_flooded(dc, run_json, restore) -> None:
     faults.flood_queue(30_000)
-    code, report = run_json("email-queue")
+    code, report = run_json("email-queue", "--dry-run")
     checks = checks_by_id(report)
     assert (code, report["status"]) == (2, "CRITICAL")
     assert (checks["depth"]["status"], checks["depth"]["code"]) == ("CRITICAL", "queue_backed_up")
@@ -88,7 +90,7 @@ def test_bad_deploy_raises_the_error_rate(dc, run_json, restore) -> None:
     faults.deploy_app(dc, faults.build_bad_app(dc))
     codes = faults.traffic(40)
     assert codes.count(500) == 40
-    code, report = run_json("high-error-rate")
+    code, report = run_json("high-error-rate", "--dry-run")
     checks = checks_by_id(report)
     assert (code, report["status"]) == (2, "CRITICAL")
     assert (checks["error_rate"]["status"], checks["error_rate"]["code"]) == ("CRITICAL", "error_rate_high")

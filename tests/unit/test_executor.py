@@ -161,3 +161,23 @@ def test_remediation_decisions_and_audit_trail(tmp_path: Path) -> None:
     assert {r["mode"] for r in records} == {"dry-run"} and {r["actor"] for r in records} == {"me@host"}
     assert "tkn-0123456789" not in audit_path.read_text()
     assert report.params == {"token": "***"}
+
+
+def test_a_subset_runs_without_the_checks_it_needs(tmp_path: Path) -> None:
+    # Verify re-runs only named checks; their `needs` outside the subset must not block them.
+    executor, _ = make(
+        tmp_path,
+        {
+            "checks": [
+                {"id": "first", "check": "fake.status"},
+                {"id": "second", "check": "fake.status", "needs": ["first"]},
+            ]
+        },
+    )
+    from agent.context import RunClients
+    from agent.executor import _Audit
+
+    spec = executor.runbooks.runbooks["t"].spec
+    audit = _Audit(executor.audit)
+    results = executor._run_checks([spec.checks[1]], {}, RunClients(executor.settings), audit, None, "verify")
+    assert [(r.id, r.status) for r in results] == [("second", Status.OK)]

@@ -1,0 +1,46 @@
+"""The applier: the one way a Change reaches the world. Built by the executor in live mode only."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from typing import Any
+
+from agent.changes import Change
+from agent.config import Settings
+from agent.context import ApplyContext, RunClients
+from agent.plugins import EffectSpec
+
+__all__ = ["DEFAULT_EFFECT_MODULES", "Applier"]
+
+DEFAULT_EFFECT_MODULES: Mapping[str, str] = {
+    "docker": "remediations.effects.docker",
+    "postgres": "remediations.effects.postgres",
+    "redis": "remediations.effects.redis",
+}
+
+
+class Applier:
+    def __init__(self, settings: Settings, modules: Mapping[str, str] = DEFAULT_EFFECT_MODULES) -> None:
+        # Effects wait on slow things (a container stopping, a health check passing): their own timeout.
+        self._clients = RunClients(settings.model_copy(update={"read_timeout": settings.apply_timeout}))
+        self._modules = dict(modules)
+        self._effects: dict[str, EffectSpec] = {}
+
+    def _effect(self, name: str) -> EffectSpec:
+        if name not in self._effects:
+            family = name.split(".", 1)[0]
+            if family not in self._modules:
+                raise KeyError(f"no effects module for {name!r}")
+            module = importlib.import_module(self._modules[family])
+            for spec in module.effects.effects:
+                self._effects.setdefault(spec.name, spec)
+            if name not in self._effects:
+                raise KeyError(f"unknown effect {name!r}")
+        return self._effects[name]
+
+    def apply(self, change: Change) -> dict[str, Any]:
+        return self._effect(change.effect).func(ApplyContext(self._clients), change)
+
+    def close(self) -> None:
+        self._clients.close()

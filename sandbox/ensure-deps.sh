@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# What the tests and the demo need on the host, from Debian's packages: the PostgreSQL client tools
+# (pg_dump/psql, for postgres.restore), debootstrap (to build the sandbox's base image), and a Docker
+# engine answering on /var/run/docker.sock (docker.io, dockerd started in the background: CI starts
+# with nothing running).
+set -euo pipefail
+
+apt_install() {
+  [ -n "${APT_UPDATED:-}" ] || { apt-get update -q >/dev/null; APT_UPDATED=1; }
+  echo "installing $* (Debian packages)"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >/dev/null
+}
+
+docker_ok() {
+  python3 - <<'PY'
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.settimeout(2)
+try:
+    s.connect("/var/run/docker.sock")
+    s.sendall(b"GET /_ping HTTP/1.0\r\n\r\n")
+    sys.exit(0 if b"OK" in s.recv(1024) else 1)
+except OSError:
+    sys.exit(1)
+PY
+}
+
+missing=()
+command -v pg_dump >/dev/null || missing+=(postgresql-client)
+command -v debootstrap >/dev/null || missing+=(debootstrap)
+command -v dockerd >/dev/null || missing+=(docker.io)
+[ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
+
+if docker_ok; then echo "docker engine running"; exit 0; fi
+echo "starting dockerd"
+rm -f /var/run/docker.pid
+nohup dockerd >/var/log/runbook-dockerd.log 2>&1 &
+for _ in $(seq 60); do
+  if docker_ok; then echo "docker engine running"; exit 0; fi
+  sleep 1
+done
+echo "dockerd did not start; last lines of /var/log/runbook-dockerd.log:" >&2
+tail -n 20 /var/log/runbook-dockerd.log >&2
+exit 1

@@ -1,0 +1,190 @@
+"""Remediations not covered by the game days, each against the real service: postgres.restore,
+redis.pause_queue/resume_queue, and docker.scale of a Swarm service on a single-node swarm."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import redis
+
+from sandbox import faults, stack
+from tests.integration.conftest import REPO
+
+pytestmark = pytest.mark.integration
+DSN = stack.AGENT_ENV["DATABASE_URL"]
+
+
+def run(agent_env: dict[str, str], runbooks: Path, runbook_id: str, *args: str) -> tuple[int, dict[str, Any]]:
+    result = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "run", runbook_id, "--runbooks", str(runbooks), "--json", *args],
+        env=agent_env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.stdout, result.stderr
+    return result.returncode, json.loads(result.stdout)
+
+
+def write_runbook(tmp_path: Path, text: str) -> Path:
+    directory = tmp_path / "runbooks"
+    directory.mkdir(exist_ok=True)
+    (directory / f"rb{len(list(directory.iterdir()))}.yaml").write_text(textwrap.dedent(text))
+    return directory
+
+
+RESTORE = """
+id: restore-db
+title: Restore the database
+severity: SEV-1
+params:
+  dsn: {{default: "{{{{ config.database_url }}}}", secret: true}}
+  backup: {backup}
+checks:
+  - id: orders
+    check: postgres.query
+    with: {{dsn: "{{{{ params.dsn }}}}", sql: SELECT count(*) FROM rbtest_orders}}
+remediations:
+  - id: restore
+    do: postgres.restore
+    with: {{dsn: "{{{{ params.dsn }}}}", backup: "{{{{ params.backup }}}}"}}
+    when: "true"
+    approval: auto
+"""
+
+
+def test_postgres_restore_is_manual_only_and_dumps_first(dc, agent_env, tmp_path: Path) -> None:
+    with psycopg.connect(DSN, autocommit=True) as conn:
+        conn.execute("DROP TABLE IF EXISTS rbtest_orders")
+        conn.execute("CREATE TABLE rbtest_orders (id int PRIMARY KEY, item text)")
+        conn.execute("INSERT INTO rbtest_orders VALUES (1, 'good-1'), (2, 'good-2'), (3, 'good-3')")
+    backup = tmp_path / "backup.sql"
+    env = {**os.environ, "PGPASSWORD": stack.AGENT_PASSWORD}
+    subprocess.run(
+        [
+            "pg_dump",
+            "--clean",
+            "--if-exists",
+            "--no-owner",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(stack.PORTS["db"]),
+            "-U",
+            "runbook",
+            "-f",
+            str(backup),
+            "app",
+        ],
+        env=env,
+        check=True,
+    )
+    with psycopg.connect(DSN, autocommit=True) as conn:
+        conn.execute("DELETE FROM rbtest_orders")
+        conn.execute("INSERT INTO rbtest_orders VALUES (99, 'corrupted')")
+    runbooks = write_runbook(tmp_path, RESTORE.format(backup=backup))
+    try:
+        # `approval: auto` in the runbook does not make a destructive remediation automatic.
+        code, report = run(agent_env, runbooks, "restore-db")
+        assert report["remediations"][0]["decision"] == "pending"
+        code, report = run(agent_env, runbooks, "restore-db", "--yes")
+        rem = report["remediations"][0]
+        assert (rem["decision"], rem["outcome"], code) == ("applied", "applied", 0), rem
+        with psycopg.connect(DSN) as conn:
+            rows = conn.execute("SELECT item FROM rbtest_orders ORDER BY id").fetchall()
+        assert [r[0] for r in rows] == ["good-1", "good-2", "good-3"]
+        dump = Path(rem["results"][0]["dump"])
+        assert dump.parent == Path(agent_env["RUNBOOK_STATE_DIR"]) / "backups"
+        assert "corrupted" in dump.read_text()  # the state before the restore is kept
+        assert stack.AGENT_PASSWORD not in json.dumps(report)
+    finally:
+        with psycopg.connect(DSN, autocommit=True) as conn:
+            conn.execute("DROP TABLE IF EXISTS rbtest_orders")
+
+
+QUEUE = """
+id: queue-{verb}
+title: {verb} the email queue
+severity: SEV-2
+params:
+  url: {{default: "{{{{ config.redis_url }}}}", secret: true}}
+checks:
+  - id: redis
+    check: redis.ping
+    with: {{url: "{{{{ params.url }}}}"}}
+remediations:
+  - id: {verb}
+    do: redis.{verb}_queue
+    with: {{url: "{{{{ params.url }}}}", queue: email}}
+    when: "true"
+    approval: auto
+    cooldown: 0s
+"""
+
+
+def test_pause_and_resume_queue(dc, agent_env, tmp_path: Path, restore) -> None:
+    client = redis.Redis.from_url(stack.AGENT_ENV["REDIS_URL"], decode_responses=True)
+    runbooks = write_runbook(tmp_path, QUEUE.format(verb="pause"))
+    write_runbook(tmp_path, QUEUE.format(verb="resume"))
+    code, report = run(agent_env, runbooks, "queue-pause")
+    assert report["remediations"][0]["decision"] == "applied"
+    assert client.hget("bull:email:meta", "paused") == "1"
+    faults.flood_queue(50)
+    time.sleep(2)
+    assert client.llen("bull:email:wait") == 50  # the worker honours the pause: nothing is lost or taken
+    code, report = run(agent_env, runbooks, "queue-pause")
+    assert report["remediations"][0]["decision"] == "nothing_to_do"
+    code, report = run(agent_env, runbooks, "queue-resume")
+    assert (report["remediations"][0]["decision"], code) == ("applied", 0)
+    assert faults.wait_for(lambda: client.llen("bull:email:wait") == 0, timeout=30)
+
+
+SWARM = """
+id: swarm-scale
+title: Scale a swarm service
+severity: SEV-2
+checks:
+  - id: engine
+    check: docker.engine
+remediations:
+  - id: scale
+    do: docker.scale
+    with: {service: rbtest-swarm-worker, replicas: 3, max_replicas: 5}
+    when: "true"
+    approval: auto
+"""
+
+
+@pytest.fixture
+def swarm(dc):
+    joined = False
+    if not dc.info().get("Swarm", {}).get("ControlAvailable"):
+        dc.swarm.init(advertise_addr="127.0.0.1", listen_addr="127.0.0.1:2377")
+        joined = True
+    service = dc.services.create(stack.IMAGE, command=["sleep", "600"], name="rbtest-swarm-worker")
+    yield service
+    service.remove()
+    if joined:
+        dc.swarm.leave(force=True)
+
+
+def test_scale_swarm_service(dc, agent_env, tmp_path: Path, swarm) -> None:
+    runbooks = write_runbook(tmp_path, SWARM)
+    code, report = run(agent_env, runbooks, "swarm-scale", "--dry-run")
+    change = report["remediations"][0]["plan"]["changes"][0]
+    assert (change["effect"], change["before"], change["after"]) == ("docker.service.scale", 1, 3)
+    code, report = run(agent_env, runbooks, "swarm-scale")
+    assert (report["remediations"][0]["decision"], code) == ("applied", 0)
+    swarm.reload()
+    assert swarm.attrs["Spec"]["Mode"]["Replicated"]["Replicas"] == 3
+    assert faults.wait_for(lambda: sum(t["Status"]["State"] == "running" for t in swarm.tasks()) == 3, timeout=60)

@@ -1,0 +1,250 @@
+"""The safety model with fake plugins: dry-run, policy, pause, approvals, limits, locks, verify, fail closed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import BaseModel, ConfigDict
+
+from agent.audit import AuditLog, read_records
+from agent.changes import Change
+from agent.config import Settings
+from agent.executor import Executor
+from agent.loader import LoadedRunbook, RunbookSet
+from agent.plugins import Outcome, PluginSet
+from agent.policy import EnvironmentPolicy
+from agent.redaction import Redactor
+from agent.registry import Registry
+from agent.schema import Runbook
+from agent.state import StateStore
+from agent.status import Status
+from agent.templating import Templates
+from tests.unit import fake_effects
+
+plugins = PluginSet("fake")
+HEALTH = fake_effects.HEALTH
+
+
+class CheckParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+@plugins.check("fake.health", CheckParams)
+def health(ctx: Any, p: CheckParams) -> Outcome:
+    return Outcome(Status(HEALTH["value"]), f"health {HEALTH['value']}")
+
+
+class FixParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    targets: list[str] = ["thing:a"]
+    fail: bool = False
+    heals: bool = False
+    effect: str = "fake.thing.fix"
+
+
+@plugins.remediation("fake.fix", FixParams, effects=("fake.thing.fix",))
+def fix(ctx: Any, p: FixParams) -> list[Change]:
+    return [Change(p.effect, t, f"fix {t}", "broken", "fixed", {"fail": p.fail, "heals": p.heals}) for t in p.targets]
+
+
+@plugins.remediation("fake.restore", FixParams, effects=("fake.thing.fix",), manual_only=True)
+def restore(ctx: Any, p: FixParams) -> list[Change]:
+    return [Change(p.effect, t, f"restore {t}", None, None, {}) for t in p.targets]
+
+
+@pytest.fixture(autouse=True)
+def reset() -> None:
+    HEALTH["value"] = "CRITICAL"
+    fake_effects.applied.clear()
+
+
+class Harness:
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.state = StateStore(tmp_path / "state.sqlite3")
+        self.audit_path = tmp_path / "audit.jsonl"
+        self.settings = Settings(state_dir=tmp_path, default_cooldown=0)
+
+    def run(
+        self,
+        remediation: dict[str, Any],
+        *,
+        dry_run: bool = False,
+        policy: EnvironmentPolicy | None = None,
+        approve: Any = None,
+        settings: Settings | None = None,
+        audit_path: Path | None = None,
+    ) -> Any:
+        registry = Registry(check_modules={}, remediation_modules={})
+        registry.add_plugins(plugins)
+        spec = Runbook.model_validate(
+            {
+                "id": "t",
+                "title": "T",
+                "severity": "SEV-2",
+                "checks": [{"id": "health", "check": "fake.health"}],
+                "remediations": [{"id": "fix", "do": "fake.fix", "approval": "auto", **remediation}],
+            }
+        )
+        runbooks = RunbookSet({"t": LoadedRunbook(spec, Path("t.yaml"))}, Templates(), registry)
+        redactor = Redactor()
+        executor = Executor(
+            runbooks,
+            settings or self.settings,
+            redactor,
+            AuditLog(audit_path or self.audit_path, redactor),
+            policy=policy,
+            state=self.state,
+            effect_modules={"fake": "tests.unit.fake_effects"},
+        )
+        report = executor.run("t", actor="tester@host", dry_run=dry_run, approve=approve)
+        return report, report.remediations[0]
+
+
+def heal_on_apply() -> None:
+    HEALTH["value"] = "OK"
+
+
+@pytest.fixture
+def h(tmp_path: Path) -> Harness:
+    return Harness(tmp_path)
+
+
+def test_dry_run_plans_and_never_builds_an_applier(h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_applier(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("an applier was built in dry-run")
+
+    monkeypatch.setattr("agent.executor.Applier", no_applier)
+    _, rem = h.run({}, dry_run=True)
+    assert (rem.decision, rem.applied) == ("planned_only", False)
+    assert rem.plan["changes"][0]["target"] == "thing:a"
+    assert fake_effects.applied == []
+    assert h.state.runs_on_target("thing:a", 0) == []
+    events = [r["event"] for r in read_records(h.audit_path)]
+    assert "remediation_planned" in events and "apply_started" not in events
+
+
+def test_auto_remediation_applies_and_is_audited(h: Harness) -> None:
+    report, rem = h.run({})
+    assert (rem.decision, rem.applied, rem.outcome, rem.approver) == ("applied", True, "applied", "auto (runbook)")
+    assert fake_effects.applied == ["thing:a"]
+    events = [r["event"] for r in read_records(h.audit_path)]
+    assert events.index("approval") < events.index("apply_started") < events.index("apply_finished")
+    assert report.final_status is Status.CRITICAL  # the fake fix does not heal: the final sweep says so
+
+
+def test_policy_plan_only_and_deny(h: Harness) -> None:
+    _, rem = h.run({}, policy=EnvironmentPolicy(name="staging", mode="plan"))
+    assert rem.decision == "planned_only" and "staging: plan only" in rem.decision_reason
+    _, rem = h.run({}, policy=EnvironmentPolicy(name="prod", deny=["fake.fix"]))
+    assert rem.decision == "denied" and fake_effects.applied == []
+
+
+def test_policy_can_only_tighten_approval(h: Harness) -> None:
+    policy = EnvironmentPolicy(name="prod", auto=["t.other"])
+    _, rem = h.run({}, policy=policy)
+    assert rem.decision == "pending"  # auto in the runbook, but not allowed unattended here
+    _, rem = h.run({"approval": "manual"}, policy=EnvironmentPolicy(name="prod", auto=["t.fix"]))
+    assert rem.decision == "pending"  # a policy never loosens manual to auto
+
+
+def test_manual_approval_pending_rejected_approved(h: Harness) -> None:
+    _, rem = h.run({"approval": "manual"})
+    assert rem.decision == "pending" and fake_effects.applied == []
+    assert h.state.pending()[0][1] == "fix"
+    _, rem = h.run({"approval": "manual"}, approve=lambda step, plan: False)
+    assert rem.decision == "rejected" and fake_effects.applied == []
+    seen = []
+    _, rem = h.run({"approval": "manual"}, approve=lambda step, plan: seen.append(plan.fingerprint) or True)
+    assert (rem.decision, rem.approver) == ("applied", "tester@host") and seen == [rem.plan["fingerprint"]]
+
+
+def test_manual_only_remediation_is_never_automatic(h: Harness) -> None:
+    _, rem = h.run({"do": "fake.restore"})
+    assert rem.decision == "pending"
+
+
+def test_pause_denies_everything(h: Harness) -> None:
+    h.state.set_paused(True, "oncall@host", "maintenance")
+    _, rem = h.run({})
+    assert rem.decision == "denied" and "paused by oncall@host: maintenance" in rem.decision_reason
+    h.state.set_paused(False, "oncall@host")
+    _, rem = h.run({})
+    assert rem.decision == "applied"
+
+
+def test_rate_limit_then_escalation(h: Harness) -> None:
+    for _ in range(2):
+        _, rem = h.run({"limit": {"max": 2, "per": "1h"}})
+        assert rem.decision == "applied"
+    _, rem = h.run({"limit": {"max": 2, "per": "1h"}})
+    assert rem.decision == "denied" and rem.decision_reason.startswith("limit reached")
+    assert rem.escalation and fake_effects.applied == ["thing:a", "thing:a"]
+    assert "escalation" in [r["event"] for r in read_records(h.audit_path)]
+
+
+def test_cooldown(h: Harness) -> None:
+    settings = Settings(state_dir=h.tmp_path, default_cooldown=600)
+    assert h.run({}, settings=settings)[1].decision == "applied"
+    _, rem = h.run({}, settings=settings)
+    assert rem.decision == "denied" and rem.decision_reason.startswith("cooldown")
+    assert h.run({"cooldown": "0s"}, settings=settings)[1].decision == "applied"
+
+
+def test_lock_held_by_another_run(h: Harness) -> None:
+    assert h.state.lock(["thing:a"], "other-run", ttl=60) is None
+    _, rem = h.run({})
+    assert rem.decision == "denied" and "locked by run other-run" in rem.decision_reason
+    h.state.unlock(["thing:a"], "other-run")
+    assert h.run({})[1].decision == "applied"
+
+
+def test_blast_radius(h: Harness) -> None:
+    settings = Settings(state_dir=h.tmp_path, default_cooldown=0, max_targets_per_run=2)
+    _, rem = h.run({"with": {"targets": ["thing:a", "thing:b", "thing:c"]}}, settings=settings)
+    assert rem.decision == "denied" and rem.decision_reason.startswith("blast radius")
+
+
+def test_not_resolved_opens_the_breaker_until_reset(h: Harness) -> None:
+    _, rem = h.run({"verify": ["health"], "verify_timeout": "1s"})
+    assert (rem.outcome, bool(rem.escalation)) == ("not_resolved", True)
+    _, rem = h.run({"verify": ["health"], "verify_timeout": "1s"})
+    assert rem.decision == "denied" and rem.decision_reason.startswith("circuit open on thing:a")
+    assert fake_effects.applied == ["thing:a"]
+    assert h.state.reset_breaker("thing:a")
+    HEALTH["value"] = "CRITICAL"
+    _, rem = h.run({"verify": ["health"], "verify_timeout": "1s"})
+    assert rem.decision == "applied"
+
+
+def test_resolved_when_verify_passes(h: Harness) -> None:
+    report, rem = h.run({"with": {"heals": True}, "verify": ["health"], "verify_timeout": "5s"})
+    assert rem.outcome == "resolved" and rem.verify == [{"id": "health", "status": "OK", "summary": "health OK"}]
+    assert report.final_status is Status.OK and report.exit_status is Status.OK
+
+
+def test_failed_effect_escalates(h: Harness) -> None:
+    _, rem = h.run({"with": {"fail": True}})
+    assert (rem.outcome, rem.results[0]["outcome"]) == ("apply_failed", "failed")
+    assert "effect failed" in rem.escalation
+
+
+def test_undeclared_effect_is_a_plan_failure(h: Harness) -> None:
+    _, rem = h.run({"with": {"effect": "fake.thing.destroy"}})
+    assert rem.decision == "plan_failed" and "undeclared effects" in rem.decision_reason
+    assert fake_effects.applied == []
+
+
+def test_audit_unavailable_means_nothing_is_applied(h: Harness) -> None:
+    blocker = h.tmp_path / "not-a-dir"
+    blocker.write_text("")
+    report, rem = h.run({}, audit_path=blocker / "audit.jsonl")
+    assert rem.decision == "denied" and "audit log unavailable" in rem.decision_reason
+    assert fake_effects.applied == [] and report.audit_error
+
+
+def test_a_remediation_must_declare_effects() -> None:
+    with pytest.raises(ValueError, match="declares no effects"):
+        PluginSet("x").remediation("x.y", FixParams, effects=())(lambda ctx, p: [])
