@@ -188,10 +188,27 @@ def show_runbook(runbook: LoadedRunbook, registry: Registry) -> str:
     return "\n".join(out)
 
 
+_AUDIT_FIELDS = {
+    "check_result": ("phase", "id", "status", "summary"),
+    "remediation_decision": ("id", "would_apply", "decision", "decision_reason", "approver", "outcome", "escalation"),
+}
+
+
 def audit_line(record: dict[str, Any]) -> str:
+    """One readable line per audit record; `--json` shows everything."""
     skip = {"ts", "seq", "event", "run_id", "actor", "mode", "runbook", "prev"}
+    event = record.get("event")
     rest = {k: v for k, v in record.items() if k not in skip}
-    if record.get("event") == "check_result":
-        rest = {k: rest.get(k) for k in ("id", "status", "summary")}
+    if event in _AUDIT_FIELDS:
+        rest = {k: rest[k] for k in _AUDIT_FIELDS[event] if rest.get(k) not in (None, "", "diagnose")}
+    elif event == "remediation_planned":
+        plan = rest.get("plan") or {}
+        rest = {
+            "remediation": rest.get("remediation"),
+            "plan": plan.get("fingerprint"),
+            "changes": [c.get("summary") for c in plan.get("changes", [])],
+        }
+    elif event == "apply_finished":
+        rest = {**rest, "results": [f"{r.get('change')}: {r.get('outcome')}" for r in rest.get("results", [])]}
     body = " ".join(f"{k}={json.dumps(v, default=str)}" for k, v in rest.items())
-    return f"{record.get('ts')} #{record.get('seq')} {record.get('run_id', '-')} {record.get('event')} {body}"
+    return f"{record.get('ts')} #{record.get('seq')} {record.get('run_id', '-')} {event} {body}"

@@ -1,4 +1,5 @@
-"""`make demo`: the sandbox up, a real fault, the runbook diagnosing it, and the audit trail of that run."""
+"""`make demo`: the sandbox up, a real fault, the runbook diagnosing it (dry run beside it), fixing and
+verifying it, and the audit trail of that run."""
 
 from __future__ import annotations
 
@@ -18,15 +19,18 @@ def banner(text: str) -> None:
     print(f"\n\033[1m== {text}\033[0m" if sys.stdout.isatty() else f"\n== {text}", flush=True)
 
 
-def runbook(*args: str, env: dict[str, str], quiet: bool = False) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([*RUNBOOK, *args], env=env, text=True, capture_output=True)
-    if quiet:
-        return result
+def runbook(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     print("$ runbook " + " ".join(args), flush=True)
+    result = subprocess.run([*RUNBOOK, *args], env=env, text=True, capture_output=True)
     sys.stdout.write(result.stdout)
     sys.stderr.write(result.stderr)
     print(f"(exit code {result.returncode})", flush=True)
     return result
+
+
+def last_run_id(audit: Path) -> str:
+    lines = audit.read_text().splitlines()
+    return str(json.loads(lines[-1])["run_id"])
 
 
 def main() -> int:
@@ -40,19 +44,20 @@ def main() -> int:
     faults.kill_app(dc)
     print("$ docker kill --signal KILL sandbox-app-1")
 
-    banner("3. The runbook diagnoses it")
-    result = runbook("run", "app-down", "--json", env=env, quiet=True)
-    run_id = json.loads(result.stdout)["run_id"]
-    runbook("run", "app-down", env=env)
+    banner("3. Dry run (staging mode): every check, the exact plan, nothing changed")
+    runbook("run", "app-down", "--dry-run", env=env)
 
-    banner("4. The audit trail of that run, and the chain verified")
+    banner("4. Live: the runbook diagnoses, restarts the app within policy, and verifies the fix")
+    runbook("run", "app-down", env=env)
+    run_id = last_run_id(state / "audit.jsonl")
+
+    banner("5. The audit trail of that run, and the hash chain verified")
     runbook("audit", "show", "--run", run_id, env=env)
     runbook("audit", "verify", env=env)
 
-    banner("5. Back to healthy (the sandbox restarts the app)")
-    stack.up(dc)
-    runbook("run", "app-down", env=env)
-    print(f"\naudit log kept in {state}/audit.jsonl")
+    banner("6. Limits, locks and breakers in force")
+    runbook("status", env=env)
+    print(f"\naudit log and state kept in {state}")
     return 0
 
 

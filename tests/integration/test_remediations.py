@@ -176,6 +176,10 @@ def swarm(dc):
     service.remove()
     if joined:
         dc.swarm.leave(force=True)
+        # Leaving a swarm breaks the embedded DNS of bridge networks made before it (Docker 20.10):
+        # the sandbox gets a fresh network so the tests after this one see a working stack.
+        stack.down(dc)
+        stack.up(dc)
 
 
 def test_scale_swarm_service(dc, agent_env, tmp_path: Path, swarm) -> None:
