@@ -151,7 +151,8 @@ def starts(dc: docker.DockerClient, name: str, since: float) -> int:
     """How many times the engine started a container since a time (docker events)."""
     import time
 
+    # Docker reads "seconds.nanoseconds"; whole seconds would count a start just before `since`.
     events = dc.events(
-        since=int(since), until=int(time.time()) + 1, filters={"container": name, "event": "start"}, decode=True
+        since=f"{since:.9f}", until=int(time.time()) + 1, filters={"container": name, "event": "start"}, decode=True
     )
     return sum(1 for _ in events)
