@@ -43,7 +43,7 @@ class Printer:
         self.console.print(f"\n[bold]Approve {step.id}[/] ({step.do}, plan {plan.fingerprint}):")
         for line in self.plan_lines(plan):
             self.console.print(line)
-        answer = self.console.input("Apply this plan? [y/N] ").strip().lower() in ("y", "yes")
+        answer = self.console.input("Apply this plan? [y/N] ", markup=False).strip().lower() in ("y", "yes")
         if self._status is not None:
             self._status.start()
         return answer

@@ -19,6 +19,11 @@ _KEY_VALUE = re.compile(
     r"(?P<secret>'[^']*'|\"[^\"]*\"|[^\s&,;'\"}]+)",
     re.IGNORECASE,
 )
+# Environment-style assignments, as in a container's env: DB_PASSWORD=..., STRIPE_API_KEY=...
+_ENV_ASSIGNMENT = re.compile(
+    r"(?P<pre>\b[A-Za-z0-9_]*(?:PASSWORD|PASSWD|TOKEN|SECRET|API_?KEY|PRIVATE_KEY)[A-Za-z0-9_]*=)(?P<secret>[^\s,;'\"]+)",
+    re.IGNORECASE,
+)
 _BEARER = re.compile(r"(?P<pre>\bBearer\s+)(?P<secret>[A-Za-z0-9._~+/=-]+)", re.IGNORECASE)
 _SECRET_ENV = re.compile(r"(PASSWORD|PASSWD|TOKEN|SECRET|API_?KEY|PRIVATE_KEY)", re.IGNORECASE)
 
@@ -66,6 +71,7 @@ class Redactor:
                 value = value.replace(secret, MASK)
         value = _URL_PASSWORD.sub(lambda m: m.group("pre") + MASK, value)
         value = _KEY_VALUE.sub(lambda m: m.group("pre") + MASK, value)
+        value = _ENV_ASSIGNMENT.sub(lambda m: m.group("pre") + MASK, value)
         return _BEARER.sub(lambda m: m.group("pre") + MASK, value)
 
     def data(self, value: Any) -> Any:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -81,7 +82,7 @@ class Remediator:
         steps = {r.id: r for r in runbook.spec.remediations}
         budget = _RunBudget()
         clients = RunClients(self.settings)
-        context = {"params": params, "env": {}, "config": self.settings.template_view()}
+        context = {"params": params, "env": dict(os.environ), "config": self.settings.template_view()}
         try:
             for decision in decisions:
                 if decision.would_apply:

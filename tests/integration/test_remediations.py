@@ -192,3 +192,78 @@ def test_scale_swarm_service(dc, agent_env, tmp_path: Path, swarm) -> None:
     swarm.reload()
     assert swarm.attrs["Spec"]["Mode"]["Replicated"]["Replicas"] == 3
     assert faults.wait_for(lambda: sum(t["Status"]["State"] == "running" for t in swarm.tasks()) == 3, timeout=60)
+
+
+def run_in_terminal(argv: list[str], env: dict[str, str], answer: str, timeout: float = 120) -> tuple[int, str]:
+    """Run a command on a pseudo-terminal, answering its y/N prompt as a person would."""
+    import os
+    import select
+
+    master, slave = os.openpty()
+    proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, env=env, cwd=REPO, close_fds=True)
+    os.close(slave)
+    out, answered, deadline = b"", False, time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.5)
+            if ready:
+                try:
+                    chunk = os.read(master, 4096)
+                except OSError:  # the terminal closed: the program ended
+                    break
+                if not chunk:
+                    break
+                out += chunk
+                if not answered and b"[y/N]" in out:
+                    os.write(master, answer.encode() + b"\n")
+                    answered = True
+            elif proc.poll() is not None:
+                break
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        os.close(master)
+    return proc.returncode, out.decode("utf-8", "replace")
+
+
+def test_manual_remediation_asks_on_a_terminal(dc, agent_env, tmp_path: Path, restore) -> None:
+    client = redis.Redis.from_url(stack.AGENT_ENV["REDIS_URL"], decode_responses=True)
+    runbooks = write_runbook(tmp_path, QUEUE.format(verb="pause").replace("approval: auto", "approval: manual"))
+    argv = [sys.executable, "-m", "agent.cli", "run", "queue-pause", "--runbooks", str(runbooks)]
+    env = {k: v for k, v in agent_env.items() if k != "NO_COLOR"}
+    _, out = run_in_terminal(argv, env, "n")
+    assert "Approve pause" in out and "pause queue email" in out  # the exact plan is shown before asking
+    assert "rejected" in out and client.hget("bull:email:meta", "paused") is None
+    _code, out = run_in_terminal(argv, env, "y")
+    assert "applied" in out and client.hget("bull:email:meta", "paused") == "1"
+    records = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "audit", "show", "--json"],
+        env=agent_env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    approvals = [json.loads(line) for line in records.splitlines() if '"event": "approval"' in line]
+    assert approvals and approvals[-1]["approver"].startswith("root@")
+
+
+def test_pause_switch_denies_until_resumed(dc, agent_env, tmp_path: Path, restore) -> None:
+    runbooks = write_runbook(tmp_path, QUEUE.format(verb="pause"))
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "agent.cli", *args], env=agent_env, cwd=REPO, capture_output=True, text=True
+        )
+
+    assert cli("pause", "--reason", "deploy freeze").returncode == 0
+    assert "PAUSED by root@" in cli("status").stdout
+    _, report = run(agent_env, runbooks, "queue-pause")
+    rem = report["remediations"][0]
+    assert rem["decision"] == "denied" and rem["decision_reason"].endswith(": deploy freeze")
+    assert cli("resume").returncode == 0
+    _code, report = run(agent_env, runbooks, "queue-pause")
+    assert report["remediations"][0]["decision"] == "applied"
+    events = [json.loads(line)["event"] for line in cli("audit", "show", "--json").stdout.splitlines()]
+    assert "paused" in events and "resumed" in events

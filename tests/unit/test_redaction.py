@@ -35,3 +35,10 @@ def test_nested_data() -> None:
     r = Redactor(["topsecret"])
     data = {"a": ["x topsecret", {"b": "topsecret"}], "n": 3}
     assert r.data(data) == {"a": [f"x {MASK}", {"b": MASK}], "n": 3}
+
+
+def test_environment_assignments_in_container_config() -> None:
+    r = Redactor()
+    env = ["DB_PASSWORD=hunter2hunter", "STRIPE_API_KEY=sk_live_abc", "GITHUB_TOKEN=ghp_x1", "LOG_LEVEL=info"]
+    out = r.data(env)
+    assert out == ["DB_PASSWORD=***", "STRIPE_API_KEY=***", "GITHUB_TOKEN=***", "LOG_LEVEL=info"]
