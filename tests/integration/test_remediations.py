@@ -267,3 +267,39 @@ def test_pause_switch_denies_until_resumed(dc, agent_env, tmp_path: Path, restor
     assert report["remediations"][0]["decision"] == "applied"
     events = [json.loads(line)["event"] for line in cli("audit", "show", "--json").stdout.splitlines()]
     assert "paused" in events and "resumed" in events
+
+
+RESTART_SERVICE = """
+id: restart-workers
+title: Restart the workers
+severity: SEV-3
+checks:
+  - id: workers
+    check: docker.replicas
+    with: {service: worker}
+remediations:
+  - id: restart
+    do: docker.restart
+    with: {service: worker}
+    when: "true"
+    approval: auto
+"""
+
+
+def test_restart_a_service_one_container_at_a_time(dc, agent_env, tmp_path: Path, restore) -> None:
+    stack.create(dc, "worker", 2).start()
+    runbooks = write_runbook(tmp_path, RESTART_SERVICE)
+    since = time.time()
+    code, report = run(agent_env, runbooks, "restart-workers")
+    rem = report["remediations"][0]
+    assert (rem["decision"], code) == ("applied", 0)
+    assert [c["target"] for c in rem["plan"]["changes"]] == ["container:sandbox-worker-1", "container:sandbox-worker-2"]
+    events = list(
+        dc.events(since=f"{since:.9f}", until=int(time.time()) + 1, filters={"event": ["kill", "start"]}, decode=True)
+    )
+    order = [
+        (e["Actor"]["Attributes"]["name"], e["status"]) for e in events if "worker" in e["Actor"]["Attributes"]["name"]
+    ]
+    first_start = order.index(("sandbox-worker-1", "start"))
+    assert all(name == "sandbox-worker-1" for name, _ in order[: first_start + 1])  # one done before the next
+    assert ("sandbox-worker-2", "start") in order[first_start + 1 :]
