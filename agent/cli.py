@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import click
 
 from agent.config import Settings, load_settings
-from agent.exceptions import AuditError, RunbookError, UnknownRunbook
+from agent.exceptions import AuditError, ConfigError, RunbookError, UnknownRunbook
 from agent.redaction import Redactor
 
 __all__ = ["main"]
@@ -287,6 +287,169 @@ def status(state: _State) -> None:
         click.echo(f"locked: {target} by run {run_id}")
     for run_id, remediation, fingerprint, _ in store.pending():
         click.echo(f"pending approval: run {run_id} {remediation} (plan {fingerprint})")
+
+
+def _security(token_file: Path | None, hmac_file: Path | None) -> Any:
+    from agent.api import ApiSecurity
+
+    def secret(path: Path | None, env: str) -> str | None:
+        if path is not None:
+            try:
+                return path.read_text().strip()
+            except OSError as exc:
+                raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+        return os.environ.get(env) or None
+
+    token = secret(token_file, "RUNBOOK_API_TOKEN")
+    if not token or len(token) < 12:
+        raise ConfigError("the daemon needs an API token of 12+ characters: --token-file or RUNBOOK_API_TOKEN")
+    return ApiSecurity(token=token, hmac_secret=secret(hmac_file, "RUNBOOK_HMAC_SECRET"))
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8787, show_default=True, type=int)
+@click.option("--dry-run", is_flag=True, help="Staging: every run only checks and plans; nothing is applied.")
+@click.option("--token-file", type=click.Path(path_type=Path), help="Bearer token file. Default: $RUNBOOK_API_TOKEN.")
+@click.option("--hmac-secret-file", type=click.Path(path_type=Path), help="Also require HMAC signatures.")
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 16), help="Runs at once.")
+@click.option("--queue-size", default=100, show_default=True, type=click.IntRange(1, 10_000))
+@click.option("--dedup-window", default=300.0, show_default=True, help="Seconds a repeated alert joins the last run.")
+@click.option("--shutdown-deadline", default=30.0, show_default=True, help="Seconds to finish in-flight checks.")
+@_runbooks_option
+@click.pass_obj
+@_errors_as_one_line
+def daemon(
+    state: _State,
+    host: str,
+    port: int,
+    dry_run: bool,
+    token_file: Path | None,
+    hmac_secret_file: Path | None,
+    workers: int,
+    queue_size: int,
+    dedup_window: float,
+    shutdown_deadline: float,
+    runbooks_dirs: tuple[Path, ...],
+) -> None:
+    """Receive alerts (Alertmanager webhooks) and run the matching runbooks within policy."""
+    import contextlib
+    from collections.abc import AsyncIterator
+
+    import uvicorn
+    from fastapi import FastAPI
+
+    from agent.api import create_app
+    from agent.daemon import Daemon
+    from agent.policy import load_policy
+
+    security = _security(token_file, hmac_secret_file)
+    state.redactor.add(security.token, *([security.hmac_secret] if security.hmac_secret else []))
+    runbooks = state.load(runbooks_dirs)
+    settings = state.settings
+    service = Daemon(
+        runbooks,
+        settings,
+        state.redactor,
+        policy=load_policy(settings.policy_file, settings.environment),
+        dry_run=dry_run,
+        workers=workers,
+        queue_size=queue_size,
+        dedup_window=dedup_window,
+    )
+    app = create_app(service, security)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        service.start()
+        yield
+        # SIGTERM: uvicorn stops accepting; in-flight checks finish, no new remediation starts.
+        service.stop(shutdown_deadline)
+
+    app.router.lifespan_context = lifespan
+    click.echo(
+        f"runbook daemon on http://{host}:{port} ({'dry-run' if dry_run else 'live'}, {len(runbooks.ids())} runbooks)"
+    )
+    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=int(shutdown_deadline))
+
+
+@cli.command()
+@click.option("--status", type=click.Choice(["queued", "running", "finished", "interrupted"]))
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--limit", default=50, show_default=True)
+@click.pass_obj
+@_errors_as_one_line
+def runs(state: _State, status: str | None, as_json: bool, limit: int) -> None:
+    """Recent runs (CLI and daemon alike), newest first, with pending approvals."""
+    import time
+
+    store = _store(state)
+    rows = store.runs(status=status, limit=limit)
+    pending = {(p[0], p[1]): p[2] for p in store.pending()}
+    if as_json:
+        for row in rows:
+            row.pop("report", None)
+            row["pending"] = [
+                {"remediation": r, "fingerprint": f} for (run_id, r), f in pending.items() if run_id == row["run_id"]
+            ]
+        click.echo(json.dumps(state.redactor.data(rows), indent=2))
+        return
+    for row in rows:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(row["created"]))
+        waiting = [f"{r} (plan {f})" for (run_id, r), f in pending.items() if run_id == row["run_id"]]
+        line = (
+            f"{row['run_id']}  {when}  {row['runbook']:16} {row['status']:11} {row['result'] or '-':8} {row['actor']}"
+        )
+        click.echo(state.redactor.text(line + (f"  pending: {', '.join(waiting)}" if waiting else "")))
+
+
+def _decide(
+    state: _State, run_id: str, approve: bool, remediation: str | None, fingerprint: str | None, reason: str
+) -> None:
+    from agent.audit import AuditLog
+    from agent.executor import Executor
+    from agent.policy import load_policy
+    from agent.state import StateStore
+
+    settings = state.settings
+    store = StateStore(settings.state_path)
+    executor = Executor(
+        state.load(()),
+        settings,
+        state.redactor,
+        AuditLog(settings.audit_path, state.redactor),
+        policy=load_policy(settings.policy_file, settings.environment),
+        state=store,
+    )
+    decision = executor.decide_pending(
+        run_id, approve=approve, approver=_actor(), remediation=remediation, fingerprint=fingerprint, reason=reason
+    )
+    outcome = f" -> {decision.outcome}" if decision.outcome else ""
+    click.echo(state.redactor.text(f"{decision.id}: {decision.decision}{outcome} ({decision.decision_reason})"))
+    if decision.escalation:
+        click.echo(state.redactor.text(f"runbook: ESCALATE {decision.id}: {decision.escalation}"), err=True)
+
+
+@cli.command()
+@click.argument("run_id")
+@click.option("--remediation", help="Which pending remediation of the run (if several).")
+@click.option("--plan", "fingerprint", help="The plan fingerprint approved (as shown); refused if the plan changed.")
+@click.pass_obj
+@_errors_as_one_line
+def approve(state: _State, run_id: str, remediation: str | None, fingerprint: str | None) -> None:
+    """Approve a pending manual remediation: planned again, applied only if the plan is unchanged."""
+    _decide(state, run_id, True, remediation, fingerprint, "")
+
+
+@cli.command()
+@click.argument("run_id")
+@click.option("--remediation", help="Which pending remediation of the run (if several).")
+@click.option("--reason", default="", help="Why (recorded).")
+@click.pass_obj
+@_errors_as_one_line
+def reject(state: _State, run_id: str, remediation: str | None, reason: str) -> None:
+    """Reject a pending manual remediation (recorded; nothing changes)."""
+    _decide(state, run_id, False, remediation, None, reason)
 
 
 @cli.group()

@@ -6,6 +6,8 @@ __all__ = [
     "ApplyError",
     "AuditError",
     "ConfigError",
+    "NotFound",
+    "PlanChanged",
     "PlanError",
     "RunbookError",
     "RunbookValidationError",
@@ -65,3 +67,17 @@ class PlanError(Exception):
 
 class ApplyError(Exception):
     """An effect did not take (a container never became healthy, a session was already gone...)."""
+
+
+class NotFound(RunbookError):
+    """A run, or a pending approval, that does not exist."""
+
+    code = "not_found"
+    exit_code = 1
+
+
+class PlanChanged(RunbookError):
+    """An approval names a plan that is no longer the plan: a person must look at the new one."""
+
+    code = "plan_changed"
+    exit_code = 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -16,7 +17,7 @@ from agent.apply import DEFAULT_EFFECT_MODULES, Applier
 from agent.audit import AuditLog
 from agent.config import Settings
 from agent.context import CheckContext, RunClients
-from agent.exceptions import AuditError, RunbookError, TargetUnreachable
+from agent.exceptions import AuditError, NotFound, PlanChanged, RunbookError, TargetUnreachable
 from agent.loader import LoadedRunbook, RunbookSet
 from agent.models import CheckResult, RemediationDecision, RunReport
 from agent.plugins import Outcome
@@ -105,13 +106,58 @@ class Executor:
         actor: str,
         progress: ProgressCallback | None = None,
         approve: ApproveCallback | None = None,
+        run_id: str | None = None,
+        target: str = "-",
+        stop: threading.Event | None = None,
     ) -> RunReport:
+        """Run a runbook. With a state store the run is recorded there (status, then its report), so
+        `runbook runs`, the daemon's API and approvals of pending remediations can find it."""
         runbook = self.runbooks.runbooks[runbook_id]
         spec = runbook.spec
         params = self.resolve_params(runbook, overrides or {})
+        run_id = run_id or uuid.uuid4().hex[:12]
+        if self.state is not None:
+            if self.state.run(run_id) is None:
+                self.state.add_run(
+                    run_id=run_id,
+                    runbook=spec.id,
+                    target=target,
+                    mode="dry-run" if dry_run else "live",
+                    actor=actor,
+                    params=dict(overrides or {}),
+                )
+            else:
+                self.state.set_run(run_id, "running")
+        try:
+            report = self._run(
+                runbook, params, run_id, dry_run=dry_run, actor=actor, progress=progress, approve=approve, stop=stop
+            )
+        except BaseException:
+            if self.state is not None:
+                self.state.set_run(run_id, "interrupted", result="error")
+            raise
+        if self.state is not None:
+            self.state.set_run(
+                run_id, "finished", result=report.exit_status.value, report=self.redactor.data(report.to_json())
+            )
+        return report
+
+    def _run(
+        self,
+        runbook: LoadedRunbook,
+        params: dict[str, Any],
+        run_id: str,
+        *,
+        dry_run: bool,
+        actor: str,
+        progress: ProgressCallback | None,
+        approve: ApproveCallback | None,
+        stop: threading.Event | None,
+    ) -> RunReport:
+        spec = runbook.spec
         shown_params = {k: (MASK if spec.params[k].secret else self.redactor.data(v)) for k, v in params.items()}
         report = RunReport(
-            run_id=uuid.uuid4().hex[:12],
+            run_id=run_id,
             runbook=spec.id,
             title=spec.title,
             severity=spec.severity,
@@ -131,7 +177,7 @@ class Executor:
             clients.close()
         report.status = worst(c.status for c in report.checks)
         report.remediations = self._decide(runbook, params, report)
-        self._remediate(runbook, params, report, audit, dry_run=dry_run, actor=actor, approve=approve)
+        self._remediate(runbook, params, report, audit, dry_run=dry_run, actor=actor, approve=approve, stop=stop)
         if any(r.applied for r in report.remediations):
             # The state the run leaves behind: every check once more, after the changes.
             final = self._run_checks(spec.checks, params, RunClients(self.settings), audit, None, phase="final")
@@ -286,6 +332,7 @@ class Executor:
         dry_run: bool,
         actor: str,
         approve: ApproveCallback | None,
+        stop: threading.Event | None,
     ) -> None:
         live = not dry_run and self.policy.mode == "apply" and any(d.would_apply for d in report.remediations)
         if live and self.state is None:
@@ -305,6 +352,7 @@ class Executor:
             policy=self.policy,
             state=self.state,
             applier=applier,
+            stop=stop,
         )
         try:
             remediator.run(
@@ -320,3 +368,94 @@ class Executor:
         finally:
             if applier is not None:
                 applier.close()
+
+    # --- pending approvals ------------------------------------------------------------------------
+
+    def decide_pending(
+        self,
+        run_id: str,
+        *,
+        approve: bool,
+        approver: str,
+        remediation: str | None = None,
+        fingerprint: str | None = None,
+        reason: str = "",
+    ) -> RemediationDecision:
+        """A person's answer to a pending manual remediation. Approving plans again and applies only if
+        the plan is the one approved (PlanChanged otherwise); either answer is given once only."""
+        if self.state is None:
+            raise RunbookError("approvals need the state store")
+        run = self.state.run(run_id)
+        if run is None:
+            raise NotFound(f"no run {run_id!r}")
+        pending = [p for p in self.state.pending(run_id) if remediation in (None, p[1])]
+        if len(pending) != 1:
+            what = f"remediation {remediation!r} of run {run_id}" if remediation else f"run {run_id}"
+            names = ", ".join(p[1] for p in self.state.pending(run_id)) or "none"
+            raise NotFound(f"no single pending approval for {what} (pending: {names})")
+        _, rem_id, pending_fp, _ = pending[0]
+        if fingerprint is not None and fingerprint != pending_fp:
+            raise PlanChanged(f"approval names plan {fingerprint}, but the pending plan is {pending_fp}")
+        runbook = self.runbooks.runbooks.get(run["runbook"])
+        if runbook is None:
+            raise NotFound(f"runbook {run['runbook']!r} of run {run_id} is not loaded")
+        step = next(r for r in runbook.spec.remediations if r.id == rem_id)
+        audit = _Audit(self.audit.bind(run_id=run_id, actor=approver, mode="live", runbook=runbook.spec.id))
+        decision = RemediationDecision(step.id, step.do, step.approval, True, f"pending since run {run_id}")
+        if not approve:
+            if not self.state.take_pending(run_id, rem_id):
+                raise NotFound(f"remediation {rem_id} of run {run_id} was already decided")
+            decision.decision, decision.decision_reason = "rejected", f"rejected by {approver}: {reason}".rstrip(": ")
+            audit.record("remediation_decision", **self.redactor.data(decision.to_json()))
+            self._store_decision(run_id, decision)
+            return decision
+        params = self.resolve_params(runbook, run["params"])
+        by_id = {s.id: s for s in runbook.spec.checks}
+
+        def verify_checks(ids: list[str]) -> list[CheckResult]:
+            return self._run_checks([by_id[i] for i in ids], params, RunClients(self.settings), audit, None, "verify")
+
+        live = self.policy.mode == "apply"
+        applier = Applier(self.settings, self.effect_modules) if live else None
+        remediator = Remediator(
+            registry=self.registry,
+            templates=self.templates,
+            settings=self.settings,
+            redactor=self.redactor,
+            policy=self.policy,
+            state=self.state,
+            applier=applier,
+        )
+        try:
+            if not self.state.take_pending(run_id, rem_id):
+                raise NotFound(f"remediation {rem_id} of run {run_id} was already decided")
+            try:
+                remediator.apply_approved(
+                    runbook,
+                    params,
+                    step,
+                    decision,
+                    fingerprint=pending_fp,
+                    run_id=run_id,
+                    approver=approver,
+                    audit=audit,
+                    run_checks=verify_checks,
+                )
+            except PlanChanged:
+                # Still waiting for a person, who must now look at the new plan.
+                self.state.add_pending(run_id, rem_id, pending_fp, decision.plan or {})
+                raise
+        finally:
+            if applier is not None:
+                applier.close()
+        self._store_decision(run_id, decision)
+        return decision
+
+    def _store_decision(self, run_id: str, decision: RemediationDecision) -> None:
+        assert self.state is not None
+        run = self.state.run(run_id)
+        report = (run or {}).get("report") or {}
+        report["remediations"] = [
+            decision.to_json() if r.get("id") == decision.id else r for r in report.get("remediations", [])
+        ]
+        self.state.set_run(run_id, (run or {}).get("status", "finished"), report=self.redactor.data(report))

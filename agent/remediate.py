@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ from agent.apply import Applier
 from agent.changes import Plan
 from agent.config import Settings
 from agent.context import PlanContext, RunClients
-from agent.exceptions import ApplyError, PlanError, TargetUnreachable
+from agent.exceptions import ApplyError, PlanChanged, PlanError, TargetUnreachable
 from agent.loader import LoadedRunbook
 from agent.models import CheckResult, RemediationDecision
 from agent.policy import EnvironmentPolicy
@@ -57,6 +58,7 @@ class Remediator:
         policy: EnvironmentPolicy,
         state: StateStore | None,
         applier: Applier | None,
+        stop: threading.Event | None = None,
     ) -> None:
         self.registry = registry
         self.templates = templates
@@ -66,6 +68,8 @@ class Remediator:
         self.state = state
         # None in dry-run and in plan-only environments: then nothing here can change anything.
         self.applier = applier
+        # Set when the daemon is shutting down: no new remediation starts.
+        self.stop = stop or threading.Event()
 
     def run(
         self,
@@ -156,6 +160,8 @@ class Remediator:
         if self.policy.denies(spec_id, step.id, step.do):
             return self._decide(decision, "denied", f"environment {self.policy.name} never applies {step.do}")
         assert self.state is not None  # a live applier always comes with the state store
+        if self.stop.is_set():
+            return self._decide(decision, "denied", "the agent is shutting down: no new remediation starts")
         paused = self.state.paused()
         if paused:
             return self._decide(decision, "denied", f"remediation is paused by {paused[1]}: {paused[0]}")
@@ -298,6 +304,49 @@ class Remediator:
                 "not resolved: " + "; ".join(f"{r.id} {r.status.value}" for r in results if r.status is not Status.OK),
             )
         return None
+
+    def apply_approved(
+        self,
+        runbook: LoadedRunbook,
+        params: dict[str, Any],
+        step: RemediationStep,
+        decision: RemediationDecision,
+        *,
+        fingerprint: str,
+        run_id: str,
+        approver: str,
+        audit: RunAudit,
+        run_checks: CheckRunner,
+    ) -> None:
+        """A person approved a pending plan: plan again, and go on only if the plan is still that one."""
+
+        def approve(_: RemediationStep, plan: Plan) -> bool:
+            if plan.fingerprint != fingerprint:
+                raise PlanChanged(
+                    f"the plan changed since it was approved (approved {fingerprint}, now {plan.fingerprint});"
+                    " run the runbook again to see the new plan"
+                )
+            return True
+
+        clients = RunClients(self.settings)
+        context = {"params": params, "env": dict(os.environ), "config": self.settings.template_view()}
+        try:
+            self._one(
+                runbook,
+                step,
+                decision,
+                context,
+                clients,
+                run_id=run_id,
+                actor=approver,
+                audit=audit,
+                approve=approve,
+                run_checks=run_checks,
+                budget=_RunBudget(),
+            )
+        finally:
+            clients.close()
+        audit.record("remediation_decision", **self.redactor.data(decision.to_json()))
 
     def _verify(self, step: RemediationStep, run_checks: CheckRunner) -> tuple[bool, list[CheckResult]]:
         """Re-run the named checks with backoff until all are OK or the deadline passes."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 __all__ = [
     "Approval",
@@ -94,6 +94,13 @@ class RemediationStep(_Strict):
     description: str = ""
 
 
+class Schedule(_Strict):
+    every: Duration = Field(description="Run this often (a proactive health sweep), e.g. 5m.")
+
+
+AlertSource = Annotated[str, StringConstraints(pattern=r"^(labels|annotations)\.[A-Za-z_][A-Za-z0-9_]*$")]
+
+
 class Runbook(_Strict):
     id: RunbookId
     title: str = Field(min_length=1)
@@ -105,6 +112,17 @@ class Runbook(_Strict):
     checks: list[CheckStep] = Field(min_length=1)
     remediations: list[RemediationStep] = Field(default_factory=list)
     advice: list[str] = Field(default_factory=list)
+    # Alert data reaches a run only through these: param -> `labels.<name>` or `annotations.<name>`.
+    # The mapped values also name the incident's target (one active run per runbook and target).
+    alert_params: dict[Identifier, AlertSource] = Field(default_factory=dict)
+    schedule: Schedule | None = None
+
+    @model_validator(mode="after")
+    def _alert_params_declared(self) -> Runbook:
+        unknown = sorted(set(self.alert_params) - set(self.params))
+        if unknown:
+            raise ValueError(f"alert_params names undeclared params: {', '.join(unknown)}")
+        return self
 
     @field_validator("triggers")
     @classmethod

@@ -8,6 +8,7 @@ import json
 import os
 import socket
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,6 +31,17 @@ CREATE TABLE IF NOT EXISTS breakers (
     target TEXT PRIMARY KEY, opened REAL NOT NULL, until REAL NOT NULL, run_id TEXT NOT NULL, reason TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS flags (name TEXT PRIMARY KEY, value TEXT NOT NULL, at REAL NOT NULL, actor TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY, runbook TEXT NOT NULL, target TEXT NOT NULL, status TEXT NOT NULL,
+    mode TEXT NOT NULL, actor TEXT NOT NULL, params TEXT NOT NULL, host TEXT NOT NULL, pid INTEGER NOT NULL,
+    created REAL NOT NULL, finished REAL, result TEXT, report TEXT, alert_id INTEGER
+);
+CREATE INDEX IF NOT EXISTS runs_target ON runs (runbook, target, created);
+CREATE TABLE IF NOT EXISTS alerts (
+    id INTEGER PRIMARY KEY, received REAL NOT NULL, source TEXT NOT NULL, fingerprint TEXT NOT NULL,
+    status TEXT NOT NULL, name TEXT NOT NULL, labels TEXT NOT NULL, annotations TEXT NOT NULL,
+    runbook TEXT, target TEXT, disposition TEXT NOT NULL, run_id TEXT
+);
 CREATE TABLE IF NOT EXISTS pending (
     run_id TEXT NOT NULL, remediation TEXT NOT NULL, fingerprint TEXT NOT NULL, plan TEXT NOT NULL,
     at REAL NOT NULL, PRIMARY KEY (run_id, remediation)
@@ -44,6 +56,19 @@ class Breaker:
     until: float
     run_id: str
     reason: str
+
+
+class _Rows:
+    """Rows read under the store's lock, with the cursor methods the store uses."""
+
+    def __init__(self, rows: list[Any], description: Any) -> None:
+        self._rows, self.description = rows, description
+
+    def fetchone(self) -> Any:
+        return self._rows[0] if self._rows else None
+
+    def fetchall(self) -> list[Any]:
+        return self._rows
 
 
 def _alive(pid: int) -> bool:
@@ -62,6 +87,8 @@ class StateStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE where it matters).
         self._db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+        # One connection shared by the daemon's threads: every use goes through this lock.
+        self._lock = threading.RLock()
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA busy_timeout=30000")
         self._db.executescript(_SCHEMA)
@@ -72,13 +99,22 @@ class StateStore:
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _read(self, sql: str, args: tuple[Any, ...] = ()) -> _Rows:
+        with self._lock:
+            cur = self._db.execute(sql, args)
+            # Materialise under the lock; callers iterate after it is released.
+            rows = cur.fetchall()
+            description = cur.description
+        return _Rows(rows, description)
 
     # --- locks -------------------------------------------------------------------------------
 
@@ -106,7 +142,7 @@ class StateStore:
 
     def locks(self) -> list[tuple[str, str, float]]:
         now = time.time()
-        rows = self._db.execute("SELECT target, run_id, expires FROM locks WHERE expires >= ?", (now,)).fetchall()
+        rows = self._read("SELECT target, run_id, expires FROM locks WHERE expires >= ?", (now,)).fetchall()
         return [(r[0], r[1], r[2]) for r in rows]
 
     # --- actions and limits ---------------------------------------------------------------------
@@ -123,14 +159,14 @@ class StateStore:
 
     def runs_on_target(self, target: str, since: float) -> list[str]:
         """Distinct runs that changed a target since a time: one remediation of a service counts once."""
-        rows = self._db.execute(
+        rows = self._read(
             "SELECT run_id, min(at) FROM actions WHERE target = ? AND at >= ? GROUP BY run_id ORDER BY 2",
             (target, since),
         ).fetchall()
         return [r[0] for r in rows]
 
     def last_action(self, target: str) -> float | None:
-        row = self._db.execute("SELECT max(at) FROM actions WHERE target = ?", (target,)).fetchone()
+        row = self._read("SELECT max(at) FROM actions WHERE target = ?", (target,)).fetchone()
         return float(row[0]) if row and row[0] is not None else None
 
     # --- circuit breakers ---------------------------------------------------------------------------
@@ -144,14 +180,14 @@ class StateStore:
             )
 
     def breaker(self, target: str) -> Breaker | None:
-        row = self._db.execute(
+        row = self._read(
             "SELECT target, opened, until, run_id, reason FROM breakers WHERE target = ? AND until > ?",
             (target, time.time()),
         ).fetchone()
         return Breaker(*row) if row else None
 
     def breakers(self) -> list[Breaker]:
-        rows = self._db.execute(
+        rows = self._read(
             "SELECT target, opened, until, run_id, reason FROM breakers WHERE until > ? ORDER BY opened", (time.time(),)
         ).fetchall()
         return [Breaker(*r) for r in rows]
@@ -174,7 +210,7 @@ class StateStore:
 
     def paused(self) -> tuple[str, str, float] | None:
         """(reason, actor, since) while remediation is paused."""
-        row = self._db.execute("SELECT value, actor, at FROM flags WHERE name = 'paused'").fetchone()
+        row = self._read("SELECT value, actor, at FROM flags WHERE name = 'paused'").fetchone()
         return (row[0], row[1], row[2]) if row else None
 
     # --- pending approvals ----------------------------------------------------------------------------
@@ -186,6 +222,164 @@ class StateStore:
                 (run_id, remediation, fingerprint, json.dumps(plan, default=str), time.time()),
             )
 
-    def pending(self) -> list[tuple[str, str, str, float]]:
-        rows = self._db.execute("SELECT run_id, remediation, fingerprint, at FROM pending ORDER BY at").fetchall()
+    def pending(self, run_id: str | None = None) -> list[tuple[str, str, str, float]]:
+        rows = self._read(
+            "SELECT run_id, remediation, fingerprint, at FROM pending WHERE ? IS NULL OR run_id = ? ORDER BY at",
+            (run_id, run_id),
+        ).fetchall()
         return [(r[0], r[1], r[2], r[3]) for r in rows]
+
+    def take_pending(self, run_id: str, remediation: str) -> bool:
+        """Remove a pending approval; False if it was not (or no longer) pending: decided once only."""
+        with self._write() as db:
+            return (
+                db.execute("DELETE FROM pending WHERE run_id = ? AND remediation = ?", (run_id, remediation)).rowcount
+                > 0
+            )
+
+    # --- runs ----------------------------------------------------------------------------------------
+
+    def add_run(
+        self,
+        *,
+        run_id: str,
+        runbook: str,
+        target: str,
+        mode: str,
+        actor: str,
+        params: dict[str, Any],
+        status: str = "running",
+        alert_id: int | None = None,
+    ) -> None:
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO runs (run_id, runbook, target, status, mode, actor, params, host, pid, created, alert_id)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    run_id,
+                    runbook,
+                    target,
+                    status,
+                    mode,
+                    actor,
+                    json.dumps(params, default=str),
+                    self.host,
+                    os.getpid(),
+                    time.time(),
+                    alert_id,
+                ),
+            )
+
+    def set_run(
+        self, run_id: str, status: str, *, result: str | None = None, report: dict[str, Any] | None = None
+    ) -> None:
+        with self._write() as db:
+            db.execute(
+                "UPDATE runs SET status = ?, pid = ?, result = coalesce(?, result), report = coalesce(?, report),"
+                " finished = CASE WHEN ? IN ('finished', 'interrupted') THEN ? ELSE finished END WHERE run_id = ?",
+                (
+                    status,
+                    os.getpid(),
+                    result,
+                    json.dumps(report, default=str) if report is not None else None,
+                    status,
+                    time.time(),
+                    run_id,
+                ),
+            )
+
+    def run(self, run_id: str) -> dict[str, Any] | None:
+        rows = self.runs(run_id=run_id)
+        return rows[0] if rows else None
+
+    def runs(self, *, status: str | None = None, run_id: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        cur = self._read(
+            "SELECT run_id, runbook, target, status, mode, actor, params, created, finished, result, report, alert_id"
+            " FROM runs WHERE (? IS NULL OR status = ?) AND (? IS NULL OR run_id = ?) ORDER BY created DESC LIMIT ?",
+            (status, status, run_id, run_id, limit),
+        )
+        keys = [d[0] for d in cur.description]
+        out = []
+        for row in cur.fetchall():
+            item = dict(zip(keys, row, strict=True))
+            item["params"] = json.loads(item["params"])
+            item["report"] = json.loads(item["report"]) if item["report"] else None
+            out.append(item)
+        return out
+
+    def active_run(self, runbook: str, target: str) -> str | None:
+        row = self._read(
+            "SELECT run_id FROM runs WHERE runbook = ? AND target = ? AND status IN ('queued', 'running')"
+            " ORDER BY created DESC LIMIT 1",
+            (runbook, target),
+        ).fetchone()
+        return str(row[0]) if row else None
+
+    def recent_run(self, runbook: str, target: str, since: float) -> str | None:
+        """A run for this incident since `since`, not counting runs before the incident last resolved."""
+        resolved = self._read(
+            "SELECT max(received) FROM alerts WHERE runbook = ? AND target = ? AND status = 'resolved'",
+            (runbook, target),
+        ).fetchone()
+        if resolved and resolved[0] is not None:
+            since = max(since, float(resolved[0]))
+        row = self._read(
+            "SELECT run_id FROM runs WHERE runbook = ? AND target = ? AND created >= ? ORDER BY created DESC LIMIT 1",
+            (runbook, target, since),
+        ).fetchone()
+        return str(row[0]) if row else None
+
+    def interrupt_orphans(self) -> list[str]:
+        """Runs left queued or running by a process of this host that is gone (kill -9, a crash)."""
+        rows = self._read(
+            "SELECT run_id, pid FROM runs WHERE status IN ('queued', 'running') AND host = ?", (self.host,)
+        ).fetchall()
+        orphans = [r[0] for r in rows if r[1] == os.getpid() or not _alive(r[1])]
+        for run_id in orphans:
+            self.set_run(run_id, "interrupted", result="interrupted")
+        return orphans
+
+    # --- alerts ---------------------------------------------------------------------------------------
+
+    def add_alert(
+        self,
+        *,
+        source: str,
+        fingerprint: str,
+        status: str,
+        name: str,
+        labels: dict[str, str],
+        annotations: dict[str, str],
+        runbook: str | None,
+        target: str | None,
+        disposition: str,
+        run_id: str | None = None,
+    ) -> int:
+        with self._write() as db:
+            cur = db.execute(
+                "INSERT INTO alerts (received, source, fingerprint, status, name, labels, annotations, runbook, target,"
+                " disposition, run_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    time.time(),
+                    source,
+                    fingerprint,
+                    status,
+                    name,
+                    json.dumps(labels),
+                    json.dumps(annotations),
+                    runbook,
+                    target,
+                    disposition,
+                    run_id,
+                ),
+            )
+            return int(cur.lastrowid or 0)
+
+    def alerts(self, limit: int = 100) -> list[dict[str, Any]]:
+        cur = self._read(
+            "SELECT id, received, source, fingerprint, status, name, runbook, target, disposition, run_id"
+            " FROM alerts ORDER BY id DESC LIMIT ?",
+            (limit,),
+        )
+        keys = [d[0] for d in cur.description]
+        return [dict(zip(keys, row, strict=True)) for row in cur.fetchall()]

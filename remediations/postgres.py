@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -42,7 +41,7 @@ def terminate_idle(ctx: PlanContext, params: TerminateIdleParams) -> list[Change
     only when allowed. Each session is named by pid and start time, so a reused pid is never hit."""
     rows = ctx.postgres(params.dsn).rows(
         "SELECT a.pid, a.usename, a.application_name, a.backend_start::text, r.rolsuper,"
-        " extract(epoch FROM now() - a.state_change)"
+        " date_trunc('second', a.state_change)::text"
         " FROM pg_stat_activity a LEFT JOIN pg_roles r ON r.oid = a.usesysid"
         " WHERE a.state IN ('idle in transaction', 'idle in transaction (aborted)')"
         " AND now() - a.state_change > make_interval(secs => %s)"
@@ -58,7 +57,8 @@ def terminate_idle(ctx: PlanContext, params: TerminateIdleParams) -> list[Change
         Change(
             effect="postgres.backend.terminate",
             target=target,
-            summary=f"terminate pid {pid} ({user}, {app or 'no application_name'}, idle in transaction {idle:.0f}s)",
+            # Stable facts only (no "idle for Ns"): the plan's fingerprint must not change by itself.
+            summary=f"terminate pid {pid} ({user}, {app or 'no application_name'}, idle in transaction since {idle})",
             before="idle in transaction",
             after="terminated",
             spec={"dsn": params.dsn, "pid": pid, "backend_start": started},
@@ -88,8 +88,8 @@ def restore(ctx: PlanContext, params: RestoreParams) -> list[Change]:
         raise PlanError(f"backup {backup} does not exist")
     target = database_key(ctx, params.dsn)
     db = target.rsplit("/", 1)[1]
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    dump = Path(params.dump_dir or ctx.settings.state_dir / "backups") / f"{db}-before-restore-{stamp}.sql"
+    # The time is filled in when the dump is made, so the plan (and its approval) stays the same until then.
+    dump = Path(params.dump_dir or ctx.settings.state_dir / "backups") / f"{db}-before-restore-{{time}}.sql"
     return [
         Change(
             effect="postgres.database.dump",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,8 @@ def _run(argv: list[str], env: dict[str, str]) -> None:
 @effects.effect("postgres.database.dump")
 def dump(ctx: ApplyContext, change: Change) -> dict[str, Any]:
     conninfo, env = _client_env(change.spec["dsn"])
-    path = Path(change.spec["path"])
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    path = Path(change.spec["path"].replace("{time}", stamp))
     path.parent.mkdir(parents=True, exist_ok=True)
     _run(["pg_dump", "--clean", "--if-exists", "--no-owner", f"--file={path}", f"--dbname={conninfo}"], env)
     return {"dump": str(path), "bytes": path.stat().st_size}
