@@ -404,7 +404,13 @@ def runs(state: _State, status: str | None, as_json: bool, limit: int) -> None:
 
 
 def _decide(
-    state: _State, run_id: str, approve: bool, remediation: str | None, fingerprint: str | None, reason: str
+    state: _State,
+    run_id: str,
+    approve: bool,
+    remediation: str | None,
+    fingerprint: str | None,
+    reason: str,
+    runbooks_dirs: tuple[Path, ...],
 ) -> None:
     from agent.audit import AuditLog
     from agent.executor import Executor
@@ -414,7 +420,7 @@ def _decide(
     settings = state.settings
     store = StateStore(settings.state_path)
     executor = Executor(
-        state.load(()),
+        state.load(runbooks_dirs),
         settings,
         state.redactor,
         AuditLog(settings.audit_path, state.redactor),
@@ -434,22 +440,26 @@ def _decide(
 @click.argument("run_id")
 @click.option("--remediation", help="Which pending remediation of the run (if several).")
 @click.option("--plan", "fingerprint", help="The plan fingerprint approved (as shown); refused if the plan changed.")
+@_runbooks_option
 @click.pass_obj
 @_errors_as_one_line
-def approve(state: _State, run_id: str, remediation: str | None, fingerprint: str | None) -> None:
+def approve(
+    state: _State, run_id: str, remediation: str | None, fingerprint: str | None, runbooks_dirs: tuple[Path, ...]
+) -> None:
     """Approve a pending manual remediation: planned again, applied only if the plan is unchanged."""
-    _decide(state, run_id, True, remediation, fingerprint, "")
+    _decide(state, run_id, True, remediation, fingerprint, "", runbooks_dirs)
 
 
 @cli.command()
 @click.argument("run_id")
 @click.option("--remediation", help="Which pending remediation of the run (if several).")
 @click.option("--reason", default="", help="Why (recorded).")
+@_runbooks_option
 @click.pass_obj
 @_errors_as_one_line
-def reject(state: _State, run_id: str, remediation: str | None, reason: str) -> None:
+def reject(state: _State, run_id: str, remediation: str | None, reason: str, runbooks_dirs: tuple[Path, ...]) -> None:
     """Reject a pending manual remediation (recorded; nothing changes)."""
-    _decide(state, run_id, False, remediation, None, reason)
+    _decide(state, run_id, False, remediation, None, reason, runbooks_dirs)
 
 
 @cli.group()

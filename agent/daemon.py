@@ -35,9 +35,10 @@ class Disposition:
     runbook: str | None = None
     run_id: str | None = None
     reason: str = ""
+    target: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if v not in (None, "")}
+        return {k: v for k, v in self.__dict__.items() if v not in (None, "") and k != "target"}
 
 
 class Daemon:
@@ -107,65 +108,90 @@ class Daemon:
     # --- alerts -------------------------------------------------------------------------------------------
 
     def receive(self, alerts: list[IncomingAlert]) -> list[Disposition]:
-        """Record and route each alert; runs are queued. Returns once everything is durably recorded."""
-        results = []
-        for alert in alerts:
+        """Record and route alerts; new runs are queued. Returns once everything is durably recorded:
+        the alerts in the state store (one transaction), a summary in the audit log (one record)."""
+        with self._admit:
+            # Routing and dedup one payload at a time, so two copies cannot both start a run.
+            decided: dict[tuple[str, str], Disposition] = {}
+            results = [self._admit_one(alert, decided) for alert in alerts]
+            self.state.add_alerts(
+                [
+                    {
+                        "source": a.source,
+                        "fingerprint": a.fingerprint,
+                        "status": a.status,
+                        "name": a.name,
+                        "labels": a.labels,
+                        "annotations": a.annotations,
+                        "runbook": r.runbook,
+                        "target": r.target,
+                        "disposition": r.outcome,
+                        "run_id": r.run_id,
+                    }
+                    for a, r in zip(alerts, results, strict=True)
+                ]
+            )
+        summary: dict[tuple[Any, ...], list[str]] = {}
+        for alert, result in zip(alerts, results, strict=True):
+            key = (alert.name, alert.status, result.outcome, result.runbook, result.run_id, result.reason)
+            summary.setdefault(key, []).append(alert.fingerprint)
+        self.audit.record(
+            "alerts_received",
+            count=len(alerts),
+            source=alerts[0].source if alerts else None,
+            groups=[
+                {
+                    "alertname": k[0],
+                    "status": k[1],
+                    "outcome": k[2],
+                    "runbook": k[3],
+                    "run_id": k[4],
+                    "reason": k[5],
+                    "count": len(fps),
+                    "fingerprints": fps[:5],
+                }
+                for k, fps in summary.items()
+            ],
+        )
+        for alert, result in zip(alerts, results, strict=True):
             self.metrics.alerts_received.labels(source=alert.source).inc()
-            with self._admit:
-                results.append(self._admit_one(alert))
+            if result.outcome == "deduplicated":
+                self.metrics.alerts_deduplicated.inc()
+            elif result.outcome == "no_runbook":
+                self.metrics.alerts_unrouted.inc()
         return results
 
-    def _admit_one(self, alert: IncomingAlert) -> Disposition:
+    def _admit_one(self, alert: IncomingAlert, decided: dict[tuple[str, str], Disposition]) -> Disposition:
         runbook = route(self.runbooks, alert)
-
-        def record(outcome: str, target: str | None = None, run_id: str | None = None, reason: str = "") -> Disposition:
-            self.state.add_alert(
-                source=alert.source,
-                fingerprint=alert.fingerprint,
-                status=alert.status,
-                name=alert.name,
-                labels=alert.labels,
-                annotations=alert.annotations,
-                runbook=runbook.spec.id if runbook else None,
-                target=target,
-                disposition=outcome,
-                run_id=run_id,
-            )
-            self.audit.record(
-                "alert",
-                outcome=outcome,
-                alertname=alert.name,
-                alert_status=alert.status,
-                fingerprint=alert.fingerprint,
-                runbook=runbook.spec.id if runbook else None,
-                run_id=run_id,
-                reason=reason,
-            )
-            return Disposition(
-                alert.fingerprint, alert.status, outcome, runbook.spec.id if runbook else None, run_id, reason
-            )
-
         if runbook is None:
-            self.metrics.alerts_unrouted.inc()
-            return record("no_runbook", reason="no runbook trigger matches its labels")
+            return Disposition(alert.fingerprint, alert.status, "no_runbook", reason="no runbook trigger matches")
         params = alert_params(runbook, alert)
         target = target_key(params)
+        name = runbook.spec.id
+
+        def result(outcome: str, run_id: str | None = None, reason: str = "") -> Disposition:
+            return Disposition(alert.fingerprint, alert.status, outcome, name, run_id, reason, target)
+
         if alert.status == "resolved":
             # The incident is over: the next firing alert for it may start a run again.
-            return record("resolved", target, reason="incident closed")
-        active = self.state.active_run(runbook.spec.id, target)
-        recent = active or self.state.recent_run(runbook.spec.id, target, time.time() - self.dedup_window)
+            decided.pop((name, target), None)
+            self.state.resolve_incident(name, target)
+            return result("resolved", reason="incident closed")
+        if (name, target) in decided:
+            return result("deduplicated", decided[(name, target)].run_id, "a run for this incident is in progress")
+        active = self.state.active_run(name, target)
+        recent = active or self.state.recent_run(name, target, time.time() - self.dedup_window)
         if recent:
-            self.metrics.alerts_deduplicated.inc()
             why = "a run for this incident is in progress" if active else "a run for this incident just ran"
-            return record("deduplicated", target, recent, why)
+            decided[(name, target)] = result("deduplicated", recent, why)
+            return decided[(name, target)]
         if self.stopping.is_set():
             raise QueueFull("the daemon is shutting down")
         run_id = uuid.uuid4().hex[:12]
         actor = f"alert:{alert.name}:{alert.fingerprint}"
         self.state.add_run(
             run_id=run_id,
-            runbook=runbook.spec.id,
+            runbook=name,
             target=target,
             mode="dry-run" if self.dry_run else "live",
             actor=actor,
@@ -173,11 +199,12 @@ class Daemon:
             status="queued",
         )
         try:
-            self._queue.put_nowait((run_id, runbook.spec.id, params, actor, target))
+            self._queue.put_nowait((run_id, name, params, actor, target))
         except queue.Full:
             self.state.set_run(run_id, "interrupted", result="queue_full")
             raise QueueFull(f"{self._queue.maxsize} runs already waiting") from None
-        return record("run_started", target, run_id)
+        decided[(name, target)] = result("deduplicated", run_id, "a run for this incident is in progress")
+        return result("run_started", run_id)
 
     # --- scheduled sweeps -------------------------------------------------------------------------------
 

@@ -317,11 +317,8 @@ class StateStore:
 
     def recent_run(self, runbook: str, target: str, since: float) -> str | None:
         """A run for this incident since `since`, not counting runs before the incident last resolved."""
-        resolved = self._read(
-            "SELECT max(received) FROM alerts WHERE runbook = ? AND target = ? AND status = 'resolved'",
-            (runbook, target),
-        ).fetchone()
-        if resolved and resolved[0] is not None:
+        resolved = self._read("SELECT at FROM flags WHERE name = ?", (f"resolved:{runbook}:{target}",)).fetchone()
+        if resolved:
             since = max(since, float(resolved[0]))
         row = self._read(
             "SELECT run_id FROM runs WHERE runbook = ? AND target = ? AND created >= ? ORDER BY created DESC LIMIT 1",
@@ -341,39 +338,38 @@ class StateStore:
 
     # --- alerts ---------------------------------------------------------------------------------------
 
-    def add_alert(
-        self,
-        *,
-        source: str,
-        fingerprint: str,
-        status: str,
-        name: str,
-        labels: dict[str, str],
-        annotations: dict[str, str],
-        runbook: str | None,
-        target: str | None,
-        disposition: str,
-        run_id: str | None = None,
-    ) -> int:
+    def add_alerts(self, alerts: list[dict[str, Any]]) -> None:
+        """Record a payload's alerts in one transaction (a storm of 10,000 is one write)."""
+        now = time.time()
         with self._write() as db:
-            cur = db.execute(
+            db.executemany(
                 "INSERT INTO alerts (received, source, fingerprint, status, name, labels, annotations, runbook, target,"
                 " disposition, run_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    time.time(),
-                    source,
-                    fingerprint,
-                    status,
-                    name,
-                    json.dumps(labels),
-                    json.dumps(annotations),
-                    runbook,
-                    target,
-                    disposition,
-                    run_id,
-                ),
+                [
+                    (
+                        now,
+                        a["source"],
+                        a["fingerprint"],
+                        a["status"],
+                        a["name"],
+                        json.dumps(a["labels"]),
+                        json.dumps(a["annotations"]),
+                        a["runbook"],
+                        a["target"],
+                        a["disposition"],
+                        a["run_id"],
+                    )
+                    for a in alerts
+                ],
             )
-            return int(cur.lastrowid or 0)
+
+    def resolve_incident(self, runbook: str, target: str) -> None:
+        """Runs before now no longer count for dedup of this incident."""
+        with self._write() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO flags (name, value, at, actor) VALUES (?, 'resolved', ?, 'alert')",
+                (f"resolved:{runbook}:{target}", time.time()),
+            )
 
     def alerts(self, limit: int = 100) -> list[dict[str, Any]]:
         cur = self._read(

@@ -1,0 +1,510 @@
+"""The daemon as a real process, driven over HTTP: intake, auth, routing, dedup under storms, approvals,
+crash safety and shutdown."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from sandbox import faults, stack
+from tests.integration.conftest import REPO
+
+pytestmark = pytest.mark.integration
+TOKEN = "example-token"
+FIXTURES = REPO.parent / "shared" / "reference" / "alertmanager-webhooks.jsonl"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Daemon:
+    def __init__(self, env: dict[str, str], runbooks: Path, *extra: str) -> None:
+        self.env, self.runbooks, self.extra = env, runbooks, extra
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[str] | None = None
+        self.client = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
+
+    def start(self) -> Daemon:
+        argv = [sys.executable, "-m", "agent.cli", "daemon", "--port", str(self.port), "--runbooks", str(self.runbooks)]
+        self.proc = subprocess.Popen(
+            [*argv, *self.extra], env=self.env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        assert faults.wait_for(self._up, timeout=30), self.proc.stdout.read() if self.proc.poll() is not None else ""
+        return self
+
+    def _up(self) -> bool:
+        try:
+            return httpx.get(self.url + "/readyz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def alert(self, name: str, labels: dict[str, str] | None = None, **extra: Any) -> dict[str, Any]:
+        response = self.client.post("/v1/alerts", json={"name": name, "labels": labels or {}, **extra})
+        assert response.status_code == 202, response.text
+        return response.json()["results"][0]
+
+    def wait_run(self, run_id: str, timeout: float = 120) -> dict[str, Any]:
+        holder: dict[str, Any] = {}
+
+        def done() -> bool:
+            holder["run"] = self.client.get(f"/v1/runs/{run_id}").json()
+            return holder["run"]["status"] in ("finished", "interrupted")
+
+        assert faults.wait_for(done, timeout=timeout), holder.get("run")
+        return holder["run"]
+
+    def runs(self) -> list[dict[str, Any]]:
+        return self.client.get("/v1/runs", params={"limit": 1000}).json()
+
+
+@pytest.fixture
+def daemon_env(agent_env: dict[str, str]) -> dict[str, str]:
+    return {**agent_env, "RUNBOOK_API_TOKEN": TOKEN}
+
+
+@pytest.fixture
+def daemon(daemon_env: dict[str, str]) -> Iterator[Daemon]:
+    d = Daemon(daemon_env, REPO / "runbooks").start()
+    yield d
+    d.stop()
+
+
+def write_runbooks(tmp_path: Path, text: str) -> Path:
+    directory = tmp_path / "daemon-runbooks"
+    directory.mkdir(exist_ok=True)
+    (directory / "rb.yaml").write_text(textwrap.dedent(text))
+    return directory
+
+
+def test_reference_deliveries_are_accepted_and_deduplicated(dc, daemon: Daemon) -> None:
+    outcomes = []
+    for line in FIXTURES.read_text().splitlines():
+        delivery = json.loads(line)
+        response = httpx.post(daemon.url + delivery["path"], json=delivery["body"], headers=delivery["headers"])
+        assert response.status_code == 202, response.text
+        outcomes.append([(r["outcome"], r.get("runbook")) for r in response.json()["results"]])
+    assert outcomes[0] == [("run_started", "email-queue")]
+    # Two alerts of one group about one service: one incident, one run.
+    assert outcomes[1] == [("run_started", "app-down"), ("deduplicated", "app-down")]
+    assert outcomes[2] == [("deduplicated", "app-down"), ("resolved", "app-down")]
+    runs = {r["runbook"]: r for r in daemon.runs() if r["actor"].startswith("alert:")}
+    assert set(runs) == {"email-queue", "app-down"}
+    assert runs["app-down"]["params"] == {"app_service": "app"} and runs["email-queue"]["params"] == {"queue": "email"}
+    for run in runs.values():
+        assert daemon.wait_run(run["run_id"])["result"] == "OK"
+
+
+def test_refusals_carry_a_reason_and_start_nothing(dc, daemon: Daemon) -> None:
+    before = len(daemon.runs())
+    body = {"name": "AppDown", "labels": {"service": "app"}}
+    assert httpx.post(daemon.url + "/v1/alerts", json=body).status_code == 401
+    wrong = httpx.post(daemon.url + "/v1/alerts", json=body, headers={"Authorization": "Bearer wrong-token-123"})
+    assert (wrong.status_code, wrong.json()["detail"]) == (401, "invalid bearer token")
+    big = daemon.client.post(
+        "/v1/alerts", content=b"{" + b" " * 2_000_000 + b"}", headers={"Content-Type": "application/json"}
+    )
+    assert (big.status_code, big.json()["detail"]) == (413, "request body over the size limit")
+    bad = daemon.client.post("/v1/alerts", content=b"{not json", headers={"Content-Type": "application/json"})
+    assert bad.status_code == 422 and bad.json()["detail"]
+    missing = daemon.client.post("/v1/alerts/alertmanager", json={"receiver": "x", "alerts": []})
+    assert missing.status_code == 422 and "status" in json.dumps(missing.json()["detail"])
+    assert len(daemon.runs()) == before
+    assert daemon.client.get("/v1/runs/nope").status_code == 404
+    metrics = httpx.get(daemon.url + "/metrics").text
+    assert 'runbook_requests_rejected_total{reason="unauthenticated"} 2.0' in metrics
+    assert TOKEN not in (daemon.stop() or daemon.proc.stdout.read())
+
+
+def test_hmac_signatures_and_replay_window(dc, daemon_env: dict[str, str]) -> None:
+    secret = "hmac-secret-for-tests"
+    d = Daemon({**daemon_env, "RUNBOOK_HMAC_SECRET": secret}, REPO / "runbooks").start()
+    try:
+        body = json.dumps({"name": "Nothing", "labels": {}}).encode()
+
+        def post(stamp: str, signature: str) -> httpx.Response:
+            headers = {
+                "X-Runbook-Timestamp": stamp,
+                "X-Runbook-Signature": f"sha256={signature}",
+                "Content-Type": "application/json",
+            }
+            return d.client.post("/v1/alerts", content=body, headers=headers)
+
+        def sign(stamp: str) -> str:
+            return hmac.new(secret.encode(), stamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+
+        now = str(int(time.time()))
+        assert d.client.post("/v1/alerts", content=body).status_code == 403
+        assert post(now, "0" * 64).status_code == 403
+        old = str(int(time.time()) - 3600)
+        assert post(old, sign(old)).json()["detail"] == "timestamp outside the replay window"
+        accepted = post(now, sign(now))
+        assert accepted.status_code == 202 and accepted.json()["results"][0]["outcome"] == "no_runbook"
+    finally:
+        d.stop()
+
+
+HOSTILE = ["{{ ''.__class__.__mro__ }}", "$(touch /tmp/runbook-pwned)", "; rm -rf /tmp/runbook-victim", "a\nb\r\nc"]
+
+
+def test_hostile_label_values_stay_data(dc, daemon: Daemon, tmp_path: Path) -> None:
+    victim = Path("/tmp/runbook-victim")
+    victim.mkdir(exist_ok=True)
+    Path("/tmp/runbook-pwned").unlink(missing_ok=True)
+    for value in HOSTILE:
+        result = daemon.alert("AppDown", {"service": value, "instance": value}, annotations={"summary": value})
+        assert result["outcome"] == "run_started"
+        run = daemon.wait_run(result["run_id"])
+        assert run["params"] == {"app_service": value}
+        report = run["report"]
+        container = next(c for c in report["checks"] if c["id"] == "container")
+        assert container["code"] == "container_missing" and value in container["summary"]
+        assert not any(r["applied"] for r in report["remediations"])
+    assert not Path("/tmp/runbook-pwned").exists() and victim.exists()
+
+
+def test_replays_copies_and_big_payloads_start_one_run(dc, daemon: Daemon) -> None:
+    payload = json.loads(FIXTURES.read_text().splitlines()[0])["body"]
+    first = daemon.client.post("/v1/alerts/alertmanager", json=payload).json()["results"][0]
+    assert first["outcome"] == "run_started"
+    # Alertmanager re-sends a group every group_interval; an HA pair delivers it two or three times.
+    replies: list[int] = []
+    threads = [
+        threading.Thread(
+            target=lambda: replies.append(daemon.client.post("/v1/alerts/alertmanager", json=payload).status_code)
+        )
+        for _ in range(3)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert replies == [202, 202, 202]
+    big = {
+        **payload,
+        "alerts": [
+            {
+                **payload["alerts"][0],
+                "fingerprint": f"fp{i:04d}",
+                "labels": {**payload["alerts"][0]["labels"], "i": str(i)},
+            }
+            for i in range(1000)
+        ],
+    }
+    response = daemon.client.post("/v1/alerts/alertmanager", json=big)
+    assert response.status_code == 202
+    assert {r["outcome"] for r in response.json()["results"]} == {"deduplicated"}
+    assert [r["run_id"] for r in daemon.runs() if r["runbook"] == "email-queue"] == [first["run_id"]]
+
+
+def test_alert_flood_for_a_failing_target_remediates_once(dc, daemon: Daemon, restore) -> None:
+    faults.kill_app(dc)
+    since = time.time()
+    alerts = [
+        {
+            "status": "firing",
+            "labels": {"alertname": "AppDown", "service": "app", "n": str(i)},
+            "fingerprint": f"flood{i:05d}",
+        }
+        for i in range(1000)
+    ]
+    body = {"status": "firing", "receiver": "runbook", "alerts": alerts}
+    statuses = [daemon.client.post("/v1/alerts/alertmanager", json=body).status_code for _ in range(10)]
+    assert statuses == [202] * 10
+    runs = [r for r in daemon.runs() if r["runbook"] == "app-down" and r["created"] >= since]
+    assert len(runs) == 1
+    report = daemon.wait_run(runs[0]["run_id"])["report"]
+    assert report["remediations"][0]["outcome"] == "resolved"
+    from tests.integration.conftest import starts
+
+    assert starts(dc, "sandbox-app-1", since) == 1
+    assert "runbook_alerts_deduplicated_total 9999.0" in httpx.get(daemon.url + "/metrics").text
+
+
+def test_real_alertmanager_delivers_and_the_runbook_fixes(dc, daemon: Daemon, tmp_path: Path, restore) -> None:
+    port = free_port()
+    config = tmp_path / "alertmanager.yml"
+    config.write_text(
+        textwrap.dedent(f"""
+        route:
+          receiver: runbook
+          group_by: [alertname, service]
+          group_wait: 1s
+          group_interval: 2s
+          repeat_interval: 1h
+        receivers:
+          - name: runbook
+            webhook_configs:
+              - url: {daemon.url}/v1/alerts/alertmanager
+                send_resolved: true
+                http_config:
+                  authorization:
+                    credentials: {TOKEN}
+    """)
+    )
+    am = subprocess.Popen(
+        [
+            "prometheus-alertmanager",
+            f"--config.file={config}",
+            f"--storage.path={tmp_path / 'am-data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--cluster.listen-address=",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert faults.wait_for(lambda: _http_ok(f"http://127.0.0.1:{port}/-/ready"), timeout=30)
+        faults.kill_app(dc)
+        since = time.time()
+        subprocess.run(
+            [
+                "amtool",
+                "alert",
+                "add",
+                "alertname=AppDown",
+                "service=app",
+                "severity=critical",
+                f"--alertmanager.url=http://127.0.0.1:{port}",
+            ],
+            check=True,
+            capture_output=True,
+        )
+
+        def app_run() -> list[dict[str, Any]]:
+            return [r for r in daemon.runs() if r["runbook"] == "app-down" and r["created"] >= since]
+
+        assert faults.wait_for(lambda: bool(app_run()), timeout=60)
+        run = daemon.wait_run(app_run()[0]["run_id"])
+        assert run["actor"].startswith("alert:AppDown:")
+        assert run["report"]["remediations"][0]["outcome"] == "resolved"
+        assert faults.traffic(2, "/health") == [200, 200]
+    finally:
+        am.terminate()
+        am.wait(10)
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+SLOW = """
+id: slow-sweep
+title: Slow sweep
+severity: SEV-4
+triggers:
+  - {alertname: SlowSweep}
+params:
+  url: {default: "{{ config.redis_url }}", secret: true}
+checks:
+  - id: cpu
+    check: host.cpu
+    with: {sample: 6s}
+    timeout: 10s
+remediations:
+  - id: pause
+    do: redis.pause_queue
+    with: {url: "{{ params.url }}", queue: rbtest-slow}
+    when: "true"
+    approval: auto
+"""
+
+
+def test_kill_9_mid_run_leaves_it_interrupted_never_resumed(dc, daemon_env: dict[str, str], tmp_path: Path) -> None:
+    runbooks = write_runbooks(tmp_path, SLOW)
+    d = Daemon(daemon_env, runbooks).start()
+    try:
+        run_id = d.alert("SlowSweep")["run_id"]
+        assert faults.wait_for(lambda: d.client.get(f"/v1/runs/{run_id}").json()["status"] == "running", timeout=10)
+        os.kill(d.proc.pid, signal.SIGKILL)
+        d.proc.wait()
+        d.start()
+        run = d.client.get(f"/v1/runs/{run_id}").json()
+        assert run["status"] == "interrupted"
+        time.sleep(8)  # longer than the run would have taken: nothing picked it up again
+        assert d.client.get(f"/v1/runs/{run_id}").json()["status"] == "interrupted"
+        audit = (Path(daemon_env["RUNBOOK_STATE_DIR"]) / "audit.jsonl").read_text()
+        assert f'"run_id":"{run_id}"' in audit and "run_interrupted" in audit
+        assert '"event":"apply_started"' not in audit
+        cli = subprocess.run(
+            [sys.executable, "-m", "agent.cli", "runs", "--status", "interrupted"],
+            env=daemon_env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+        )
+        assert run_id in cli.stdout
+    finally:
+        d.stop()
+
+
+def test_sigterm_finishes_checks_and_starts_no_remediation(dc, daemon_env: dict[str, str], tmp_path: Path) -> None:
+    runbooks = write_runbooks(tmp_path, SLOW)
+    d = Daemon(daemon_env, runbooks, "--shutdown-deadline", "15").start()
+    run_id = d.alert("SlowSweep")["run_id"]
+    assert faults.wait_for(lambda: d.client.get(f"/v1/runs/{run_id}").json()["status"] == "running", timeout=10)
+    started = time.monotonic()
+    d.proc.send_signal(signal.SIGTERM)
+    d.proc.wait(30)
+    assert time.monotonic() - started < 20
+    d.start()
+    run = d.client.get(f"/v1/runs/{run_id}").json()
+    d.stop()
+    assert run["status"] == "finished"
+    rem = run["report"]["remediations"][0]
+    assert (rem["decision"], rem["applied"]) == ("denied", False)
+    assert "shutting down" in rem["decision_reason"]
+
+
+MANUAL = """
+id: manual-pause
+title: Pause a queue, with a person's approval
+severity: SEV-3
+triggers:
+  - {alertname: ProviderDown}
+params:
+  url: {default: "{{ config.redis_url }}", secret: true}
+checks:
+  - id: redis
+    check: redis.ping
+    with: {url: "{{ params.url }}"}
+remediations:
+  - id: pause
+    do: redis.pause_queue
+    with: {url: "{{ params.url }}", queue: rbtest-manual}
+    when: "true"
+    approval: manual
+    cooldown: 0s
+"""
+
+
+def test_pending_approval_over_the_api_and_the_cli(dc, daemon_env: dict[str, str], tmp_path: Path) -> None:
+    import redis as redis_lib
+
+    client = redis_lib.Redis.from_url(stack.AGENT_ENV["REDIS_URL"], decode_responses=True)
+    client.delete("bull:rbtest-manual:meta")
+    runbooks = write_runbooks(tmp_path, MANUAL)
+    d = Daemon(daemon_env, runbooks, "--dedup-window", "0").start()
+    try:
+        run = d.wait_run(d.alert("ProviderDown")["run_id"])
+        assert run["report"]["remediations"][0]["decision"] == "pending"
+        (pending,) = run["pending"]
+        stale = d.client.post(f"/v1/runs/{run['run_id']}/approve", json={"approver": "alice", "fingerprint": "0" * 16})
+        assert stale.status_code == 409 and "pending plan is" in stale.json()["detail"]
+        ok = d.client.post(
+            f"/v1/runs/{run['run_id']}/approve", json={"approver": "alice", "fingerprint": pending["fingerprint"]}
+        )
+        assert ok.status_code == 200 and ok.json()["decision"] == "applied", ok.text
+        assert ok.json()["approver"] == "api:alice" and client.hget("bull:rbtest-manual:meta", "paused") == "1"
+        again = d.client.post(f"/v1/runs/{run['run_id']}/approve", json={"approver": "alice"})
+        assert again.status_code == 404  # decided once only
+
+        # The same from a terminal on the host, against the same state store while the daemon runs.
+        client.delete("bull:rbtest-manual:meta")
+        second = d.wait_run(d.alert("ProviderDown", fingerprint="second")["run_id"])
+        cli = [sys.executable, "-m", "agent.cli"]
+        listed = subprocess.run([*cli, "runs"], env=daemon_env, cwd=REPO, capture_output=True, text=True).stdout
+        assert f"{second['run_id']}" in listed and "pending: pause" in listed
+        approved = subprocess.run(
+            [*cli, "approve", second["run_id"], "--runbooks", str(runbooks)],
+            env=daemon_env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+        )
+        assert approved.returncode == 0 and "pause: applied" in approved.stdout, approved.stderr
+        assert client.hget("bull:rbtest-manual:meta", "paused") == "1"
+        client.delete("bull:rbtest-manual:meta")
+        third = d.wait_run(d.alert("ProviderDown", fingerprint="third")["run_id"])
+        rejected = subprocess.run(
+            [*cli, "reject", third["run_id"], "--reason", "provider is back", "--runbooks", str(runbooks)],
+            env=daemon_env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+        )
+        assert "pause: rejected" in rejected.stdout
+        assert d.client.get(f"/v1/runs/{third['run_id']}").json()["report"]["remediations"][0]["decision"] == "rejected"
+    finally:
+        d.stop()
+        client.delete("bull:rbtest-manual:meta")
+
+
+HARMLESS = """
+id: harmless
+title: Harmless
+severity: SEV-4
+triggers:
+  - {alertname: Harmless}
+checks:
+  - id: load
+    check: host.load
+schedule: {every: 2s}
+"""
+
+
+def test_scheduled_sweeps_run_on_their_own(dc, daemon_env: dict[str, str], tmp_path: Path) -> None:
+    d = Daemon(daemon_env, write_runbooks(tmp_path, HARMLESS), "--dry-run").start()
+    try:
+        assert faults.wait_for(lambda: sum(r["actor"] == "schedule" for r in d.runs()) >= 2, timeout=20)
+        assert {r["mode"] for r in d.runs()} == {"dry-run"}
+    finally:
+        d.stop()
+
+
+def test_schemathesis_finds_no_server_error(dc, daemon_env: dict[str, str], tmp_path: Path) -> None:
+    # A dry-run daemon with a harmless runbook: generated alerts may start runs, never changes.
+    d = Daemon(daemon_env, write_runbooks(tmp_path, HARMLESS.replace("schedule: {every: 2s}", "")), "--dry-run").start()
+    try:
+        result = subprocess.run(
+            [
+                str(Path(sys.executable).parent / "schemathesis"),
+                "run",
+                f"{d.url}/openapi.json",
+                "--checks",
+                "not_a_server_error",
+                "--max-examples",
+                "30",
+                "-H",
+                f"Authorization: Bearer {TOKEN}",
+                "--suppress-health-check",
+                "all",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env={**os.environ, "NO_COLOR": "1"},
+        )
+        assert result.returncode == 0, result.stdout[-3000:]
+    finally:
+        d.stop()
