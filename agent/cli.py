@@ -293,6 +293,8 @@ def _security(token_file: Path | None, hmac_file: Path | None) -> Any:
     from agent.api import ApiSecurity
 
     def secret(path: Path | None, env: str) -> str | None:
+        if path is None and os.environ.get(env + "_FILE"):
+            path = Path(os.environ[env + "_FILE"])
         if path is not None:
             try:
                 return path.read_text().strip()
@@ -302,7 +304,9 @@ def _security(token_file: Path | None, hmac_file: Path | None) -> Any:
 
     token = secret(token_file, "RUNBOOK_API_TOKEN")
     if not token or len(token) < 12:
-        raise ConfigError("the daemon needs an API token of 12+ characters: --token-file or RUNBOOK_API_TOKEN")
+        raise ConfigError(
+            "the daemon needs an API token of 12+ characters: --token-file, RUNBOOK_API_TOKEN_FILE or RUNBOOK_API_TOKEN"
+        )
     return ApiSecurity(token=token, hmac_secret=secret(hmac_file, "RUNBOOK_HMAC_SECRET"))
 
 

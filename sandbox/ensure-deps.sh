@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # What the tests and the demo need on the host, from Debian's packages: the PostgreSQL client tools
-# (pg_dump/psql, for postgres.restore), debootstrap (to build the sandbox's base image), and a Docker
+# (pg_dump/psql, for postgres.restore), debootstrap (to build the sandbox's base image), the real
+# Prometheus Alertmanager with amtool (end-to-end alert delivery tests), and a Docker
 # engine answering on /var/run/docker.sock (docker.io, dockerd started in the background: CI starts
 # with nothing running).
 set -euo pipefail
@@ -29,6 +30,7 @@ missing=()
 command -v pg_dump >/dev/null || missing+=(postgresql-client)
 command -v debootstrap >/dev/null || missing+=(debootstrap)
 command -v dockerd >/dev/null || missing+=(docker.io)
+command -v prometheus-alertmanager >/dev/null || missing+=(prometheus-alertmanager)
 [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
 
 if docker_ok; then echo "docker engine running"; exit 0; fi

@@ -508,3 +508,23 @@ def test_schemathesis_finds_no_server_error(dc, daemon_env: dict[str, str], tmp_
         assert result.returncode == 0, result.stdout[-3000:]
     finally:
         d.stop()
+
+
+def test_shipped_alertmanager_receiver_config_is_valid() -> None:
+    result = subprocess.run(
+        ["amtool", "check-config", str(REPO / "deploy" / "alertmanager.yml")], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_daemon_refuses_to_start_without_a_token(daemon_env: dict[str, str]) -> None:
+    env = {k: v for k, v in daemon_env.items() if not k.startswith("RUNBOOK_API_TOKEN")}
+    result = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "daemon", "--port", str(free_port())],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2 and "needs an API token" in result.stderr
