@@ -138,6 +138,14 @@ def create_app(daemon: Daemon, security: ApiSecurity) -> FastAPI:
     async def queue_full(_: Request, exc: QueueFull) -> JSONResponse:
         return JSONResponse({"detail": f"busy: {exc}; retry later"}, status_code=503, headers={"Retry-After": "30"})
 
+    def shown(run: dict[str, Any]) -> dict[str, Any]:
+        """A run as the API shows it: secret params masked, everything redacted."""
+        loaded = daemon.runbooks.runbooks.get(run["runbook"])
+        secret = {n for n, p in loaded.spec.params.items() if p.secret} if loaded else set()
+        run["params"] = {k: ("***" if k in secret else v) for k, v in run["params"].items()}
+        redacted: dict[str, Any] = daemon.redactor.data(run)
+        return redacted
+
     def accept(alerts: list[IncomingAlert]) -> Accepted:
         results = daemon.receive(alerts)
         return Accepted(accepted=len(results), results=[r.to_json() for r in results])
@@ -166,7 +174,7 @@ def create_app(daemon: Daemon, security: ApiSecurity) -> FastAPI:
     ) -> list[dict[str, Any]]:
         """Recent runs, newest first (without their reports)."""
         rows = daemon.state.runs(status=status, limit=max(1, min(limit, 1000)))
-        return [{k: v for k, v in r.items() if k != "report"} for r in rows]
+        return [shown({k: v for k, v in r.items() if k != "report"}) for r in rows]
 
     @app.get("/v1/runs/{run_id}", dependencies=v1)
     def run(run_id: str) -> dict[str, Any]:
@@ -175,7 +183,7 @@ def create_app(daemon: Daemon, security: ApiSecurity) -> FastAPI:
         if found is None:
             raise HTTPException(404, f"no run {run_id!r}")
         found["pending"] = [{"remediation": p[1], "fingerprint": p[2]} for p in daemon.state.pending(run_id)]
-        return found
+        return shown(found)
 
     @app.post("/v1/runs/{run_id}/approve", dependencies=v1)
     def approve(run_id: str, decision: Decision) -> dict[str, Any]:

@@ -339,21 +339,8 @@ class Executor:
             raise RunbookError("remediation needs the state store (limits and locks); none was given")
         # In dry-run or a plan-only environment no applier exists: nothing below can change anything.
         applier = Applier(self.settings, self.effect_modules) if live else None
-        by_id = {s.id: s for s in runbook.spec.checks}
-
-        def verify_checks(ids: list[str]) -> list[CheckResult]:
-            return self._run_checks([by_id[i] for i in ids], params, RunClients(self.settings), audit, None, "verify")
-
-        remediator = Remediator(
-            registry=self.registry,
-            templates=self.templates,
-            settings=self.settings,
-            redactor=self.redactor,
-            policy=self.policy,
-            state=self.state,
-            applier=applier,
-            stop=stop,
-        )
+        remediator = self._remediator(applier, stop)
+        verify_checks = self._verifier(runbook, params, audit)
         try:
             remediator.run(
                 runbook,
@@ -410,22 +397,9 @@ class Executor:
             self._store_decision(run_id, decision)
             return decision
         params = self.resolve_params(runbook, run["params"])
-        by_id = {s.id: s for s in runbook.spec.checks}
-
-        def verify_checks(ids: list[str]) -> list[CheckResult]:
-            return self._run_checks([by_id[i] for i in ids], params, RunClients(self.settings), audit, None, "verify")
-
-        live = self.policy.mode == "apply"
-        applier = Applier(self.settings, self.effect_modules) if live else None
-        remediator = Remediator(
-            registry=self.registry,
-            templates=self.templates,
-            settings=self.settings,
-            redactor=self.redactor,
-            policy=self.policy,
-            state=self.state,
-            applier=applier,
-        )
+        verify_checks = self._verifier(runbook, params, audit)
+        applier = Applier(self.settings, self.effect_modules) if self.policy.mode == "apply" else None
+        remediator = self._remediator(applier, None)
         try:
             if not self.state.take_pending(run_id, rem_id):
                 raise NotFound(f"remediation {rem_id} of run {run_id} was already decided")
@@ -450,6 +424,29 @@ class Executor:
                 applier.close()
         self._store_decision(run_id, decision)
         return decision
+
+    def _remediator(self, applier: Applier | None, stop: threading.Event | None) -> Remediator:
+        return Remediator(
+            registry=self.registry,
+            templates=self.templates,
+            settings=self.settings,
+            redactor=self.redactor,
+            policy=self.policy,
+            state=self.state,
+            applier=applier,
+            stop=stop,
+        )
+
+    def _verifier(
+        self, runbook: LoadedRunbook, params: dict[str, Any], audit: _Audit
+    ) -> Callable[[list[str]], list[CheckResult]]:
+        """Runs named checks again, each time with fresh clients (the target may have been replaced)."""
+        by_id = {s.id: s for s in runbook.spec.checks}
+
+        def verify_checks(ids: list[str]) -> list[CheckResult]:
+            return self._run_checks([by_id[i] for i in ids], params, RunClients(self.settings), audit, None, "verify")
+
+        return verify_checks
 
     def _store_decision(self, run_id: str, decision: RemediationDecision) -> None:
         assert self.state is not None

@@ -43,17 +43,18 @@ class Redactor:
     """Masks known secret values and secret-shaped substrings in strings and nested data."""
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
-        self._secrets: set[str] = set()
+        self._secrets: frozenset[str] = frozenset()
         self.add(*secrets)
 
     def add(self, *values: str) -> None:
+        found: set[str] = set()
         for value in values:
             # Very short values would mask ordinary words; they are still caught by the patterns.
             if isinstance(value, str) and len(value) >= 4:
-                self._secrets.add(value)
-                for found in secrets_in_url(value):
-                    if len(found) >= 4:
-                        self._secrets.add(found)
+                found.add(value)
+                found.update(p for p in secrets_in_url(value) if len(p) >= 4)
+        # Replaced, never mutated: the daemon's threads may be reading it.
+        self._secrets = self._secrets | found
 
     def add_from_env(self, env: Mapping[str, str]) -> None:
         """Take passwords from URL-valued variables and the values of secret-named variables."""

@@ -41,10 +41,15 @@ class RunAudit(Protocol):
 
 
 @dataclass
-class _RunBudget:
-    """Targets changed so far in this run (blast radius)."""
+class _Run:
+    """What every remediation of one run shares."""
 
-    changed: set[str] = field(default_factory=set)
+    run_id: str
+    actor: str
+    audit: RunAudit
+    approve: ApproveCallback
+    run_checks: CheckRunner
+    changed: set[str] = field(default_factory=set)  # targets changed so far (blast radius)
 
 
 class Remediator:
@@ -84,25 +89,13 @@ class Remediator:
         run_checks: CheckRunner,
     ) -> None:
         steps = {r.id: r for r in runbook.spec.remediations}
-        budget = _RunBudget()
+        run = _Run(run_id, actor, audit, approve, run_checks)
         clients = RunClients(self.settings)
         context = {"params": params, "env": dict(os.environ), "config": self.settings.template_view()}
         try:
             for decision in decisions:
                 if decision.would_apply:
-                    self._one(
-                        runbook,
-                        steps[decision.id],
-                        decision,
-                        context,
-                        clients,
-                        run_id=run_id,
-                        actor=actor,
-                        audit=audit,
-                        approve=approve,
-                        run_checks=run_checks,
-                        budget=budget,
-                    )
+                    self._one(runbook, steps[decision.id], decision, context, clients, run)
                 audit.record("remediation_decision", **self.redactor.data(decision.to_json()))
         finally:
             clients.close()
@@ -129,14 +122,9 @@ class Remediator:
         decision: RemediationDecision,
         context: dict[str, Any],
         clients: RunClients,
-        *,
-        run_id: str,
-        actor: str,
-        audit: RunAudit,
-        approve: ApproveCallback,
-        run_checks: CheckRunner,
-        budget: _RunBudget,
+        run: _Run,
     ) -> None:
+        audit = run.audit
         try:
             plan = self._plan(step, context, clients)
         except (PlanError, TemplateError, TargetUnreachable) as exc:
@@ -168,24 +156,13 @@ class Remediator:
         if audit.error:
             return self._decide(decision, "denied", f"audit log unavailable, nothing is applied: {audit.error}")
         targets = plan.targets
-        held = self.state.lock(targets, run_id, self.settings.lock_ttl)
+        held = self.state.lock(targets, run.run_id, self.settings.lock_ttl)
         if held:
             return self._decide(decision, "denied", held)
         try:
-            self._guarded(
-                runbook,
-                step,
-                decision,
-                plan,
-                run_id=run_id,
-                actor=actor,
-                audit=audit,
-                approve=approve,
-                run_checks=run_checks,
-                budget=budget,
-            )
+            self._guarded(runbook, step, decision, plan, run)
         finally:
-            self.state.unlock(targets, run_id)
+            self.state.unlock(targets, run.run_id)
 
     def _guarded(
         self,
@@ -193,17 +170,12 @@ class Remediator:
         step: RemediationStep,
         decision: RemediationDecision,
         plan: Plan,
-        *,
-        run_id: str,
-        actor: str,
-        audit: RunAudit,
-        approve: ApproveCallback,
-        run_checks: CheckRunner,
-        budget: _RunBudget,
+        run: _Run,
     ) -> None:
         """Under the targets' locks: limits, approval, apply, verify. Limits are read under the lock, so two
         processes cannot both pass them."""
         assert self.state is not None and self.applier is not None
+        run_id, audit = run.run_id, run.audit
         now = time.time()
         max_changes = step.limit.max if step.limit else self.settings.default_limit
         window = step.limit.per if step.limit else self.settings.limit_window
@@ -227,12 +199,12 @@ class Remediator:
                 return self._decide(
                     decision, "denied", f"cooldown: {target} changed {now - last:.0f}s ago (cooldown {cooldown:g}s)"
                 )
-        new_targets = set(plan.targets) - budget.changed
-        if len(budget.changed) + len(new_targets) > self.settings.max_targets_per_run:
+        new_targets = set(plan.targets) - run.changed
+        if len(run.changed) + len(new_targets) > self.settings.max_targets_per_run:
             return self._decide(
                 decision,
                 "denied",
-                f"blast radius: would change {len(budget.changed) + len(new_targets)} targets in one run"
+                f"blast radius: would change {len(run.changed) + len(new_targets)} targets in one run"
                 f" (max {self.settings.max_targets_per_run})",
             )
 
@@ -243,14 +215,16 @@ class Remediator:
         if approval == "auto":
             decision.approver = f"auto ({'environment ' + self.policy.name if self.policy.auto else 'runbook'})"
         else:
-            answer = approve(step, plan)
+            answer = run.approve(step, plan)
             if answer is None:
                 assert self.state is not None
                 self.state.add_pending(run_id, step.id, plan.fingerprint, self.redactor.data(plan.to_json()))
-                return self._decide(decision, "pending", "manual approval needed: no terminal and no --yes")
+                return self._decide(
+                    decision, "pending", f"waiting for a person: runbook approve {run_id} --plan {plan.fingerprint}"
+                )
             if not answer:
-                return self._decide(decision, "rejected", f"rejected by {actor}")
-            decision.approver = actor
+                return self._decide(decision, "rejected", f"rejected by {run.actor}")
+            decision.approver = run.actor
         audit.record("approval", remediation=step.id, approver=decision.approver, fingerprint=plan.fingerprint)
         # Fail closed: if this record cannot be written, nothing is applied.
         audit.record("apply_started", remediation=step.id, fingerprint=plan.fingerprint, targets=plan.targets)
@@ -258,7 +232,7 @@ class Remediator:
             return self._decide(decision, "denied", f"audit log unavailable, nothing is applied: {audit.error}")
         self._decide(decision, "applied", f"approved by {decision.approver}")
         decision.applied = True
-        budget.changed.update(plan.targets)
+        run.changed.update(plan.targets)
         for change in plan.changes:
             try:
                 result = self.applier.apply(change)
@@ -289,7 +263,7 @@ class Remediator:
         if not step.verify:
             decision.outcome = "applied"
             return None
-        resolved, results = self._verify(step, run_checks)
+        resolved, results = self._verify(step, run.run_checks)
         decision.verify = [{"id": r.id, "status": r.status.value, "summary": r.summary} for r in results]
         decision.outcome = "resolved" if resolved else "not_resolved"
         audit.record("verify", remediation=step.id, resolved=resolved, checks=decision.verify)
@@ -331,19 +305,7 @@ class Remediator:
         clients = RunClients(self.settings)
         context = {"params": params, "env": dict(os.environ), "config": self.settings.template_view()}
         try:
-            self._one(
-                runbook,
-                step,
-                decision,
-                context,
-                clients,
-                run_id=run_id,
-                actor=approver,
-                audit=audit,
-                approve=approve,
-                run_checks=run_checks,
-                budget=_RunBudget(),
-            )
+            self._one(runbook, step, decision, context, clients, _Run(run_id, approver, audit, approve, run_checks))
         finally:
             clients.close()
         audit.record("remediation_decision", **self.redactor.data(decision.to_json()))

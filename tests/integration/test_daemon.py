@@ -26,7 +26,8 @@ from tests.integration.conftest import REPO
 
 pytestmark = pytest.mark.integration
 TOKEN = "example-token"
-FIXTURES = REPO.parent / "shared" / "reference" / "alertmanager-webhooks.jsonl"
+# Real deliveries of Alertmanager 0.25 (copied from the reference material): contract fixtures.
+FIXTURES = REPO / "tests" / "fixtures" / "alertmanager-webhooks.jsonl"
 
 
 def free_port() -> int:
