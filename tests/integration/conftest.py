@@ -60,21 +60,26 @@ def agent_env(tmp_path: Path) -> dict[str, str]:
 RunRunbook = Callable[..., tuple[int, dict[str, Any]]]
 
 
+def run_runbook(env: dict[str, str], runbook_id: str, *args: str) -> tuple[int, dict[str, Any]]:
+    """`runbook run ID --json ARGS` as a real process; returns (exit code, report)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "run", runbook_id, "--json", *args],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.stdout, result.stderr
+    return result.returncode, json.loads(result.stdout)
+
+
 @pytest.fixture
 def run_json(agent_env: dict[str, str]) -> RunRunbook:
-    """`runbook run ID --json` as a real process; returns (exit code, report)."""
+    """run_runbook with this test's environment (its own state directory)."""
 
-    def run(runbook_id: str, *args: str, env: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
-        result = subprocess.run(
-            [sys.executable, "-m", "agent.cli", "run", runbook_id, "--json", *args],
-            env=env or agent_env,
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert result.stdout, result.stderr
-        return result.returncode, json.loads(result.stdout)
+    def run(runbook_id: str, *args: str) -> tuple[int, dict[str, Any]]:
+        return run_runbook(agent_env, runbook_id, *args)
 
     return run
 

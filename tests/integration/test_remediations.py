@@ -17,23 +17,14 @@ import pytest
 import redis
 
 from sandbox import faults, stack
-from tests.integration.conftest import REPO
+from tests.integration.conftest import REPO, run_runbook
 
 pytestmark = pytest.mark.integration
 DSN = stack.AGENT_ENV["DATABASE_URL"]
 
 
 def run(agent_env: dict[str, str], runbooks: Path, runbook_id: str, *args: str) -> tuple[int, dict[str, Any]]:
-    result = subprocess.run(
-        [sys.executable, "-m", "agent.cli", "run", runbook_id, "--runbooks", str(runbooks), "--json", *args],
-        env=agent_env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert result.stdout, result.stderr
-    return result.returncode, json.loads(result.stdout)
+    return run_runbook(agent_env, runbook_id, "--runbooks", str(runbooks), *args)
 
 
 def write_runbook(tmp_path: Path, text: str) -> Path:
