@@ -370,12 +370,3 @@ class StateStore:
                 "INSERT OR REPLACE INTO flags (name, value, at, actor) VALUES (?, 'resolved', ?, 'alert')",
                 (f"resolved:{runbook}:{target}", time.time()),
             )
-
-    def alerts(self, limit: int = 100) -> list[dict[str, Any]]:
-        cur = self._read(
-            "SELECT id, received, source, fingerprint, status, name, runbook, target, disposition, run_id"
-            " FROM alerts ORDER BY id DESC LIMIT ?",
-            (limit,),
-        )
-        keys = [d[0] for d in cur.description]
-        return [dict(zip(keys, row, strict=True)) for row in cur.fetchall()]

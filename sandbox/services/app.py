@@ -5,9 +5,8 @@ after the database restarts, only restarting the app helps (the guide's "refresh
 
 import os
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 import psycopg2
 import redis
@@ -16,7 +15,6 @@ DATABASE_URL = os.environ["APP_DATABASE_URL"]
 REDIS_URL = os.environ["APP_REDIS_URL"]
 FAIL_RATIO = float(os.environ.get("FAIL_RATIO", "0"))
 VERSION = os.environ.get("APP_VERSION", "1")
-QUEUE = "bull:email:wait"
 
 _lock = threading.Lock()
 _conn = None
@@ -59,14 +57,6 @@ class Handler(BaseHTTPRequestHandler):
                 print(f"ERROR Redis connection error: {exc}", flush=True)
                 return self._send(500, "redis unavailable")
             return self._send(200, "ok version=" + VERSION)
-        if url.path == "/enqueue":
-            n = min(int(parse_qs(url.query).get("n", ["1"])[0]), 100000)
-            client = redis.Redis.from_url(REDIS_URL, socket_timeout=5)
-            pipe = client.pipeline()
-            for i in range(n):
-                pipe.lpush(QUEUE, f"email-{time.time_ns()}-{i}")
-            pipe.execute()
-            return self._send(200, f"queued {n}")
         if url.path == "/":
             with _lock:
                 _requests += 1

@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 from sandbox import faults, stack
-from tests.integration.conftest import REPO, checks_by_id, starts, world
+from tests.integration.conftest import REPO, checks_by_id, run_runbook, starts, world
 
 pytestmark = pytest.mark.integration
 
@@ -208,15 +208,8 @@ def test_restart_not_resolved_opens_the_circuit(dc, agent_env, crashy_runbooks) 
         since = time.time()
         outcomes = []
         for _ in range(2):
-            result = subprocess.run(
-                [sys.executable, "-m", "agent.cli", "run", "crashy", "--runbooks", str(runbooks), "--json"],
-                env=agent_env,
-                cwd=REPO,
-                capture_output=True,
-                text=True,
-                timeout=120,
-            )
-            rem = json.loads(result.stdout)["remediations"][0]
+            _, report = run_runbook(agent_env, "crashy", "--runbooks", str(runbooks))
+            rem = report["remediations"][0]
             outcomes.append((rem["decision"], rem["outcome"]))
             container.wait(timeout=30)
         assert outcomes[0][0] == "applied" and outcomes[0][1] in ("not_resolved", "apply_failed")
