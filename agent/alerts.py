@@ -1,56 +1,89 @@
 """Alerts in: the Alertmanager webhook payload (version 4), a generic alert, and routing to a runbook.
 
-Alert text is data. It is matched against triggers and copied into params only through a runbook's
-`alert_params`; it is never rendered as a template and never reaches a shell."""
+Alert text is data from outside. Its size is bounded here, at intake; it is matched against triggers with
+linear-time patterns; it reaches a run only through a runbook's `alert_params`, and only as a value the
+runbook allows; it is never rendered as a template and never reaches a shell."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import re
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from agent.loader import LoadedRunbook, RunbookSet
+from agent.patterns import compile_linear
 
 __all__ = [
+    "LIMITS",
     "AlertmanagerAlert",
     "AlertmanagerPayload",
     "GenericAlert",
     "IncomingAlert",
+    "MappedParams",
+    "alert_params",
     "matches",
     "route",
+    "target_key",
 ]
 
 
+@dataclass(frozen=True)
+class _Limits:
+    """What one alert may carry. Alertmanager sets no limits of its own; these are far above real alerts
+    (a few labels of a few dozen characters) and far below what would strain the daemon."""
+
+    alerts: int = 10_000  # per payload: the shipped receiver sets Alertmanager's max_alerts to this
+    labels: int = 64
+    annotations: int = 64
+    name_chars: int = 128
+    label_chars: int = 2048
+    annotation_chars: int = 8192
+    fingerprint_chars: int = 128
+
+
+LIMITS = _Limits()
+
+
+# Sizes of everything from outside. (pydantic already refuses a lone surrogate in any string.)
+LabelName = Annotated[str, StringConstraints(max_length=LIMITS.name_chars)]
+LabelValue = Annotated[str, StringConstraints(max_length=LIMITS.label_chars)]
+AnnotationValue = Annotated[str, StringConstraints(max_length=LIMITS.annotation_chars)]
+Labels = Annotated[dict[LabelName, LabelValue], Field(max_length=LIMITS.labels)]
+Annotations = Annotated[dict[LabelName, AnnotationValue], Field(max_length=LIMITS.annotations)]
+Fingerprint = Annotated[str, StringConstraints(max_length=LIMITS.fingerprint_chars)]
+
+
 class AlertmanagerAlert(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="ignore")
 
     status: Literal["firing", "resolved"]
-    labels: dict[str, str]
-    annotations: dict[str, str] = Field(default_factory=dict)
-    startsAt: str | None = None
-    endsAt: str | None = None
-    generatorURL: str | None = None
-    fingerprint: str | None = None
+    labels: Labels
+    annotations: Annotations = Field(default_factory=dict)
+    startsAt: str | None = Field(None, max_length=64)
+    endsAt: str | None = Field(None, max_length=64)
+    generatorURL: AnnotationValue | None = None
+    fingerprint: Fingerprint | None = None
 
 
 class AlertmanagerPayload(BaseModel):
-    """Alertmanager's webhook body (version 4). Unknown fields are accepted, as new versions add some."""
+    """Alertmanager's webhook body (version 4). Unknown fields are accepted (new versions add some) and
+    dropped: nothing reads them."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="ignore")
 
-    version: str = "4"
-    groupKey: str | None = None
+    version: str = Field("4", max_length=16)
+    groupKey: AnnotationValue | None = None
     truncatedAlerts: int = 0
     status: Literal["firing", "resolved"]
-    receiver: str
-    groupLabels: dict[str, str] = Field(default_factory=dict)
-    commonLabels: dict[str, str] = Field(default_factory=dict)
-    commonAnnotations: dict[str, str] = Field(default_factory=dict)
-    externalURL: str | None = None
-    alerts: list[AlertmanagerAlert] = Field(max_length=10_000)
+    receiver: LabelValue
+    groupLabels: Labels = Field(default_factory=dict)
+    commonLabels: Labels = Field(default_factory=dict)
+    commonAnnotations: Annotations = Field(default_factory=dict)
+    externalURL: LabelValue | None = None
+    alerts: list[AlertmanagerAlert] = Field(max_length=LIMITS.alerts)
 
 
 class GenericAlert(BaseModel):
@@ -60,10 +93,10 @@ class GenericAlert(BaseModel):
 
     name: str = Field(min_length=1, max_length=200, description="Becomes the `alertname` label.")
     status: Literal["firing", "resolved"] = "firing"
-    labels: dict[str, str] = Field(default_factory=dict)
-    annotations: dict[str, str] = Field(default_factory=dict)
+    labels: Labels = Field(default_factory=dict)
+    annotations: Annotations = Field(default_factory=dict)
     severity: str | None = Field(None, max_length=50, description="Becomes the `severity` label.")
-    fingerprint: str | None = Field(None, max_length=200)
+    fingerprint: Fingerprint | None = None
 
 
 class IncomingAlert(BaseModel):
@@ -94,14 +127,14 @@ class IncomingAlert(BaseModel):
 
 
 def matches(trigger: dict[str, str], labels: dict[str, str]) -> bool:
-    """Alertmanager matcher semantics: `value`/`=value` equal, `!=value`, `=~regex`, `!~regex` (anchored);
-    a missing label is the empty string."""
+    """Alertmanager matcher semantics: `value`/`=value` equal, `!=value`, `=~regex`, `!~regex` (anchored,
+    RE2: linear in the label's length); a missing label is the empty string."""
     for label, matcher in trigger.items():
         value = labels.get(label, "")
         if matcher.startswith("=~"):
-            ok = re.fullmatch(matcher[2:], value) is not None
+            ok = compile_linear(matcher[2:]).fullmatch(value) is not None
         elif matcher.startswith("!~"):
-            ok = re.fullmatch(matcher[2:], value) is None
+            ok = compile_linear(matcher[2:]).fullmatch(value) is None
         elif matcher.startswith("!="):
             ok = value != matcher[2:]
         else:
@@ -120,15 +153,28 @@ def route(runbooks: RunbookSet, alert: IncomingAlert) -> LoadedRunbook | None:
     return None
 
 
-def alert_params(runbook: LoadedRunbook, alert: IncomingAlert) -> dict[str, str]:
-    """Params taken from the alert, exactly as the runbook maps them; values are plain strings."""
+@dataclass(frozen=True)
+class MappedParams:
+    """Params an alert supplies, or why it may not: a value its runbook does not allow for that param."""
+
+    params: dict[str, str]
+    refused: str | None = None
+
+
+def alert_params(runbook: LoadedRunbook, alert: IncomingAlert) -> MappedParams:
+    """Params taken from the alert exactly as the runbook maps them, each held to what the runbook allows
+    (its `allow` list or `pattern`): an alert never picks a target the runbook did not name."""
     params: dict[str, str] = {}
-    for param, source in runbook.spec.alert_params.items():
-        kind, _, key = source.partition(".")
+    for param, mapping in runbook.spec.alert_params.items():
+        kind, _, key = mapping.from_.partition(".")
         value = (alert.labels if kind == "labels" else alert.annotations).get(key)
-        if value is not None:
-            params[param] = value
-    return params
+        if value is None:
+            continue
+        if not mapping.allows(value):
+            shown = json.dumps(value[:64] + ("..." if len(value) > 64 else ""))
+            return MappedParams({}, f"{mapping.from_}={shown} is not allowed for param {param} ({mapping.describe()})")
+        params[param] = value
+    return MappedParams(params)
 
 
 def target_key(params: dict[str, Any]) -> str:

@@ -1,37 +1,73 @@
-"""The daemon's HTTP API (FastAPI): alert intake, runs, approvals, health and metrics.
+"""The daemon's HTTP API (FastAPI): alert intake, runs, approvals and switches, health and metrics.
 
-Every /v1 route needs the bearer token (what Alertmanager's http_config.authorization sends); senders
-that can sign may also be held to an HMAC-SHA256 signature over timestamp and body. Refusals are
-401/403/413/422 with a reason, and start nothing."""
+Two kinds of credential. The intake token (what Alertmanager's http_config.authorization sends) may only
+deliver alerts; senders that can sign may also be held to an HMAC over timestamp, method, path and body.
+Decision credentials, one per person, read runs and decide: approve, reject, pause, resume, reset; the
+person recorded is the credential's, never a name from the body. Refusals are 401/403/413/422 with a
+reason and start nothing; 503 (busy, rate limited, audit log unavailable) asks the sender to retry."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import re
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from agent import admin
 from agent.alerts import AlertmanagerPayload, GenericAlert, IncomingAlert
 from agent.daemon import Daemon, QueueFull
-from agent.exceptions import NotFound, PlanChanged, RunbookError
+from agent.exceptions import AuditError, Conflict, NotFound, RunbookError
 
 __all__ = ["ApiSecurity", "create_app"]
 
 ASGIApp = Callable[
     [dict[str, Any], Callable[[], Awaitable[dict[str, Any]]], Callable[..., Awaitable[None]]], Awaitable[None]
 ]
+_PERSON = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
+_STAMP = re.compile(r"^[0-9]{1,12}$")
 
 
 class ApiSecurity(BaseModel):
-    token: str = Field(min_length=12)
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    intake_token: str = Field(min_length=12, description="Delivers alerts; nothing else.")
+    decision_tokens: dict[str, str] = Field(
+        default_factory=dict, description="Person -> token: reads runs and decides, recorded as that person."
+    )
     hmac_secret: str | None = None
     replay_window: float = 300.0
-    max_body: int = 1_048_576
+    # A group of 10,000 Alertmanager alerts is about 3 MB; the shipped receiver sends at most that many.
+    max_body: int = 16 * 1_048_576
+    public_metrics: bool = Field(False, description="Serve /metrics and /openapi.json without a credential.")
+    alert_rate: float = Field(500.0, gt=0, description="Alerts per second one sender may deliver, sustained.")
+    alert_burst: float = Field(20_000.0, gt=0, description="Alerts one sender may deliver at once.")
+
+    @field_validator("decision_tokens")
+    @classmethod
+    def _people(cls, tokens: dict[str, str]) -> dict[str, str]:
+        for person, token in tokens.items():
+            if not _PERSON.match(person):
+                raise ValueError(f"decision credential name {person!r}: letters, digits and ._@- only")
+            if len(token) < 12:
+                raise ValueError(f"decision credential of {person}: a token of 12+ characters")
+        if len(set(tokens.values())) != len(tokens):
+            raise ValueError("two people share a decision token")
+        return tokens
+
+    @model_validator(mode="after")
+    def _distinct(self) -> ApiSecurity:
+        if self.intake_token in self.decision_tokens.values():
+            raise ValueError("the intake token must not also be a decision credential")
+        return self
 
 
 class _BodyLimit:
@@ -63,7 +99,7 @@ class _BodyLimit:
 
     async def _reject(self, send: Any) -> None:
         self.on_reject()
-        body = b'{"detail":"request body over the size limit"}'
+        body = f'{{"detail":"request body over the size limit ({self.limit} bytes)"}}'.encode()
         await send({"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json")]})
         await send({"type": "http.response.body", "body": body})
 
@@ -72,15 +108,57 @@ class _TooLarge(Exception):
     pass
 
 
-class Accepted(BaseModel):
-    accepted: int
-    results: list[dict[str, Any]]
+class _RateLimited(Exception):
+    pass
+
+
+class _AlertRate:
+    """A token bucket per sender (credential and address), counted in alerts: a storm's one big group
+    passes, a sender that keeps flooding is slowed to the sustained rate with 503 + Retry-After (which
+    Alertmanager retries; it never retries a 4xx)."""
+
+    def __init__(self, rate: float, burst: float, senders: int = 10_000) -> None:
+        self.rate, self.burst, self.senders = rate, burst, senders
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def take(self, sender: str, alerts: int) -> None:
+        now = time.monotonic()
+        with self._lock:
+            tokens, at = self._buckets.pop(sender, (self.burst, now))
+            tokens = min(self.burst, tokens + (now - at) * self.rate)
+            if alerts > tokens:
+                self._buckets[sender] = (tokens, now)
+                raise _RateLimited(f"{alerts} alerts over the rate of {self.rate:g}/s; retry later")
+            self._buckets[sender] = (tokens - alerts, now)
+            while len(self._buckets) > self.senders:
+                self._buckets.popitem(last=False)  # the least recently seen sender
+
+
+class _SeenSignatures:
+    """Signatures seen within the replay window: a captured signed request cannot be sent again."""
+
+    def __init__(self, window: float, capacity: int = 100_000) -> None:
+        self.window, self.capacity = window, capacity
+        self._seen: OrderedDict[str, float] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def first_time(self, signature: str) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            while self._seen and next(iter(self._seen.values())) < now - 2 * self.window:
+                self._seen.popitem(last=False)
+            if signature in self._seen:
+                return False
+            if len(self._seen) >= self.capacity:
+                self._seen.popitem(last=False)
+            self._seen[signature] = now
+            return True
 
 
 class Decision(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    approver: str = Field(min_length=1, max_length=200, description="Who decides (recorded in the audit log).")
     remediation: str | None = Field(None, max_length=64, description="Which pending remediation; needed if several.")
     fingerprint: str | None = Field(
         None, max_length=64, description="The plan approved (as shown); a plan that changed since answers 409."
@@ -88,55 +166,180 @@ class Decision(BaseModel):
     reason: str = Field("", max_length=500)
 
 
-def create_app(daemon: Daemon, security: ApiSecurity) -> FastAPI:
-    metrics = daemon.metrics
+class PauseRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
 
-    def refuse(status: int, reason: str, kind: str) -> HTTPException:
-        metrics.requests_rejected.labels(reason=kind).inc()
+    reason: str = Field("", max_length=500, description="Shown with every denial while paused.")
+
+
+class ResetRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    target: str = Field(min_length=1, max_length=300, description="The breaker's target, e.g. container:sandbox-app-1.")
+
+
+class Accepted(BaseModel):
+    accepted: int
+    results: list[dict[str, Any]]
+
+
+def _printable(value: Any, limit: int = 200) -> str:
+    # Error messages echo parts of the request: keep them encodable and short.
+    text = str(value).encode("utf-8", "backslashreplace").decode()
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+class _Guard:
+    """Who may do what: checks a request's credential (and signature), answers the person or sender."""
+
+    def __init__(self, security: ApiSecurity, metrics: Any) -> None:
+        self.security, self.metrics = security, metrics
+        self.rate = _AlertRate(security.alert_rate, security.alert_burst)
+        self.seen = _SeenSignatures(security.replay_window)
+        self.people = list(security.decision_tokens.items())
+
+    def refuse(self, status: int, reason: str, kind: str) -> HTTPException:
+        self.metrics.requests_rejected.labels(reason=kind).inc()
         return HTTPException(status_code=status, detail=reason)
 
-    async def authorize(request: Request) -> None:
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            raise refuse(401, "missing bearer token", "unauthenticated")
-        if not hmac.compare_digest(token.strip().encode(), security.token.encode()):
-            raise refuse(401, "invalid bearer token", "unauthenticated")
-        if security.hmac_secret is not None:
-            stamp = request.headers.get("x-runbook-timestamp", "")
-            signature = request.headers.get("x-runbook-signature", "").removeprefix("sha256=")
-            try:
-                age = abs(time.time() - float(stamp))
-            except ValueError:
-                raise refuse(403, "missing or invalid X-Runbook-Timestamp", "bad_signature") from None
-            if age > security.replay_window:
-                raise refuse(403, "timestamp outside the replay window", "replayed")
-            body = await request.body()
-            expected = hmac.new(security.hmac_secret.encode(), stamp.encode() + b"." + body, hashlib.sha256).hexdigest()
-            if not hmac.compare_digest(signature.encode(), expected.encode()):
-                raise refuse(403, "invalid X-Runbook-Signature", "bad_signature")
+    def bearer(self, request: Request) -> bytes:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise self.refuse(401, "missing bearer token", "unauthenticated")
+        return token.strip().encode()
+
+    def person_of(self, token: bytes) -> str | None:
+        found = None
+        for person, expected in self.people:  # every comparison made: the time does not tell which matched
+            if hmac.compare_digest(token, expected.encode()):
+                found = person
+        return found
+
+    def is_intake(self, token: bytes) -> bool:
+        return hmac.compare_digest(token, self.security.intake_token.encode())
+
+    async def intake(self, request: Request) -> str:
+        """An alert sender: the intake token (and the signature, if required). Returns the sender's key."""
+        if not self.is_intake(self.bearer(request)):
+            raise self.refuse(401, "invalid bearer token", "unauthenticated")
+        if self.security.hmac_secret is not None:
+            await self.check_signature(request, self.security.hmac_secret)
+        return f"intake@{request.client.host if request.client else '-'}"
+
+    async def check_signature(self, request: Request, secret: str) -> None:
+        stamp = request.headers.get("x-runbook-timestamp", "")
+        signature = request.headers.get("x-runbook-signature", "").removeprefix("sha256=")
+        if not _STAMP.match(stamp):
+            raise self.refuse(403, "missing or invalid X-Runbook-Timestamp (unix seconds)", "bad_signature")
+        if abs(time.time() - int(stamp)) > self.security.replay_window:
+            raise self.refuse(403, "timestamp outside the replay window", "replayed")
+        body = await request.body()
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        message = f"{stamp}.{request.method}.{target}.".encode() + body
+        expected = hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(signature.encode(), expected.encode()):
+            raise self.refuse(403, "invalid X-Runbook-Signature", "bad_signature")
+        if not self.seen.first_time(signature):
+            raise self.refuse(403, "this signed request was already received (replay)", "replayed")
+
+    def decider(self, request: Request) -> str:
+        """A person with a decision credential; the name recorded is the credential's."""
+        token = self.bearer(request)
+        person = self.person_of(token)
+        if person is not None:
+            return f"api:{person}"
+        if self.is_intake(token):
+            raise self.refuse(
+                403, "the intake token only delivers alerts; this needs a decision credential", "forbidden"
+            )
+        raise self.refuse(401, "invalid bearer token", "unauthenticated")
+
+    def any_credential(self, request: Request) -> None:
+        if self.security.public_metrics:
+            return
+        token = self.bearer(request)
+        if not self.is_intake(token) and self.person_of(token) is None:
+            raise self.refuse(401, "invalid bearer token", "unauthenticated")
+
+
+def _guard(request: Request) -> _Guard:
+    guard: _Guard = request.app.state.guard
+    return guard
+
+
+async def _sender(request: Request) -> str:
+    return await _guard(request).intake(request)
+
+
+def _person(request: Request) -> str:
+    return _guard(request).decider(request)
+
+
+def _reader(request: Request) -> None:
+    _guard(request).any_credential(request)
+
+
+Sender = Annotated[str, Depends(_sender)]
+Person = Annotated[str, Depends(_person)]
+
+
+def create_app(daemon: Daemon, security: ApiSecurity) -> FastAPI:
+    metrics = daemon.metrics
+    guard = _Guard(security, metrics)
 
     app = FastAPI(
         title="runbook daemon",
         version="1",
         description="Alert intake, runs and approvals of the runbook agent.",
-        responses={401: {"description": "no or invalid token"}, 413: {"description": "body too large"}},
+        responses={401: {"description": "no or invalid credential"}, 413: {"description": "body too large"}},
+        # The interactive docs pages load their scripts from a CDN (blank offline): not served.
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
     )
+    app.state.guard = guard
     app.add_middleware(
         _BodyLimit,
         limit=security.max_body,
         on_reject=lambda: metrics.requests_rejected.labels(reason="too_large").inc(),
     )
-    v1 = [Depends(authorize)]
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        # One line naming the field and the limit; never the input back (it may be huge or hostile).
+        metrics.requests_rejected.labels(reason="invalid").inc()
+        errors = [
+            {"loc": [_printable(p, 64) for p in e.get("loc", ())], "msg": _printable(e.get("msg", ""))}
+            for e in exc.errors()[:10]
+        ]
+        first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
+        detail = f"{'.'.join(first['loc'])}: {first['msg']}" if first["loc"] else str(first["msg"])
+        return JSONResponse({"detail": detail, "errors": errors}, status_code=422)
+
+    @app.exception_handler(AuditError)
+    async def audit_unavailable(_: Request, exc: AuditError) -> JSONResponse:
+        # Fail closed, and say so without the log's path: the sender retries once it is repaired.
+        metrics.requests_rejected.labels(reason="audit_unavailable").inc()
+        return JSONResponse(
+            {"detail": "audit log unavailable: nothing is accepted until it is repaired (runbook audit repair)"},
+            status_code=503,
+            headers={"Retry-After": "60"},
+        )
 
     @app.exception_handler(RunbookError)
     async def runbook_error(_: Request, exc: RunbookError) -> JSONResponse:
-        status = 404 if isinstance(exc, NotFound) else 409 if isinstance(exc, PlanChanged) else 400
+        status = 404 if isinstance(exc, NotFound) else 409 if isinstance(exc, Conflict) else 400
         return JSONResponse({"detail": daemon.redactor.text(exc.message), "code": exc.code}, status_code=status)
 
     @app.exception_handler(QueueFull)
     async def queue_full(_: Request, exc: QueueFull) -> JSONResponse:
+        metrics.requests_rejected.labels(reason="busy").inc()
         return JSONResponse({"detail": f"busy: {exc}; retry later"}, status_code=503, headers={"Retry-After": "30"})
+
+    @app.exception_handler(_RateLimited)
+    async def rate_limited(_: Request, exc: _RateLimited) -> JSONResponse:
+        metrics.requests_rejected.labels(reason="rate_limited").inc()
+        return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "10"})
 
     def shown(run: dict[str, Any]) -> dict[str, Any]:
         """A run as the API shows it: secret params masked, everything redacted."""
@@ -146,69 +349,89 @@ def create_app(daemon: Daemon, security: ApiSecurity) -> FastAPI:
         redacted: dict[str, Any] = daemon.redactor.data(run)
         return redacted
 
-    def accept(alerts: list[IncomingAlert]) -> Accepted:
+    def accept(sender: str, alerts: list[IncomingAlert]) -> Accepted:
+        guard.rate.take(sender, max(1, len(alerts)))
         results = daemon.receive(alerts)
         return Accepted(accepted=len(results), results=[r.to_json() for r in results])
 
-    @app.post("/v1/alerts/alertmanager", dependencies=v1, status_code=202, response_model=Accepted)
-    def alertmanager(payload: AlertmanagerPayload) -> Accepted:
+    @app.post("/v1/alerts/alertmanager", status_code=202, response_model=Accepted)
+    def alertmanager(payload: AlertmanagerPayload, sender: Sender) -> Accepted:
         """Alertmanager webhook (payload version 4). Answered once every alert is durably recorded."""
         return accept(
+            sender,
             [
                 IncomingAlert.build("alertmanager", a.status, a.labels, a.annotations, a.fingerprint)
                 for a in payload.alerts
-            ]
+            ],
         )
 
-    @app.post("/v1/alerts", dependencies=v1, status_code=202, response_model=Accepted)
-    def generic(alert: GenericAlert) -> Accepted:
+    @app.post("/v1/alerts", status_code=202, response_model=Accepted)
+    def generic(alert: GenericAlert, sender: Sender) -> Accepted:
         """A generic alert: name and labels, from anything that is not Alertmanager."""
         labels = {**alert.labels, "alertname": alert.name}
         if alert.severity:
             labels["severity"] = alert.severity
-        return accept([IncomingAlert.build("generic", alert.status, labels, alert.annotations, alert.fingerprint)])
+        return accept(
+            sender, [IncomingAlert.build("generic", alert.status, labels, alert.annotations, alert.fingerprint)]
+        )
 
-    @app.get("/v1/runs", dependencies=v1)
+    @app.get("/v1/runs")
     def runs(
-        status: Literal["queued", "running", "finished", "interrupted"] | None = None, limit: int = 100
+        _: Person,
+        status: Literal["queued", "running", "finished", "interrupted"] | None = None,
+        limit: int = 100,
     ) -> list[dict[str, Any]]:
         """Recent runs, newest first (without their reports)."""
         rows = daemon.state.runs(status=status, limit=max(1, min(limit, 1000)))
         return [shown({k: v for k, v in r.items() if k != "report"}) for r in rows]
 
-    @app.get("/v1/runs/{run_id}", dependencies=v1)
-    def run(run_id: str) -> dict[str, Any]:
+    @app.get("/v1/runs/{run_id}")
+    def run(run_id: str, _: Person) -> dict[str, Any]:
         """One run with its report: checks, remediations (plans, decisions, outcomes), pending approvals."""
         found = daemon.state.run(run_id)
         if found is None:
-            raise HTTPException(404, f"no run {run_id!r}")
+            raise HTTPException(404, f"no run {_printable(run_id, 64)!r}")
         found["pending"] = [{"remediation": p[1], "fingerprint": p[2]} for p in daemon.state.pending(run_id)]
         return shown(found)
 
-    @app.post("/v1/runs/{run_id}/approve", dependencies=v1)
-    def approve(run_id: str, decision: Decision) -> dict[str, Any]:
+    @app.post("/v1/runs/{run_id}/approve")
+    def approve(run_id: str, decision: Decision, person: Person) -> dict[str, Any]:
         """Approve a pending manual remediation: it is planned again and applied only if the plan is the
-        one approved (409 otherwise), within the same limits as any remediation."""
+        one approved (409 otherwise), within the same limits as any remediation. A dry-run daemon, or a
+        dry run's plan, answers 409."""
         result = daemon.executor.decide_pending(
-            run_id,
-            approve=True,
-            approver=f"api:{decision.approver}",
-            remediation=decision.remediation,
-            fingerprint=decision.fingerprint,
+            run_id, approve=True, approver=person, remediation=decision.remediation, fingerprint=decision.fingerprint
         )
         return result.to_json()
 
-    @app.post("/v1/runs/{run_id}/reject", dependencies=v1)
-    def reject(run_id: str, decision: Decision) -> dict[str, Any]:
+    @app.post("/v1/runs/{run_id}/reject")
+    def reject(run_id: str, decision: Decision, person: Person) -> dict[str, Any]:
         """Reject a pending manual remediation (recorded; nothing changes)."""
         result = daemon.executor.decide_pending(
-            run_id,
-            approve=False,
-            approver=f"api:{decision.approver}",
-            remediation=decision.remediation,
-            reason=decision.reason,
+            run_id, approve=False, approver=person, remediation=decision.remediation, reason=decision.reason
         )
         return result.to_json()
+
+    def admin_audit(person: str) -> Any:
+        return daemon.audit.bind(actor=person, mode="admin")
+
+    @app.post("/v1/pause")
+    def pause(body: PauseRequest, person: Person) -> dict[str, Any]:
+        """Deny every remediation (checks still run) until resumed."""
+        admin.pause(daemon.state, admin_audit(person), person, body.reason)
+        return {"paused": True, "by": person, "reason": body.reason}
+
+    @app.post("/v1/resume")
+    def resume(person: Person) -> dict[str, Any]:
+        """Allow remediations again."""
+        admin.resume(daemon.state, admin_audit(person), person)
+        return {"paused": False, "by": person}
+
+    @app.post("/v1/breakers/reset")
+    def reset(body: ResetRequest, person: Person) -> dict[str, Any]:
+        """Close a target's circuit breaker (a person has looked)."""
+        admin.reset_breaker(daemon.state, admin_audit(person), body.target)
+        return {"target": body.target, "closed": True, "by": person}
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
@@ -217,7 +440,7 @@ def create_app(daemon: Daemon, security: ApiSecurity) -> FastAPI:
 
     @app.get("/readyz")
     def readyz(response: Response) -> dict[str, Any]:
-        """Ready to take alerts: workers alive, state store readable, not shutting down."""
+        """Ready to take alerts: workers alive, state store readable, audit log writable, not stopping."""
         try:
             daemon.state.paused()
             store_ok = True
@@ -225,11 +448,20 @@ def create_app(daemon: Daemon, security: ApiSecurity) -> FastAPI:
             store_ok = False
         ready = daemon.ready and store_ok
         response.status_code = 200 if ready else 503
-        return {"ready": ready, "state_store": store_ok, "stopping": daemon.stopping.is_set()}
+        return {
+            "ready": ready,
+            "state_store": store_ok,
+            "audit_log": daemon.audit_error is None,
+            "stopping": daemon.stopping.is_set(),
+        }
 
-    @app.get("/metrics")
+    @app.get("/metrics", dependencies=[Depends(_reader)])
     def prometheus() -> Response:
         """Prometheus metrics."""
         return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(_reader)])
+    def openapi() -> dict[str, Any]:
+        return app.openapi()
 
     return app

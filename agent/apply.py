@@ -1,4 +1,4 @@
-"""The applier: the one way a Change reaches the world. Built by the executor in live mode only."""
+"""The applier: the one way a Change reaches the world. Built by the executor of a live process only."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from typing import Any
 from agent.changes import Change
 from agent.config import Settings
 from agent.context import ApplyContext, RunClients
-from agent.plugins import EffectSpec
+from agent.exceptions import ApplyError
+from agent.plugins import Effect
 
 __all__ = ["DEFAULT_EFFECT_MODULES", "Applier"]
 
@@ -25,22 +26,28 @@ class Applier:
         # Effects wait on slow things (a container stopping, a health check passing): their own timeout.
         self._clients = RunClients(settings.model_copy(update={"read_timeout": settings.apply_timeout}))
         self._modules = dict(modules)
-        self._effects: dict[str, EffectSpec] = {}
+        self._effects: dict[str, Effect] = {}
 
-    def _effect(self, name: str) -> EffectSpec:
+    def _effect(self, name: str) -> Effect:
         if name not in self._effects:
             family = name.split(".", 1)[0]
             if family not in self._modules:
                 raise KeyError(f"no effects module for {name!r}")
             module = importlib.import_module(self._modules[family])
-            for spec in module.effects.effects:
-                self._effects.setdefault(spec.name, spec)
+            for effect in module.effects.effects:
+                self._effects.setdefault(effect.name, effect)
             if name not in self._effects:
                 raise KeyError(f"unknown effect {name!r}")
         return self._effects[name]
 
     def apply(self, change: Change) -> dict[str, Any]:
-        return self._effect(change.effect).func(ApplyContext(self._clients), change)
+        effect = self._effect(change.effect)
+        # The plan was checked against the remediation's declaration; this is the effect's own word.
+        if not isinstance(change.spec, effect.spec):
+            raise ApplyError(
+                f"{change.effect} takes {effect.spec.__name__}, the plan gave {type(change.spec).__name__}"
+            )
+        return effect.func(ApplyContext(self._clients), change.spec)
 
     def close(self) -> None:
         self._clients.close()

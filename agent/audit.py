@@ -6,17 +6,20 @@ import fcntl
 import hashlib
 import json
 import os
+import time
 from collections.abc import Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import structlog
 
 from agent.exceptions import AuditError
+from agent.files import open_private
 from agent.redaction import Redactor
 
-__all__ = ["GENESIS", "AuditLog", "AuditSink", "VerifyResult", "read_records", "verify"]
+__all__ = ["GENESIS", "AuditLog", "AuditSink", "RepairResult", "VerifyResult", "read_records", "repair", "verify"]
 
 GENESIS = "0" * 64
 
@@ -25,8 +28,9 @@ def _sha(line: bytes) -> str:
     return hashlib.sha256(line).hexdigest()
 
 
-def _last_line(fh: Any) -> bytes | None:
-    """The last complete line of a file opened in binary mode, read backwards from the end."""
+def _last_line(fh: Any) -> tuple[bytes, bool] | None:
+    """The last line of a file opened in binary mode, read backwards from the end, and whether it is
+    complete (ends with a newline): a torn write leaves a last line without one."""
     end = fh.seek(0, os.SEEK_END)
     if end == 0:
         return None
@@ -36,11 +40,28 @@ def _last_line(fh: Any) -> bytes | None:
         pos -= step
         fh.seek(pos)
         buf = fh.read(step) + buf
-        # The file ends with "\n"; the line starts after the newline before that one.
         cut = buf.rfind(b"\n", 0, len(buf) - 1)
         if cut != -1:
-            return bytes(buf[cut + 1 :].rstrip(b"\n"))
-    return bytes(buf.rstrip(b"\n"))
+            break
+    complete = buf.endswith(b"\n")
+    line = buf[cut + 1 :] if cut != -1 else buf
+    return bytes(line.rstrip(b"\n")), complete
+
+
+def _seq(line: bytes) -> int | None:
+    try:
+        return int(json.loads(line)["seq"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _open(path: Path) -> Any:
+    # The log holds what the agent saw and did: 0600 in a 0700 directory, whatever the umask.
+    return os.fdopen(open_private(path, os.O_RDWR | os.O_APPEND), "a+b")
+
+
+def _damaged(path: Path) -> AuditError:
+    return AuditError(f"audit log {path} ends with a damaged line (a torn write?); run `runbook audit repair`")
 
 
 class AuditSink:
@@ -54,8 +75,7 @@ class AuditSink:
 
     def write(self, **event: Any) -> None:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path, "a+b") as fh:
+            with _open(self.path) as fh:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
                 try:
                     self._append(fh, event)
@@ -70,13 +90,12 @@ class AuditSink:
         if last is None:
             prev, seq = GENESIS, 1
         else:
-            try:
-                seq = int(json.loads(last)["seq"]) + 1
-            except (ValueError, KeyError, TypeError):
-                raise AuditError(
-                    f"audit log {self.path} ends with a damaged line; run `runbook audit verify`"
-                ) from None
-            prev = _sha(last)
+            line, complete = last
+            last_seq = _seq(line)
+            if not complete or last_seq is None:
+                # Fail closed: appending after a torn line would bury it in the chain.
+                raise _damaged(self.path)
+            prev, seq = _sha(line), last_seq + 1
         record = {"seq": seq, **event, "prev": prev}
         line = json.dumps(record, separators=(",", ":"), ensure_ascii=False, default=str).encode()
         fh.seek(0, os.SEEK_END)
@@ -85,8 +104,25 @@ class AuditSink:
         os.fsync(fh.fileno())
         # The head records where the chain ends, so a removed tail is found too.
         tmp = self.head_path.with_name(self.head_path.name + ".tmp")
-        tmp.write_text(json.dumps({"seq": seq, "sha256": _sha(line)}))
+        fd = open_private(tmp, os.O_WRONLY | os.O_TRUNC)
+        with os.fdopen(fd, "w") as out:
+            out.write(json.dumps({"seq": seq, "sha256": _sha(line)}))
         os.replace(tmp, self.head_path)
+
+    def problem(self) -> str | None:
+        """Why the next record could not be written, or None: a damaged last line, an unwritable file."""
+        try:
+            with open(self.path, "rb") as fh:
+                last = _last_line(fh)
+        except FileNotFoundError:
+            return None if os.access(_existing_parent(self.path), os.W_OK) else "audit log directory not writable"
+        except OSError as exc:
+            return f"audit log unreadable: {exc.strerror or exc}"
+        if last is not None and (not last[1] or _seq(last[0]) is None):
+            return "audit log ends with a damaged line (run `runbook audit repair`)"
+        if not os.access(self.path, os.W_OK):
+            return "audit log not writable"
+        return None
 
     # structlog calls the method named like the log level.
     info = write
@@ -122,6 +158,70 @@ class AuditLog:
 
     def record(self, event: str, **fields: Any) -> None:
         self._log.info(event, **fields)
+
+    def problem(self) -> str | None:
+        """Why a record could not be written now (checked cheaply: the log's last line), or None."""
+        return AuditSink(self.path).problem()
+
+
+def _existing_parent(path: Path) -> Path:
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    return parent
+
+
+@dataclass(frozen=True)
+class RepairResult:
+    removed_bytes: int
+    saved_to: Path | None
+    seq: int | None  # the sealing record's sequence number
+
+
+def repair(path: Path, actor: str) -> RepairResult:
+    """Seal a torn tail (a write cut short by a full disk or a crash): the bytes after the last valid
+    record are moved to a side file (nothing recorded is thrown away) and an `audit_repaired` record,
+    chained to the last valid one, says what was removed. Without a torn tail nothing changes."""
+    sink = AuditSink(path)
+    with _open(path) as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            fh.seek(0)
+            data = fh.read()
+            keep = len(data)
+            # Walk back over trailing lines that are not complete, valid records.
+            while keep > 0:
+                cut = data.rfind(b"\n", 0, keep - 1) + 1
+                line = data[cut:keep]
+                if line.endswith(b"\n") and _seq(line.rstrip(b"\n")) is not None:
+                    break
+                keep = cut
+            torn = data[keep:]
+            if not torn:
+                return RepairResult(0, None, None)
+            saved = path.with_name(f"{path.name}.torn-{int(time.time())}")
+            fd = open_private(saved, os.O_WRONLY | os.O_TRUNC)
+            with os.fdopen(fd, "wb") as side:
+                side.write(torn)
+                side.flush()
+                os.fsync(side.fileno())
+            fh.truncate(keep)
+            fh.flush()
+            os.fsync(fh.fileno())
+            event = {
+                "event": "audit_repaired",
+                "ts": datetime.now(UTC).isoformat(),
+                "actor": actor,
+                "mode": "admin",
+                "removed_bytes": len(torn),
+                "removed_sha256": _sha(torn),
+                "saved_to": str(saved),
+            }
+            sink._append(fh, event)
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+    last = verify(path)
+    return RepairResult(len(torn), saved, last.records)
 
 
 def read_records(path: Path) -> Iterator[dict[str, Any]]:
@@ -165,16 +265,29 @@ def verify(path: Path) -> VerifyResult:
             return VerifyResult(False, count, f"sequence {seq} where {number} was expected (lines removed)", number)
         prev, count = _sha(line), count + 1
     head = path.with_name(path.name + ".head")
-    if head.exists():
-        try:
-            marker = json.loads(head.read_text())
-        except (OSError, ValueError):
-            return VerifyResult(False, count, f"head file {head} is damaged")
-        if marker.get("seq") != count or marker.get("sha256") != prev:
-            return VerifyResult(
-                False,
-                count,
-                f"file ends at record {count} but the last record written was {marker.get('seq')}: truncated",
-                count + 1,
-            )
+    if not head.exists():
+        if count:
+            return VerifyResult(False, count, f"head file {head} is missing: a removed tail could not be found")
+        return VerifyResult(True, count)
+    try:
+        marker = json.loads(head.read_text())
+        head_seq = int(marker["seq"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return VerifyResult(False, count, f"head file {head} is damaged")
+    if head_seq > count:
+        return VerifyResult(
+            False,
+            count,
+            f"file ends at record {count} but the last record written was {head_seq}: truncated",
+            count + 1,
+        )
+    if head_seq < count:
+        return VerifyResult(
+            False,
+            count,
+            f"head file is behind the log: records after {head_seq} were not written by the agent",
+            head_seq + 1,
+        )
+    if marker.get("sha256") != prev:
+        return VerifyResult(False, count, "the last record is not the one the agent wrote (edited)", count)
     return VerifyResult(True, count)

@@ -4,10 +4,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Change", "Plan"]
+from pydantic import BaseModel, ConfigDict
+
+__all__ = ["Change", "EffectSpec", "Plan"]
+
+
+class EffectSpec(BaseModel):
+    """Base of what a plan hands to one effect: exactly what the applier needs (ids, names, digests), typed
+    per effect and validated when the plan is made, so a mismatch fails in a dry run, not mid-incident.
+    Secrets are `SecretStr` fields: never shown, recorded or part of the fingerprint."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 @dataclass(frozen=True)
@@ -19,11 +29,18 @@ class Change:
     summary: str  # one line for people
     before: Any = None
     after: Any = None
-    # Exactly what the applier needs (ids, names, configs); part of what is approved.
-    spec: dict[str, Any] = field(default_factory=dict)
+    # Part of what is approved; the effect's own model (declared by the remediation for this effect).
+    spec: EffectSpec | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return {
+            "effect": self.effect,
+            "target": self.target,
+            "summary": self.summary,
+            "before": self.before,
+            "after": self.after,
+            "spec": self.spec.model_dump(mode="json") if self.spec is not None else None,
+        }
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ import click
 from agent.config import Settings, load_settings
 from agent.exceptions import AuditError, ConfigError, RunbookError, UnknownRunbook
 from agent.redaction import Redactor
+from agent.terminal import printable
 
 __all__ = ["main"]
 
@@ -52,33 +53,45 @@ class _State:
     def load(self, given: Sequence[Path] = ()) -> Any:
         from agent.loader import load_runbooks
 
-        return load_runbooks(self.runbooks_dirs(given))
+        return load_runbooks(self.runbooks_dirs(given), template_env=self.settings.template_env)
+
+    def echo(self, text: str, *, err: bool = False) -> None:
+        """One line for a person: secrets masked, control characters from outside text escaped."""
+        click.echo(printable(self.redactor.text(text)), err=err)
 
 
 def _errors_as_one_line(func: F) -> F:
-    """Print a RunbookError as one redacted line with its exit code; tracebacks only with --verbose."""
+    """Print a RunbookError as one redacted line with its exit code; tracebacks (redacted too) only with
+    --verbose."""
 
     @wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         state: _State = click.get_current_context().find_object(_State)  # type: ignore[assignment]
         try:
             return func(*args, **kwargs)
-        except RunbookError as exc:
-            if state.verbose:
-                raise
-            for line in exc.message.splitlines():
-                click.echo(state.redactor.text(line), err=True)
-            sys.exit(exc.exit_code)
         except (click.exceptions.Exit, click.ClickException):
             raise
+        except RunbookError as exc:
+            _traceback(state)
+            for line in exc.message.splitlines():
+                state.echo(line, err=True)
+            sys.exit(exc.exit_code)
         except Exception as exc:
-            if state.verbose:
-                raise
-            click.echo(state.redactor.text(f"runbook: internal error: {type(exc).__name__}: {exc}"), err=True)
-            click.echo("run again with --verbose for the traceback", err=True)
+            _traceback(state)
+            state.echo(f"runbook: internal error: {type(exc).__name__}: {exc}", err=True)
+            if not state.verbose:
+                click.echo("run again with --verbose for the traceback", err=True)
             sys.exit(3)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _traceback(state: _State) -> None:
+    if state.verbose:
+        import traceback
+
+        for line in traceback.format_exc().splitlines():
+            state.echo(line, err=True)
 
 
 _runbooks_option = click.option(
@@ -142,8 +155,22 @@ def show(state: _State, name: str, runbooks_dirs: tuple[Path, ...]) -> None:
     click.echo(show_runbook(runbooks.runbooks[name], runbooks.registry))
 
 
-def _parse_params(values: Sequence[str]) -> dict[str, str]:
-    params = {}
+def _parse_params(values: Sequence[str], param_file: Path | None = None) -> dict[str, str]:
+    """--param KEY=VALUE overrides, and a --param-file of KEY=VALUE lines (`-`: stdin) for values that
+    must not show in the process list (a secret DSN)."""
+    params: dict[str, str] = {}
+    if param_file is not None:
+        try:
+            text = sys.stdin.read() if str(param_file) == "-" else param_file.read_text()
+        except OSError as exc:
+            raise ConfigError(f"{param_file}: cannot read param file: {exc.strerror}") from None
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            key, sep, value = line.partition("=")
+            if not sep or not key.strip():
+                raise ConfigError(f"{param_file}:{number}: expected KEY=VALUE")
+            params[key.strip()] = value
     for item in values:
         key, sep, value = item.partition("=")
         if not sep or not key:
@@ -152,10 +179,21 @@ def _parse_params(values: Sequence[str]) -> dict[str, str]:
     return params
 
 
+_param_option = click.option(
+    "-p", "--param", "params", multiple=True, metavar="KEY=VALUE", help="Override a runbook param."
+)
+_param_file_option = click.option(
+    "--param-file",
+    type=click.Path(path_type=Path, allow_dash=True),
+    help="KEY=VALUE lines (`-`: stdin): params kept out of the process list, e.g. a secret DSN.",
+)
+
+
 @cli.command()
 @click.argument("runbook_id")
 @click.option("--dry-run", is_flag=True, help="Check and plan only; nothing is changed.")
-@click.option("-p", "--param", "params", multiple=True, metavar="KEY=VALUE", help="Override a runbook param.")
+@_param_option
+@_param_file_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of text.")
 @click.option("-y", "--yes", is_flag=True, help="Approve manual remediations (their plans are still shown).")
 @_runbooks_option
@@ -166,6 +204,7 @@ def run(
     runbook_id: str,
     dry_run: bool,
     params: tuple[str, ...],
+    param_file: Path | None,
     as_json: bool,
     yes: bool,
     runbooks_dirs: tuple[Path, ...],
@@ -181,7 +220,7 @@ def run(
     from agent.policy import load_policy
     from agent.state import StateStore
 
-    overrides = _parse_params(params)
+    overrides = _parse_params(params, param_file)
     runbooks = state.load(runbooks_dirs)
     if runbook_id not in runbooks.runbooks:
         raise UnknownRunbook(f"unknown runbook {runbook_id!r} (known: {', '.join(runbooks.ids())})")
@@ -190,7 +229,8 @@ def run(
     audit = AuditLog(settings.audit_path, state.redactor)
     policy = load_policy(settings.policy_file, settings.environment)
     store = StateStore(settings.state_path)
-    executor = Executor(runbooks, settings, state.redactor, audit, policy=policy, state=store)
+    # A dry run's process is a dry-run process: it has no applier to build, whatever happens.
+    executor = Executor(runbooks, settings, state.redactor, audit, policy=policy, state=store, dry_run=dry_run)
     printer = Printer(state.redactor, enabled=not as_json)
     interactive = not as_json and sys.stdin.isatty() and sys.stdout.isatty()
 
@@ -213,9 +253,9 @@ def run(
     else:
         printer.report(report)
     if report.audit_error:
-        click.echo(state.redactor.text(f"runbook: warning: {report.audit_error}"), err=True)
+        state.echo(f"runbook: warning: {report.audit_error}", err=True)
     for escalation in report.escalations:
-        click.echo(state.redactor.text(f"runbook: ESCALATE {report.runbook} {escalation}"), err=True)
+        state.echo(f"runbook: ESCALATE {report.runbook} {escalation}", err=True)
     sys.exit(report.exit_status.exit_code)
 
 
@@ -229,10 +269,10 @@ def _store(state: _State) -> Any:
     return StateStore(state.settings.state_path)
 
 
-def _audit_admin(state: _State, event: str, **fields: Any) -> None:
+def _admin_audit(state: _State) -> Any:
     from agent.audit import AuditLog
 
-    AuditLog(state.settings.audit_path, state.redactor, actor=_actor(), mode="admin").record(event, **fields)
+    return AuditLog(state.settings.audit_path, state.redactor, actor=_actor(), mode="admin")
 
 
 @cli.command()
@@ -241,8 +281,9 @@ def _audit_admin(state: _State, event: str, **fields: Any) -> None:
 @_errors_as_one_line
 def pause(state: _State, reason: str) -> None:
     """Deny every remediation (checks still run) until `runbook resume`."""
-    _audit_admin(state, "paused", reason=reason)
-    _store(state).set_paused(True, _actor(), reason)
+    from agent import admin
+
+    admin.pause(_store(state), _admin_audit(state), _actor(), reason)
     click.echo("remediation paused: every remediation is denied until `runbook resume`")
 
 
@@ -251,8 +292,9 @@ def pause(state: _State, reason: str) -> None:
 @_errors_as_one_line
 def resume(state: _State) -> None:
     """Allow remediations again after `runbook pause`."""
-    _audit_admin(state, "resumed")
-    _store(state).set_paused(False, _actor())
+    from agent import admin
+
+    admin.resume(_store(state), _admin_audit(state), _actor())
     click.echo("remediation resumed")
 
 
@@ -262,12 +304,25 @@ def resume(state: _State) -> None:
 @_errors_as_one_line
 def reset(state: _State, target: str) -> None:
     """Close a target's circuit breaker (a person has looked), e.g. `runbook reset container:sandbox-app-1`."""
-    store = _store(state)
-    if not store.reset_breaker(target):
-        known = ", ".join(b.target for b in store.breakers()) or "none open"
-        raise RunbookError(f"no open circuit breaker for {target!r} (open: {known})")
-    _audit_admin(state, "breaker_reset", target=target)
-    click.echo(f"circuit breaker on {target} closed")
+    from agent import admin
+
+    admin.reset_breaker(_store(state), _admin_audit(state), target)
+    state.echo(f"circuit breaker on {target} closed")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
+@click.pass_obj
+@_errors_as_one_line
+def prune(state: _State, as_json: bool) -> None:
+    """Delete state past its retention (alerts 14 days, runs 90 days by default; the audit log is kept)."""
+    from agent.retention import prune as prune_state
+
+    counts = prune_state(_store(state), state.settings, _admin_audit(state))
+    if as_json:
+        click.echo(json.dumps(counts))
+    else:
+        click.echo("pruned: " + ", ".join(f"{n} {what}" for what, n in counts.items()))
 
 
 @cli.command()
@@ -279,27 +334,32 @@ def status(state: _State) -> None:
 
     store = _store(state)
     paused = store.paused()
-    click.echo(f"remediation: {'PAUSED by ' + paused[1] + ': ' + paused[0] if paused else 'enabled'}")
+    state.echo(f"remediation: {'PAUSED by ' + paused[1] + ': ' + paused[0] if paused else 'enabled'}")
     for b in store.breakers():
         until = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(b.until))
-        click.echo(f"circuit open: {b.target} ({b.reason}; run {b.run_id}) until {until} UTC")
+        state.echo(f"circuit open: {b.target} ({b.reason}; run {b.run_id}) until {until} UTC")
     for target, run_id, _ in store.locks():
-        click.echo(f"locked: {target} by run {run_id}")
+        state.echo(f"locked: {target} by run {run_id}")
     for run_id, remediation, fingerprint, _ in store.pending():
-        click.echo(f"pending approval: run {run_id} {remediation} (plan {fingerprint})")
+        state.echo(f"pending approval: run {run_id} {remediation} (plan {fingerprint})")
 
 
-def _security(token_file: Path | None, hmac_file: Path | None) -> Any:
+def _security(token_file: Path | None, hmac_file: Path | None, decision_file: Path | None, public_metrics: bool) -> Any:
+    from pydantic import ValidationError
+
     from agent.api import ApiSecurity
+
+    def read(path: Path) -> str:
+        try:
+            return path.read_text()
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
 
     def secret(path: Path | None, env: str) -> str | None:
         if path is None and os.environ.get(env + "_FILE"):
             path = Path(os.environ[env + "_FILE"])
         if path is not None:
-            try:
-                return path.read_text().strip()
-            except OSError as exc:
-                raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+            return read(path).strip()
         return os.environ.get(env) or None
 
     token = secret(token_file, "RUNBOOK_API_TOKEN")
@@ -307,19 +367,51 @@ def _security(token_file: Path | None, hmac_file: Path | None) -> Any:
         raise ConfigError(
             "the daemon needs an API token of 12+ characters: --token-file, RUNBOOK_API_TOKEN_FILE or RUNBOOK_API_TOKEN"
         )
-    return ApiSecurity(token=token, hmac_secret=secret(hmac_file, "RUNBOOK_HMAC_SECRET"))
+    people: dict[str, str] = {}
+    decision_file = decision_file or (
+        Path(os.environ["RUNBOOK_DECISION_TOKENS_FILE"]) if os.environ.get("RUNBOOK_DECISION_TOKENS_FILE") else None
+    )
+    if decision_file is not None:
+        for number, line in enumerate(read(decision_file).splitlines(), start=1):
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            person, sep, person_token = line.partition(":")
+            if not sep or not person.strip() or not person_token.strip():
+                raise ConfigError(f"{decision_file}:{number}: expected `name: token`")
+            people[person.strip()] = person_token.strip()
+    try:
+        return ApiSecurity(
+            intake_token=token,
+            decision_tokens=people,
+            hmac_secret=secret(hmac_file, "RUNBOOK_HMAC_SECRET"),
+            public_metrics=public_metrics,
+        )
+    except ValidationError as exc:
+        raise ConfigError(f"daemon credentials: {exc.errors()[0]['msg'].removeprefix('Value error, ')}") from None
 
 
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8787, show_default=True, type=int)
 @click.option("--dry-run", is_flag=True, help="Staging: every run only checks and plans; nothing is applied.")
-@click.option("--token-file", type=click.Path(path_type=Path), help="Bearer token file. Default: $RUNBOOK_API_TOKEN.")
-@click.option("--hmac-secret-file", type=click.Path(path_type=Path), help="Also require HMAC signatures.")
+@click.option("--token-file", type=click.Path(path_type=Path), help="Intake token file. Default: $RUNBOOK_API_TOKEN.")
+@click.option(
+    "--decision-tokens-file",
+    type=click.Path(path_type=Path),
+    help="`name: token` lines: who may read runs and decide. Default: $RUNBOOK_DECISION_TOKENS_FILE.",
+)
+@click.option("--hmac-secret-file", type=click.Path(path_type=Path), help="Also require HMAC signatures on intake.")
+@click.option("--public-metrics", is_flag=True, help="Serve /metrics and /openapi.json without a credential.")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 16), help="Runs at once.")
 @click.option("--queue-size", default=100, show_default=True, type=click.IntRange(1, 10_000))
 @click.option("--dedup-window", default=300.0, show_default=True, help="Seconds a repeated alert joins the last run.")
 @click.option("--shutdown-deadline", default=30.0, show_default=True, help="Seconds to finish in-flight checks.")
+@click.option(
+    "--max-connections", default=1000, show_default=True, type=click.IntRange(8), help="Open connections at most."
+)
+@click.option(
+    "--request-timeout", default=30.0, show_default=True, help="Seconds for a request to arrive whole (slow senders)."
+)
 @_runbooks_option
 @click.pass_obj
 @_errors_as_one_line
@@ -329,14 +421,19 @@ def daemon(
     port: int,
     dry_run: bool,
     token_file: Path | None,
+    decision_tokens_file: Path | None,
     hmac_secret_file: Path | None,
+    public_metrics: bool,
     workers: int,
     queue_size: int,
     dedup_window: float,
     shutdown_deadline: float,
+    max_connections: int,
+    request_timeout: float,
     runbooks_dirs: tuple[Path, ...],
 ) -> None:
     """Receive alerts (Alertmanager webhooks) and run the matching runbooks within policy."""
+    import asyncio
     import contextlib
     from collections.abc import AsyncIterator
 
@@ -346,9 +443,14 @@ def daemon(
     from agent.api import create_app
     from agent.daemon import Daemon
     from agent.policy import load_policy
+    from agent.server import ACCEPT_BATCH, connection_budget, guarded_protocol, quiet_accept_errors
 
-    security = _security(token_file, hmac_secret_file)
-    state.redactor.add(security.token, *([security.hmac_secret] if security.hmac_secret else []))
+    security = _security(token_file, hmac_secret_file, decision_tokens_file, public_metrics)
+    state.redactor.add(
+        security.intake_token,
+        *security.decision_tokens.values(),
+        *([security.hmac_secret] if security.hmac_secret else []),
+    )
     runbooks = state.load(runbooks_dirs)
     settings = state.settings
     service = Daemon(
@@ -365,16 +467,29 @@ def daemon(
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        quiet_accept_errors(asyncio.get_running_loop())
         service.start()
         yield
         # SIGTERM: uvicorn stops accepting; in-flight checks finish, no new remediation starts.
         service.stop(shutdown_deadline)
 
     app.router.lifespan_context = lifespan
+    # Connections never take the descriptors the agent itself needs.
+    connections = connection_budget(max_connections)
     click.echo(
-        f"runbook daemon on http://{host}:{port} ({'dry-run' if dry_run else 'live'}, {len(runbooks.ids())} runbooks)"
+        f"runbook daemon on http://{host}:{port} ({'dry-run' if dry_run else 'live'}, {len(runbooks.ids())} runbooks,"
+        f" {len(security.decision_tokens)} decision credentials, at most {connections} connections)"
     )
-    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=int(shutdown_deadline))
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        http=guarded_protocol(connections, request_timeout),
+        backlog=ACCEPT_BATCH,
+        timeout_graceful_shutdown=int(shutdown_deadline),
+        server_header=False,
+    )
 
 
 @cli.command()
@@ -391,8 +506,10 @@ def runs(state: _State, status: str | None, as_json: bool, limit: int) -> None:
     rows = store.runs(status=status, limit=limit)
     pending = {(p[0], p[1]): p[2] for p in store.pending()}
     if as_json:
+        secret = _secret_params(state)
         for row in rows:
             row.pop("report", None)
+            row["params"] = {k: ("***" if k in secret.get(row["runbook"], ()) else v) for k, v in row["params"].items()}
             row["pending"] = [
                 {"remediation": r, "fingerprint": f} for (run_id, r), f in pending.items() if run_id == row["run_id"]
             ]
@@ -404,7 +521,16 @@ def runs(state: _State, status: str | None, as_json: bool, limit: int) -> None:
         line = (
             f"{row['run_id']}  {when}  {row['runbook']:16} {row['status']:11} {row['result'] or '-':8} {row['actor']}"
         )
-        click.echo(state.redactor.text(line + (f"  pending: {', '.join(waiting)}" if waiting else "")))
+        state.echo(line + (f"  pending: {', '.join(waiting)}" if waiting else ""))
+
+
+def _secret_params(state: _State) -> dict[str, set[str]]:
+    """Runbook id -> its secret params, to mask what older versions stored; {} if runbooks do not load."""
+    try:
+        runbooks = state.load()
+    except RunbookError:
+        return {}
+    return {rid: {n for n, p in rb.spec.params.items() if p.secret} for rid, rb in runbooks.runbooks.items()}
 
 
 def _decide(
@@ -415,6 +541,7 @@ def _decide(
     fingerprint: str | None,
     reason: str,
     runbooks_dirs: tuple[Path, ...],
+    secret_params: dict[str, str] | None = None,
 ) -> None:
     from agent.audit import AuditLog
     from agent.executor import Executor
@@ -432,26 +559,42 @@ def _decide(
         state=store,
     )
     decision = executor.decide_pending(
-        run_id, approve=approve, approver=_actor(), remediation=remediation, fingerprint=fingerprint, reason=reason
+        run_id,
+        approve=approve,
+        approver=_actor(),
+        remediation=remediation,
+        fingerprint=fingerprint,
+        reason=reason,
+        secret_params=secret_params,
     )
     outcome = f" -> {decision.outcome}" if decision.outcome else ""
-    click.echo(state.redactor.text(f"{decision.id}: {decision.decision}{outcome} ({decision.decision_reason})"))
+    state.echo(f"{decision.id}: {decision.decision}{outcome} ({decision.decision_reason})")
     if decision.escalation:
-        click.echo(state.redactor.text(f"runbook: ESCALATE {decision.id}: {decision.escalation}"), err=True)
+        state.echo(f"runbook: ESCALATE {decision.id}: {decision.escalation}", err=True)
 
 
 @cli.command()
 @click.argument("run_id")
 @click.option("--remediation", help="Which pending remediation of the run (if several).")
 @click.option("--plan", "fingerprint", help="The plan fingerprint approved (as shown); refused if the plan changed.")
+@_param_option
+@_param_file_option
 @_runbooks_option
 @click.pass_obj
 @_errors_as_one_line
 def approve(
-    state: _State, run_id: str, remediation: str | None, fingerprint: str | None, runbooks_dirs: tuple[Path, ...]
+    state: _State,
+    run_id: str,
+    remediation: str | None,
+    fingerprint: str | None,
+    params: tuple[str, ...],
+    param_file: Path | None,
+    runbooks_dirs: tuple[Path, ...],
 ) -> None:
-    """Approve a pending manual remediation: planned again, applied only if the plan is unchanged."""
-    _decide(state, run_id, True, remediation, fingerprint, "", runbooks_dirs)
+    """Approve a pending manual remediation: planned again, applied only if the plan is unchanged.
+
+    A run given secret params (never stored) needs them again: --param-file with the same values."""
+    _decide(state, run_id, True, remediation, fingerprint, "", runbooks_dirs, _parse_params(params, param_file))
 
 
 @cli.command()
@@ -504,7 +647,30 @@ def audit_show(state: _State, file: Path | None, run_id: str | None, as_json: bo
     for record in read_records(path):
         if run_id and record.get("run_id") != run_id:
             continue
-        click.echo(json.dumps(record) if as_json else audit_line(record))
+        click.echo(json.dumps(record) if as_json else printable(audit_line(record)))
+
+
+@audit.command("repair")
+@click.argument("file", required=False, type=click.Path(path_type=Path))
+@click.pass_obj
+@_errors_as_one_line
+def audit_repair(state: _State, file: Path | None) -> None:
+    """Seal a torn last line (a write cut short: disk full, a crash) so records can be written again.
+
+    The torn bytes are kept in a side file and an `audit_repaired` record says what was removed."""
+    from agent.audit import repair
+
+    path = file or state.settings.audit_path
+    if not path.exists():
+        raise AuditError(f"{path}: no audit log yet")
+    result = repair(path, _actor())
+    if not result.removed_bytes:
+        click.echo(f"{path}: nothing to repair (it ends with a complete record)")
+        return
+    click.echo(
+        f"{path}: removed a torn tail of {result.removed_bytes} bytes (kept in {result.saved_to});"
+        f" sealed by record {result.seq}"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:

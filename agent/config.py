@@ -25,6 +25,7 @@ ENV_VARS: dict[str, str] = {
     "RUNBOOK_COMPOSE_PROJECT": "compose_project",
     "RUNBOOK_POLICY": "policy_file",
     "RUNBOOK_ENV": "environment",
+    "RUNBOOK_BACKUP_DIR": "backup_dir",
 }
 
 
@@ -54,8 +55,20 @@ class Settings(BaseModel):
     default_limit: int = Field(3, ge=1, description="Changes per target per limit_window when a runbook sets none.")
     limit_window: float = Field(3600.0, gt=0, description="Seconds of the default rate-limit window.")
     default_cooldown: float = Field(60.0, ge=0, description="Seconds a target rests after a change by default.")
-    lock_ttl: float = Field(900.0, gt=0, description="Seconds a target lock lives if its holder vanishes.")
+    lock_ttl: float = Field(
+        900.0, gt=0, description="Seconds a target lock lives if its holder vanishes (renewed while it works)."
+    )
     apply_timeout: float = Field(120.0, gt=0, description="Seconds any one effect may take (restart, recreate...).")
+    backup_dir: Path | None = Field(
+        None,
+        description="Backups postgres.restore may restore from, and where it dumps first; default STATE_DIR/backups.",
+    )
+    template_env: list[str] = Field(
+        default_factory=lambda: ["APP_URL"],
+        description="Environment variables runbook templates may read as `env.NAME`; no others are visible.",
+    )
+    alert_retention: float = Field(14 * 86400.0, gt=0, description="Seconds alerts are kept in the state store.")
+    run_retention: float = Field(90 * 86400.0, gt=0, description="Seconds finished runs (and actions) are kept.")
 
     @model_validator(mode="after")
     def _timeouts_ordered(self) -> Settings:
@@ -70,6 +83,10 @@ class Settings(BaseModel):
     @property
     def state_path(self) -> Path:
         return self.state_dir / "state.sqlite3"
+
+    @property
+    def backups_path(self) -> Path:
+        return self.backup_dir or self.state_dir / "backups"
 
     def template_view(self) -> dict[str, Any]:
         """What runbook templates see as `config`."""

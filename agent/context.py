@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from agent.config import Settings
@@ -21,6 +22,7 @@ class RunClients:
         self._lock = threading.Lock()
         self._clients: dict[tuple[str, str], Any] = {}
         self._failures: dict[tuple[str, str], TargetUnreachable] = {}
+        self._query_locks: dict[str, threading.Lock] = {}
 
     def _get(self, key: tuple[str, str], make: Callable[[], Any]) -> Any:
         with self._lock:
@@ -53,35 +55,60 @@ class RunClients:
         return self._get(("docker", self.settings.docker_host or ""), make)
 
     def postgres(self, dsn: str, *, read_only: bool = False) -> Any:
+        """A connection; `read_only` ones run every transaction READ ONLY (see `read_only_query`)."""
+
         def make() -> Any:
             import psycopg
 
-            options = f"-c statement_timeout={int(self.settings.read_timeout * 1000)}"
-            if read_only:
-                options += " -c default_transaction_read_only=on"
             try:
-                return psycopg.connect(
+                conn = psycopg.connect(
                     dsn,
                     connect_timeout=max(1, round(self.settings.connect_timeout)),
-                    autocommit=True,
+                    autocommit=not read_only,
                     application_name="runbook-agent",
                     # A query that outlives the read timeout is cancelled by the server itself.
-                    options=options,
+                    options=f"-c statement_timeout={int(self.settings.read_timeout * 1000)}",
                 )
             except psycopg.OperationalError as exc:
                 raise TargetUnreachable("db_unreachable", f"PostgreSQL unreachable: {_first_line(exc)}") from None
+            if read_only:
+                conn.read_only = True  # each transaction begins with BEGIN READ ONLY, whatever the defaults
+            return conn
 
         return self._get(("postgres-ro" if read_only else "postgres", dsn), make)
+
+    def read_only_query(self, dsn: str, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Run one statement in its own read-only transaction, then roll it back. The extended protocol
+        (binary results) refuses several statements in one string, so a check's SQL cannot end the
+        transaction and write after it: checks and plans only ever read."""
+        conn = self.postgres(dsn, read_only=True)
+        with self._lock_for(dsn):
+            try:
+                with conn.cursor() as cur:
+                    cur.execute(sql, args, binary=True)
+                    return list(cur.fetchall()) if cur.description else []
+            finally:
+                if not conn.closed:
+                    conn.rollback()
+
+    def _lock_for(self, dsn: str) -> threading.Lock:
+        # Checks run concurrently on one connection; a transaction per statement must not interleave.
+        with self._lock:
+            return self._query_locks.setdefault(dsn, threading.Lock())
 
     def redis(self, url: str) -> Any:
         def make() -> Any:
             import redis
+            from redis.backoff import NoBackoff
+            from redis.retry import Retry
 
             return redis.Redis.from_url(
                 url,
                 socket_connect_timeout=self.settings.connect_timeout,
                 socket_timeout=self.settings.read_timeout,
                 decode_responses=True,
+                # No silent retries: a check reports what it saw, within its deadline, once.
+                retry=Retry(NoBackoff(), 0),
             )
 
         return self._get(("redis", url), make)
@@ -98,10 +125,28 @@ class RunClients:
 class CheckContext:
     """What a check may use: the run's clients, settings and its own time budget. Read-only by intent."""
 
-    def __init__(self, clients: RunClients, timeout: float) -> None:
+    def __init__(self, clients: RunClients, timeout: float, deadline: float | None = None) -> None:
         self.clients = clients
         self.settings = clients.settings
         self.timeout = timeout
+        self.deadline = deadline if deadline is not None else time.monotonic() + timeout
+
+    def remaining(self) -> float:
+        """Seconds left before the check's deadline (never negative)."""
+        return max(0.0, self.deadline - time.monotonic())
+
+    @contextlib.contextmanager
+    def watchdog(self, on_expire: Callable[[], None]) -> Iterator[None]:
+        """Call `on_expire` (which closes the sockets the block waits on) if the block is still running at
+        the check's deadline: a server that answers one byte at a time cannot hold the check past it,
+        whatever the per-read timeouts."""
+        timer = threading.Timer(self.remaining(), on_expire)
+        timer.daemon = True
+        timer.start()
+        try:
+            yield
+        finally:
+            timer.cancel()
 
 
 def _first_line(exc: BaseException) -> str:
@@ -158,10 +203,7 @@ class ReadOnlySQL:
         self._clients, self._dsn = clients, dsn
 
     def rows(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        conn = self._clients.postgres(self._dsn, read_only=True)
-        with conn.cursor() as cur:
-            cur.execute(sql, args)
-            return list(cur.fetchall()) if cur.description else []
+        return self._clients.read_only_query(self._dsn, sql, args)
 
 
 class ReadOnlyRedis:

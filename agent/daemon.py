@@ -13,11 +13,13 @@ from typing import Any
 from agent.alerts import IncomingAlert, alert_params, route, target_key
 from agent.audit import AuditLog
 from agent.config import Settings
+from agent.exceptions import AuditError
 from agent.executor import Executor
 from agent.loader import RunbookSet
 from agent.metrics import Metrics
 from agent.policy import EnvironmentPolicy
 from agent.redaction import Redactor
+from agent.retention import prune
 from agent.state import StateStore
 
 __all__ = ["Daemon", "Disposition", "QueueFull"]
@@ -31,7 +33,7 @@ class QueueFull(Exception):
 class Disposition:
     fingerprint: str
     status: str
-    outcome: str  # run_started | deduplicated | no_runbook | resolved
+    outcome: str  # run_started | deduplicated | no_runbook | resolved | refused
     runbook: str | None = None
     run_id: str | None = None
     reason: str = ""
@@ -64,14 +66,20 @@ class Daemon:
         self.metrics = metrics or Metrics()
         self.state = StateStore(settings.state_path)
         self.audit = AuditLog(settings.audit_path, redactor, actor="daemon")
-        self.executor = Executor(runbooks, settings, redactor, self.audit, policy=policy, state=self.state)
+        self.executor = Executor(
+            runbooks, settings, redactor, self.audit, policy=policy, state=self.state, dry_run=dry_run
+        )
         self.stopping = threading.Event()
         self._queue: queue.Queue[tuple[str, str, dict[str, str], str, str]] = queue.Queue(maxsize=queue_size)
         self._workers = [threading.Thread(target=self._work, name=f"run-{i}", daemon=True) for i in range(workers)]
         self._scheduler = threading.Thread(target=self._schedule, name="scheduler", daemon=True)
-        # Routing and dedup decisions are made one alert at a time, so two copies cannot both start a run.
+        # Routing, dedup and queueing happen one payload at a time, so two copies cannot both start a run
+        # and the queue has room for a payload's runs when it is admitted.
         self._admit = threading.Lock()
         self._running: set[str] = set()
+        # Set when the audit log could not be written: intake answers 503 and /readyz is false until
+        # a write succeeds again (after `runbook audit repair`).
+        self.audit_error: str | None = None
 
     # --- lifecycle ------------------------------------------------------------------------------------
 
@@ -103,18 +111,40 @@ class Daemon:
 
     @property
     def ready(self) -> bool:
-        return not self.stopping.is_set() and all(w.is_alive() for w in self._workers)
+        return not self.stopping.is_set() and all(w.is_alive() for w in self._workers) and self.audit_ok()
+
+    def audit_ok(self) -> bool:
+        """The audit log can take a record: without it nothing is accepted (fail closed)."""
+        problem = self.audit.problem()
+        if problem is None:
+            self.audit_error = None
+        else:
+            self.audit_error = problem
+        return problem is None
 
     # --- alerts -------------------------------------------------------------------------------------------
 
     def receive(self, alerts: list[IncomingAlert]) -> list[Disposition]:
-        """Record and route alerts; new runs are queued. Returns once everything is durably recorded:
-        the alerts in the state store (one transaction), a summary in the audit log (one record)."""
+        """Record and route a payload's alerts, all or nothing: the decisions are made first; then the
+        audit record, then the alerts, the runs they start and the incidents they close in one state
+        transaction; only then are runs queued. A payload whose new runs the queue cannot hold is refused
+        whole (QueueFull: the sender retries) with nothing recorded; so is one the audit log cannot take."""
         with self._admit:
-            # Routing and dedup one payload at a time, so two copies cannot both start a run.
             decided: dict[tuple[str, str], Disposition] = {}
-            results = [self._admit_one(alert, decided) for alert in alerts]
-            self.state.add_alerts(
+            new_runs: list[dict[str, Any]] = []
+            resolved: list[tuple[str, str]] = []
+            results = [self._admit_one(alert, decided, new_runs, resolved) for alert in alerts]
+            if self.stopping.is_set() and new_runs:
+                raise QueueFull("the daemon is shutting down")
+            free = self._queue.maxsize - self._queue.qsize()
+            if len(new_runs) > free:
+                raise QueueFull(f"{len(new_runs)} new runs, room for {free}")
+            try:
+                self.audit.record("alerts_received", count=len(alerts), **self._summary(alerts, results))
+            except AuditError as exc:
+                self.audit_error = exc.message
+                raise
+            self.state.record_intake(
                 [
                     {
                         "source": a.source,
@@ -129,17 +159,30 @@ class Daemon:
                         "run_id": r.run_id,
                     }
                     for a, r in zip(alerts, results, strict=True)
-                ]
+                ],
+                new_runs,
+                resolved,
             )
-        summary: dict[tuple[Any, ...], list[str]] = {}
+            for run in new_runs:
+                self._queue.put_nowait((run["run_id"], run["runbook"], run["params"], run["actor"], run["target"]))
+        for alert, result in zip(alerts, results, strict=True):
+            self.metrics.alerts_received.labels(source=alert.source).inc()
+            if result.outcome == "deduplicated":
+                self.metrics.alerts_deduplicated.inc()
+            elif result.outcome in ("no_runbook", "refused"):
+                self.metrics.alerts_unrouted.inc()
+        return results
+
+    @staticmethod
+    def _summary(alerts: list[IncomingAlert], results: list[Disposition]) -> dict[str, Any]:
+        """What a payload was and what became of it, for the audit log: one record however many alerts."""
+        groups: dict[tuple[Any, ...], list[str]] = {}
         for alert, result in zip(alerts, results, strict=True):
             key = (alert.name, alert.status, result.outcome, result.runbook, result.run_id, result.reason)
-            summary.setdefault(key, []).append(alert.fingerprint)
-        self.audit.record(
-            "alerts_received",
-            count=len(alerts),
-            source=alerts[0].source if alerts else None,
-            groups=[
+            groups.setdefault(key, []).append(alert.fingerprint)
+        return {
+            "source": alerts[0].source if alerts else None,
+            "groups": [
                 {
                     "alertname": k[0],
                     "status": k[1],
@@ -150,24 +193,27 @@ class Daemon:
                     "count": len(fps),
                     "fingerprints": fps[:5],
                 }
-                for k, fps in summary.items()
+                for k, fps in list(groups.items())[:100]
             ],
-        )
-        for alert, result in zip(alerts, results, strict=True):
-            self.metrics.alerts_received.labels(source=alert.source).inc()
-            if result.outcome == "deduplicated":
-                self.metrics.alerts_deduplicated.inc()
-            elif result.outcome == "no_runbook":
-                self.metrics.alerts_unrouted.inc()
-        return results
+        }
 
-    def _admit_one(self, alert: IncomingAlert, decided: dict[tuple[str, str], Disposition]) -> Disposition:
+    def _admit_one(
+        self,
+        alert: IncomingAlert,
+        decided: dict[tuple[str, str], Disposition],
+        new_runs: list[dict[str, Any]],
+        resolved: list[tuple[str, str]],
+    ) -> Disposition:
+        """Decide what one alert does. Reads the state store, writes nothing: `receive` records it all."""
         runbook = route(self.runbooks, alert)
         if runbook is None:
             return Disposition(alert.fingerprint, alert.status, "no_runbook", reason="no runbook trigger matches")
-        params = alert_params(runbook, alert)
-        target = target_key(params)
         name = runbook.spec.id
+        mapped = alert_params(runbook, alert)
+        if mapped.refused is not None:
+            return Disposition(alert.fingerprint, alert.status, "refused", name, reason=mapped.refused)
+        params = mapped.params
+        target = target_key(params)
 
         def result(outcome: str, run_id: str | None = None, reason: str = "") -> Disposition:
             return Disposition(alert.fingerprint, alert.status, outcome, name, run_id, reason, target)
@@ -175,34 +221,30 @@ class Daemon:
         if alert.status == "resolved":
             # The incident is over: the next firing alert for it may start a run again.
             decided.pop((name, target), None)
-            self.state.resolve_incident(name, target)
+            resolved.append((name, target))
             return result("resolved", reason="incident closed")
         if (name, target) in decided:
             return result("deduplicated", decided[(name, target)].run_id, "a run for this incident is in progress")
         active = self.state.active_run(name, target)
-        recent = active or self.state.recent_run(name, target, time.time() - self.dedup_window)
+        # A resolution earlier in this payload closes the incident for what follows it, as a stored one does.
+        recent = active or (
+            None if (name, target) in resolved else self.state.recent_run(name, target, time.time() - self.dedup_window)
+        )
         if recent:
             why = "a run for this incident is in progress" if active else "a run for this incident just ran"
             decided[(name, target)] = result("deduplicated", recent, why)
             return decided[(name, target)]
-        if self.stopping.is_set():
-            raise QueueFull("the daemon is shutting down")
         run_id = uuid.uuid4().hex[:12]
-        actor = f"alert:{alert.name}:{alert.fingerprint}"
-        self.state.add_run(
-            run_id=run_id,
-            runbook=name,
-            target=target,
-            mode="dry-run" if self.dry_run else "live",
-            actor=actor,
-            params=params,
-            status="queued",
+        new_runs.append(
+            {
+                "run_id": run_id,
+                "runbook": name,
+                "target": target,
+                "mode": "dry-run" if self.dry_run else "live",
+                "actor": f"alert:{alert.name}:{alert.fingerprint}",
+                "params": params,
+            }
         )
-        try:
-            self._queue.put_nowait((run_id, name, params, actor, target))
-        except queue.Full:
-            self.state.set_run(run_id, "interrupted", result="queue_full")
-            raise QueueFull(f"{self._queue.maxsize} runs already waiting") from None
         decided[(name, target)] = result("deduplicated", run_id, "a run for this incident is in progress")
         return result("run_started", run_id)
 
@@ -210,29 +252,36 @@ class Daemon:
 
     def _schedule(self) -> None:
         due: dict[str, float] = {}
+        next_prune = time.monotonic() + 60
         while not self.stopping.wait(1.0):
             now = time.monotonic()
+            if now >= next_prune:
+                next_prune = now + 3600
+                self.prune()
             for loaded in self.runbooks.runbooks.values():
                 schedule = loaded.spec.schedule
                 if schedule is None or now < due.get(loaded.spec.id, 0.0):
                     continue
                 due[loaded.spec.id] = now + schedule.every
-                if self.state.active_run(loaded.spec.id, "-"):
-                    continue
-                run_id = uuid.uuid4().hex[:12]
-                self.state.add_run(
-                    run_id=run_id,
-                    runbook=loaded.spec.id,
-                    target="-",
-                    mode="dry-run" if self.dry_run else "live",
-                    actor="schedule",
-                    params={},
-                    status="queued",
-                )
-                try:
+                with self._admit:
+                    if self.state.active_run(loaded.spec.id, "-") or self._queue.full():
+                        continue
+                    run_id = uuid.uuid4().hex[:12]
+                    self.state.add_run(
+                        run_id=run_id,
+                        runbook=loaded.spec.id,
+                        target="-",
+                        mode="dry-run" if self.dry_run else "live",
+                        actor="schedule",
+                        params={},
+                        status="queued",
+                    )
                     self._queue.put_nowait((run_id, loaded.spec.id, {}, "schedule", "-"))
-                except queue.Full:
-                    self.state.set_run(run_id, "interrupted", result="queue_full")
+
+    def prune(self) -> dict[str, int]:
+        """Retention: the state store keeps alerts and runs for the configured times (the audit log,
+        the record, is kept whole)."""
+        return prune(self.state, self.settings, self.audit)
 
     # --- runs ------------------------------------------------------------------------------------------------
 

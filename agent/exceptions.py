@@ -6,6 +6,7 @@ __all__ = [
     "ApplyError",
     "AuditError",
     "ConfigError",
+    "Conflict",
     "NotFound",
     "PlanChanged",
     "PlanError",
@@ -76,8 +77,14 @@ class NotFound(RunbookError):
     exit_code = 1
 
 
-class PlanChanged(RunbookError):
+class Conflict(RunbookError):
+    """A request that cannot be done in the state things are in (approving a dry run's plan, say)."""
+
+    code = "conflict"
+    exit_code = 1
+
+
+class PlanChanged(Conflict):
     """An approval names a plan that is no longer the plan: a person must look at the new one."""
 
     code = "plan_changed"
-    exit_code = 1

@@ -7,7 +7,8 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,7 +18,7 @@ from agent.apply import DEFAULT_EFFECT_MODULES, Applier
 from agent.audit import AuditLog
 from agent.config import Settings
 from agent.context import CheckContext, RunClients
-from agent.exceptions import AuditError, NotFound, PlanChanged, RunbookError, TargetUnreachable
+from agent.exceptions import AuditError, Conflict, NotFound, PlanChanged, RunbookError, TargetUnreachable
 from agent.loader import LoadedRunbook, RunbookSet
 from agent.models import CheckResult, RemediationDecision, RunReport
 from agent.plugins import Outcome
@@ -29,13 +30,64 @@ from agent.state import StateStore
 from agent.status import Status, worst
 from agent.templating import TemplateError
 
-__all__ = ["Executor", "ParamError"]
+__all__ = ["Executor", "ParamError", "ResolvedParams"]
 
 ProgressCallback = Callable[[str, CheckResult | None], None]
 
 
 class ParamError(RunbookError):
     code = "bad_param"
+
+
+@dataclass(frozen=True)
+class ResolvedParams:
+    """A run's params, and what of them may be stored: overrides in clear except secret ones, which are
+    named only (an approval of the run must be given them again)."""
+
+    values: dict[str, Any]
+    stored: dict[str, str]
+    secret_overrides: list[str]
+
+
+class _CheckThreads:
+    """Checks run on daemon threads. One past its deadline is abandoned: its clients' own deadlines end it
+    soon, and it never keeps the process from exiting. The threads alive are bounded process-wide, so a
+    target that never answers cannot pile up threads run after run: past the bound, checks are reported
+    as not started instead."""
+
+    limit = 64
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._live = 0
+
+    def start(self, func: Callable[[], CheckResult], name: str) -> Future[CheckResult] | None:
+        """Run `func` on a new thread; None if the bound is reached."""
+        with self._lock:
+            if self._live >= self.limit:
+                return None
+            self._live += 1
+        future: Future[CheckResult] = Future()
+
+        def run() -> None:
+            try:
+                future.set_result(func())
+            except BaseException as exc:  # a check's result is always a result; this is a bug
+                future.set_exception(exc)
+            finally:
+                with self._lock:
+                    self._live -= 1
+
+        threading.Thread(target=run, name=name, daemon=True).start()
+        return future
+
+    @property
+    def live(self) -> int:
+        with self._lock:
+            return self._live
+
+
+_THREADS = _CheckThreads()
 
 
 class _Audit:
@@ -66,6 +118,7 @@ class Executor:
         policy: EnvironmentPolicy | None = None,
         state: StateStore | None = None,
         effect_modules: Mapping[str, str] = DEFAULT_EFFECT_MODULES,
+        dry_run: bool = False,
     ) -> None:
         self.runbooks = runbooks
         self.settings = settings
@@ -73,17 +126,33 @@ class Executor:
         self.audit = audit
         self.policy = policy or EnvironmentPolicy()
         self.state = state
-        self.effect_modules = effect_modules
+        # Dry run is a property of the process: a dry-run executor has no effects to load, so no path
+        # through it (a run, an approval, a scheduled sweep) can build an applier.
+        self.dry_run = dry_run
+        self._effect_modules = None if dry_run else effect_modules
         self.templates = runbooks.templates
         self.registry = runbooks.registry
+        # Templates see only the environment variables the settings allow, never the agent's own secrets.
+        self._env = {name: os.environ[name] for name in settings.template_env if name in os.environ}
 
-    def resolve_params(self, runbook: LoadedRunbook, overrides: Mapping[str, str]) -> dict[str, Any]:
+    def _context(self, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        context: dict[str, Any] = {"env": self._env, "config": self.settings.template_view()}
+        if params is not None:
+            context["params"] = params
+        return context
+
+    def _applier(self) -> Applier | None:
+        if self._effect_modules is None or self.policy.mode != "apply":
+            return None
+        return Applier(self.settings, self._effect_modules)
+
+    def resolve_params(self, runbook: LoadedRunbook, overrides: Mapping[str, str]) -> ResolvedParams:
         spec = runbook.spec
         unknown = sorted(set(overrides) - set(spec.params))
         if unknown:
             known = ", ".join(spec.params) or "none"
             raise ParamError(f"{spec.id}: unknown param {', '.join(unknown)} (known: {known})")
-        context = {"env": dict(os.environ), "config": self.settings.template_view()}
+        context = self._context()
         params: dict[str, Any] = {}
         for name, param in spec.params.items():
             if name in overrides:
@@ -95,7 +164,9 @@ class Executor:
                     raise ParamError(f"{runbook.path}: params.{name}: {exc}") from None
             if param.secret and isinstance(params[name], str):
                 self.redactor.add(params[name])
-        return params
+        secret = sorted(n for n in overrides if spec.params[n].secret)
+        stored = {k: str(v) for k, v in overrides.items() if k not in secret}
+        return ResolvedParams(params, stored, secret)
 
     def run(
         self,
@@ -114,7 +185,8 @@ class Executor:
         `runbook runs`, the daemon's API and approvals of pending remediations can find it."""
         runbook = self.runbooks.runbooks[runbook_id]
         spec = runbook.spec
-        params = self.resolve_params(runbook, overrides or {})
+        resolved = self.resolve_params(runbook, overrides or {})
+        dry_run = dry_run or self.dry_run
         run_id = run_id or uuid.uuid4().hex[:12]
         if self.state is not None:
             if self.state.run(run_id) is None:
@@ -124,13 +196,21 @@ class Executor:
                     target=target,
                     mode="dry-run" if dry_run else "live",
                     actor=actor,
-                    params=dict(overrides or {}),
+                    params=resolved.stored,
+                    secret_params=resolved.secret_overrides,
                 )
             else:
                 self.state.set_run(run_id, "running")
         try:
             report = self._run(
-                runbook, params, run_id, dry_run=dry_run, actor=actor, progress=progress, approve=approve, stop=stop
+                runbook,
+                resolved.values,
+                run_id,
+                dry_run=dry_run,
+                actor=actor,
+                progress=progress,
+                approve=approve,
+                stop=stop,
             )
         except BaseException:
             if self.state is not None:
@@ -205,11 +285,10 @@ class Executor:
         progress: ProgressCallback | None,
         phase: str = "diagnose",
     ) -> list[CheckResult]:
-        context = {"params": params, "env": dict(os.environ), "config": self.settings.template_view()}
+        context = self._context(params)
         results: dict[str, CheckResult] = {}
         waiting = list(steps)
         running: dict[Future[CheckResult], tuple[CheckStep, float]] = {}
-        pool = ThreadPoolExecutor(max_workers=self.settings.max_parallel_checks, thread_name_prefix="check")
 
         def finish(result: CheckResult) -> None:
             results[result.id] = result
@@ -223,6 +302,8 @@ class Executor:
         try:
             while waiting or running:
                 for step in list(waiting):
+                    if len(running) >= self.settings.max_parallel_checks:
+                        break
                     if any(need not in results for need in needs[step.id]):
                         continue
                     waiting.remove(step)
@@ -230,10 +311,17 @@ class Executor:
                     if failed:
                         finish(self._skipped(step, failed, results))
                         continue
+                    deadline = time.monotonic() + step.timeout
+                    future = _THREADS.start(
+                        lambda step=step, deadline=deadline: self._run_one(step, context, clients, deadline),  # type: ignore[misc]
+                        f"check-{step.id}",
+                    )
+                    if future is None:
+                        finish(self._not_started(step))
+                        continue
                     if progress:
                         progress(step.id, None)
-                    future = pool.submit(self._run_one, step, context, clients)
-                    running[future] = (step, time.monotonic() + step.timeout)
+                    running[future] = (step, deadline)
                 if not running:
                     continue
                 next_deadline = min(deadline for _, deadline in running.values())
@@ -245,7 +333,7 @@ class Executor:
                         del running[future]
                         finish(future.result())
                     elif now >= deadline:
-                        # The thread cannot be killed; its client timeouts end it soon. The run moves on.
+                        # A thread cannot be killed; its clients' deadlines end it soon. The run moves on.
                         del running[future]
                         finish(
                             CheckResult(
@@ -258,16 +346,19 @@ class Executor:
                             )
                         )
         finally:
-            pool.shutdown(wait=False, cancel_futures=True)
             if phase != "diagnose":
                 clients.close()
         return [results[step.id] for step in steps]
+
+    def _not_started(self, step: CheckStep) -> CheckResult:
+        why = f"not run: {_THREADS.live} checks still running, some past their deadline (a target not answering)"
+        return CheckResult(step.id, step.check, Status.UNKNOWN, why, 0.0, code="too_many_stuck_checks")
 
     def _skipped(self, step: CheckStep, failed: list[str], results: dict[str, CheckResult]) -> CheckResult:
         why = ", ".join(f"{n} is {results[n].status.value}" for n in failed)
         return CheckResult(step.id, step.check, Status.UNKNOWN, f"not run: {why}", 0.0, code="dependency_failed")
 
-    def _run_one(self, step: CheckStep, context: dict[str, Any], clients: RunClients) -> CheckResult:
+    def _run_one(self, step: CheckStep, context: dict[str, Any], clients: RunClients, deadline: float) -> CheckResult:
         start = time.monotonic()
 
         def result(outcome: Outcome) -> CheckResult:
@@ -286,7 +377,7 @@ class Executor:
             plugin = self.registry.check(step.check)
             values = self.templates.render(step.with_, context)
             params = plugin.params.model_validate(values)
-            outcome = plugin.func(CheckContext(clients, step.timeout), params)
+            outcome = plugin.func(CheckContext(clients, step.timeout, deadline), params)
         except TemplateError as exc:
             outcome = Outcome(Status.UNKNOWN, str(exc), code="template_error")
         except ValidationError as exc:
@@ -334,11 +425,13 @@ class Executor:
         approve: ApproveCallback | None,
         stop: threading.Event | None,
     ) -> None:
-        live = not dry_run and self.policy.mode == "apply" and any(d.would_apply for d in report.remediations)
-        if live and self.state is None:
+        wanted = any(d.would_apply for d in report.remediations)
+        # In a dry run, a dry-run process or a plan-only environment no applier exists: nothing below can
+        # change anything.
+        applier = self._applier() if wanted and not dry_run else None
+        if applier is not None and self.state is None:
+            applier.close()
             raise RunbookError("remediation needs the state store (limits and locks); none was given")
-        # In dry-run or a plan-only environment no applier exists: nothing below can change anything.
-        applier = Applier(self.settings, self.effect_modules) if live else None
         remediator = self._remediator(applier, stop)
         verify_checks = self._verifier(runbook, params, audit)
         try:
@@ -351,6 +444,7 @@ class Executor:
                 audit=audit,
                 approve=approve or (lambda step, plan: None),
                 run_checks=verify_checks,
+                context=self._context(params),
             )
         finally:
             if applier is not None:
@@ -367,14 +461,20 @@ class Executor:
         remediation: str | None = None,
         fingerprint: str | None = None,
         reason: str = "",
+        secret_params: Mapping[str, str] | None = None,
     ) -> RemediationDecision:
         """A person's answer to a pending manual remediation. Approving plans again and applies only if
-        the plan is the one approved (PlanChanged otherwise); either answer is given once only."""
+        the plan is the one approved (PlanChanged otherwise); either answer is given once only. Only a
+        live process approves, and only a run that was itself live."""
         if self.state is None:
             raise RunbookError("approvals need the state store")
         run = self.state.run(run_id)
         if run is None:
             raise NotFound(f"no run {run_id!r}")
+        if approve and run["mode"] != "live":
+            raise Conflict(f"run {run_id} was a {run['mode']} run: its plans are never applied; run it live to act")
+        if approve and self.dry_run:
+            raise Conflict("this agent runs in dry-run mode and applies nothing; approve from a live agent")
         pending = [p for p in self.state.pending(run_id) if remediation in (None, p[1])]
         if len(pending) != 1:
             what = f"remediation {remediation!r} of run {run_id}" if remediation else f"run {run_id}"
@@ -396,9 +496,9 @@ class Executor:
             audit.record("remediation_decision", **self.redactor.data(decision.to_json()))
             self._store_decision(run_id, decision)
             return decision
-        params = self.resolve_params(runbook, run["params"])
+        params = self._params_again(run, runbook, secret_params or {})
         verify_checks = self._verifier(runbook, params, audit)
-        applier = Applier(self.settings, self.effect_modules) if self.policy.mode == "apply" else None
+        applier = self._applier()
         remediator = self._remediator(applier, None)
         try:
             if not self.state.take_pending(run_id, rem_id):
@@ -414,6 +514,7 @@ class Executor:
                     approver=approver,
                     audit=audit,
                     run_checks=verify_checks,
+                    context=self._context(params),
                 )
             except PlanChanged:
                 # Still waiting for a person, who must now look at the new plan.
@@ -424,6 +525,20 @@ class Executor:
                 applier.close()
         self._store_decision(run_id, decision)
         return decision
+
+    def _params_again(self, run: dict[str, Any], runbook: LoadedRunbook, secrets: Mapping[str, str]) -> dict[str, Any]:
+        """The params a run had: its stored overrides, and its secret ones given again by the approver
+        (never stored). The plan's fingerprint then shows whether they are the same."""
+        wanted = set(run.get("secret_params") or [])
+        missing, extra = sorted(wanted - set(secrets)), sorted(set(secrets) - wanted)
+        if missing:
+            raise Conflict(
+                f"run {run['run_id']} was given secret param(s) {', '.join(missing)}, which are never stored:"
+                f" approve it from the CLI with --param-file giving them again"
+            )
+        if extra:
+            raise ParamError(f"run {run['run_id']} had no secret override of {', '.join(extra)}")
+        return self.resolve_params(runbook, {**run["params"], **secrets}).values
 
     def _remediator(self, applier: Applier | None, stop: threading.Event | None) -> Remediator:
         return Remediator(

@@ -149,7 +149,12 @@ def _walk_templates(value: Any, loc: Loc) -> Iterable[tuple[Loc, str]]:
 
 
 def _check_runbook(
-    source: _Source, spec: Runbook, registry: Registry, templates: Templates, problems: _Problems
+    source: _Source,
+    spec: Runbook,
+    registry: Registry,
+    templates: Templates,
+    problems: _Problems,
+    env: Sequence[str] | None,
 ) -> None:
     params = list(spec.params)
     check_ids = [c.id for c in spec.checks]
@@ -162,7 +167,7 @@ def _check_runbook(
 
     for name, param in spec.params.items():
         for ploc, text in _walk_templates(param.default, ("params", name)):
-            template(ploc, text, {"env": None, "config": None})
+            template(ploc, text, {"env": env, "config": None})
 
     seen: set[str] = set()
     loc: Loc
@@ -181,7 +186,7 @@ def _check_runbook(
         else:
             _validate_with(source, problems, plugin.params, step.with_, (*loc, "with"))
         for tloc, text in _walk_templates(step.with_, (*loc, "with")):
-            template(tloc, text, {"params": params, "env": None, "config": None})
+            template(tloc, text, {"params": params, "env": env, "config": None})
 
     seen = set()
     for i, rem in enumerate(spec.remediations):
@@ -196,7 +201,7 @@ def _check_runbook(
         else:
             _validate_with(source, problems, plugin_r.params, rem.with_, (*loc, "with"))
         for tloc, text in _walk_templates(rem.with_, (*loc, "with")):
-            template(tloc, text, {"params": params, "env": None, "config": None})
+            template(tloc, text, {"params": params, "env": env, "config": None})
         if rem.when is not None:
             template((*loc, "when"), rem.when, {"checks": check_ids, "params": params}, expression=True)
         for j, verify in enumerate(rem.verify):
@@ -214,8 +219,11 @@ def _files(paths: Sequence[Path]) -> list[Path]:
     return files
 
 
-def load_runbooks(paths: Sequence[Path], registry: Registry | None = None) -> RunbookSet:
-    """Load and validate every runbook under `paths`; raise with all problems found, not just the first."""
+def load_runbooks(
+    paths: Sequence[Path], registry: Registry | None = None, *, template_env: Sequence[str] | None = None
+) -> RunbookSet:
+    """Load and validate every runbook under `paths`; raise with all problems found, not just the first.
+    `template_env` names the environment variables templates may read (`env.NAME`); None: any."""
     registry = registry or Registry()
     templates = Templates()
     problems = _Problems()
@@ -243,7 +251,7 @@ def load_runbooks(paths: Sequence[Path], registry: Registry | None = None) -> Ru
         except ValidationError as exc:
             problems.from_validation(source, exc)
             continue
-        _check_runbook(source, spec, registry, templates, problems)
+        _check_runbook(source, spec, registry, templates, problems, template_env)
         if spec.id in runbooks:
             problems.add(source, ("id",), f"duplicate runbook id {spec.id!r} (also in {runbooks[spec.id].path})")
             continue

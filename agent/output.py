@@ -18,6 +18,7 @@ from agent.redaction import MASK, Redactor
 from agent.registry import Registry, UnknownPlugin
 from agent.schema import RemediationStep, Runbook
 from agent.status import Status
+from agent.terminal import printable
 
 __all__ = ["Printer", "audit_line", "show_plugin", "show_runbook"]
 
@@ -33,8 +34,12 @@ class Printer:
         self.console = Console(highlight=False, soft_wrap=True, emoji=False)
         self._status: Any = None
 
+    def _t(self, text: Any) -> str:
+        """Outside text for the terminal: secrets masked, control characters escaped, no rich markup."""
+        return escape(printable(self.redactor.text(str(text))))
+
     def plan_lines(self, plan: Plan) -> list[str]:
-        return [f"    - {escape(self.redactor.text(c.summary))}" for c in plan.changes]
+        return [f"    - {self._t(c.summary)}" for c in plan.changes]
 
     def ask_approval(self, step: RemediationStep, plan: Plan) -> bool:
         """Show the exact plan and ask y/N (the spinner pauses while a person reads)."""
@@ -54,24 +59,24 @@ class Printer:
     def _remediation(self, rem: RemediationDecision) -> None:
         c = self.console
         if not rem.would_apply:
-            c.print(f"  not needed   {rem.id} ({rem.do}): {escape(rem.reason)}")
+            c.print(f"  not needed   {rem.id} ({rem.do}): {self._t(rem.reason)}")
             return
         outcome = f" -> {rem.outcome}" if rem.outcome else ""
         c.print(f"  {rem.decision:12} {rem.id} ({rem.do}, approval {rem.approval}){outcome}")
-        c.print(f"      why: {escape(rem.reason)}")
+        c.print(f"      why: {self._t(rem.reason)}")
         if rem.decision_reason:
-            c.print(f"      decision: {escape(rem.decision_reason)}")
+            c.print(f"      decision: {self._t(rem.decision_reason)}")
         if rem.plan:
             c.print(f"      plan {rem.plan['fingerprint']}:")
             for change in rem.plan["changes"]:
-                c.print(f"        - {escape(self.redactor.text(change['summary']))}")
+                c.print(f"        - {self._t(change['summary'])}")
         for result in rem.results:
-            c.print(f"      applied: {escape(str(result.get('change')))}: {result.get('outcome')}")
+            c.print(f"      applied: {self._t(result.get('change'))}: {self._t(result.get('outcome'))}")
         for check in rem.verify:
-            c.print(f"      verify: {check['id']} {check['status']} {escape(check['summary'])}")
+            c.print(f"      verify: {check['id']} {check['status']} {self._t(check['summary'])}")
 
     def check_line(self, result: CheckResult) -> None:
-        summary = escape(self.redactor.text(result.summary))
+        summary = self._t(result.summary)
         self.console.print(
             f"  {self._status_text(result.status)} {result.id:22} {summary} [dim]({result.duration_ms:.0f} ms)[/]"
         )
@@ -112,7 +117,7 @@ class Printer:
         failing = [r for r in report.checks if r.status is not Status.OK]
         for result in failing:
             code = f" [{result.code}]" if result.code else ""
-            c.print(f"  - {result.id}: {escape(self.redactor.text(result.summary))}{escape(code)}")
+            c.print(f"  - {result.id}: {self._t(result.summary)}{escape(code)}")
         if report.remediations:
             c.print("\nRemediations:")
             for rem in report.remediations:
@@ -121,9 +126,9 @@ class Printer:
             c.print(f"\nAfter remediation: {self._status_text(report.final_status).rstrip()}")
             for result in report.final_checks:
                 if result.status is not Status.OK:
-                    c.print(f"  - {result.id}: {escape(self.redactor.text(result.summary))}")
+                    c.print(f"  - {result.id}: {self._t(result.summary)}")
         for escalation in report.escalations:
-            c.print(f"\n[bold red]ESCALATE[/] {escape(escalation)}")
+            c.print(f"\n[bold red]ESCALATE[/] {self._t(escalation)}")
         if report.advice and report.status is not Status.OK:
             c.print("\nAdvice:")
             for line in report.advice:

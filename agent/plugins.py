@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel
 
-from agent.changes import Change
+from agent.changes import Change, EffectSpec
 from agent.status import Status
 
 if TYPE_CHECKING:
     from agent.context import ApplyContext, CheckContext, PlanContext
 
-__all__ = ["CheckFunc", "CheckSpec", "EffectSet", "EffectSpec", "Outcome", "PluginSet", "RemediationSpec"]
+__all__ = ["CheckFunc", "CheckSpec", "Effect", "EffectSet", "Outcome", "PluginSet", "RemediationSpec"]
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,8 @@ class CheckSpec:
 
 
 PlanFunc = Callable[["PlanContext", Any], list[Change]]
-ApplyFunc = Callable[["ApplyContext", Change], dict[str, Any]]
+S = TypeVar("S", bound=EffectSpec)
+ApplyFunc = Callable[["ApplyContext", Any], dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -51,16 +52,18 @@ class RemediationSpec:
     name: str
     params: type[BaseModel]
     plan: PlanFunc
-    # What it may change in the world, e.g. ("docker.container.restart",): a plan may only name these.
-    effects: tuple[str, ...]
+    # What it may change in the world, each effect with the model of what a plan hands it, e.g.
+    # {"docker.container.restart": RestartSpec}: a plan may only name these, with these payloads.
+    effects: Mapping[str, type[EffectSpec]]
     doc: str
     # Destructive remediations (e.g. a restore) are never automatic, whatever a runbook says.
     manual_only: bool = False
 
 
 @dataclass(frozen=True)
-class EffectSpec:
+class Effect:
     name: str
+    spec: type[EffectSpec]
     func: ApplyFunc
 
 
@@ -89,7 +92,7 @@ class PluginSet:
         return register
 
     def remediation(
-        self, name: str, params: type[P], *, effects: tuple[str, ...], manual_only: bool = False
+        self, name: str, params: type[P], *, effects: Mapping[str, type[EffectSpec]], manual_only: bool = False
     ) -> Callable[[PlanFunc], PlanFunc]:
         """Declare a remediation by its planning function; what applies it lives in an effects module."""
 
@@ -99,7 +102,7 @@ class PluginSet:
             if not effects:
                 raise ValueError(f"remediation {name}: declares no effects, so it could never be applied")
             doc = inspect.getdoc(func) or ""
-            self.remediations.append(RemediationSpec(self._name(name), params, func, effects, doc, manual_only))
+            self.remediations.append(RemediationSpec(self._name(name), params, func, dict(effects), doc, manual_only))
             return func
 
         return register
@@ -110,13 +113,17 @@ class EffectSet:
 
     def __init__(self, family: str) -> None:
         self.family = family
-        self.effects: list[EffectSpec] = []
+        self.effects: list[Effect] = []
 
-    def effect(self, name: str) -> Callable[[ApplyFunc], ApplyFunc]:
-        def register(func: ApplyFunc) -> ApplyFunc:
+    def effect(
+        self, name: str, spec: type[S]
+    ) -> Callable[[Callable[[ApplyContext, S], dict[str, Any]]], Callable[[ApplyContext, S], dict[str, Any]]]:
+        """Declare the function applying `name`; it receives the plan's payload as `spec`, already typed."""
+
+        def register(func: Callable[[ApplyContext, S], dict[str, Any]]) -> Callable[[ApplyContext, S], dict[str, Any]]:
             if not name.startswith(self.family + "."):
                 raise ValueError(f"effect {name!r} must be named '{self.family}.<...>'")
-            self.effects.append(EffectSpec(name, func))
+            self.effects.append(Effect(name, spec, func))
             return func
 
         return register

@@ -7,25 +7,44 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-__all__ = ["MASK", "Redactor", "secrets_in_url"]
+__all__ = ["MASK", "Redactor", "is_secret_name", "secrets_in_url"]
 
 MASK = "***"
 
-# scheme://user:password@host — the password part, whatever the scheme (postgresql, redis, http...).
-_URL_PASSWORD = re.compile(r"(?P<pre>[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]*:)(?P<secret>[^@\s/]+)(?=@)")
+# Every pattern below runs over outside text (alert labels, log lines, HTTP bodies), so each must be
+# linear in its input: it is anchored on the left (a lookbehind or \b, so an attempt can only begin where
+# a token begins, and a failed attempt elsewhere costs O(1)) and its quantifiers are possessive (nothing
+# is ever re-scanned by backtracking). tests/unit/test_redaction.py times them on 1 MiB of hostile text.
+
+# scheme://user:password@ — the password, whatever the scheme (postgresql, redis, https...); and a bare
+# user that looks like a key (a Sentry DSN's public key, a token in https://TOKEN@github.com/...).
+_URL_USERINFO = re.compile(
+    r"(?<![A-Za-z0-9+.-])(?P<pre>[A-Za-z][A-Za-z0-9+.-]*+://)(?P<user>[^/\s:@]*+)(?::(?P<password>[^@\s/]*+))?+@"
+)
+_KEY_LIKE_USER = re.compile(r"[A-Za-z0-9_-]{20,}+")
 # libpq key/value DSNs and query strings: password=..., also token=, secret=, api_key=.
 _KEY_VALUE = re.compile(
-    r"(?P<pre>\b(?:password|passwd|pwd|token|secret|api[_-]?key|access[_-]?key)\s*[=:]\s*)"
-    r"(?P<secret>'[^']*'|\"[^\"]*\"|[^\s&,;'\"}]+)",
+    r"(?P<pre>\b(?:password|passwd|pwd|token|secret|api[_-]?key|access[_-]?key)\s*+[=:]\s*+)"
+    r"(?P<secret>'[^']*+'|\"[^\"]*+\"|[^\s&,;'\"}]++)",
     re.IGNORECASE,
 )
-# Environment-style assignments, as in a container's env: DB_PASSWORD=..., STRIPE_API_KEY=...
-_ENV_ASSIGNMENT = re.compile(
-    r"(?P<pre>\b[A-Za-z0-9_]*(?:PASSWORD|PASSWD|TOKEN|SECRET|API_?KEY|PRIVATE_KEY)[A-Za-z0-9_]*=)(?P<secret>[^\s,;'\"]+)",
-    re.IGNORECASE,
+# NAME=value, as in a container's environment or a log line: masked when NAME names a secret.
+_ASSIGNMENT = re.compile(r"(?<![A-Za-z0-9_])(?P<name>[A-Za-z_][A-Za-z0-9_]*+)=(?P<secret>[^\s,;'\"&]++)")
+_AUTH_HEADER = re.compile(r"(?P<pre>\b(?:Bearer|Basic|Token)\s++)(?P<secret>[A-Za-z0-9._~+/=-]++)", re.IGNORECASE)
+# A name is secret when one of its `_`-separated words says so: DB_PASS, STRIPE_SK, SENTRY_DSN, API_KEY;
+# not PASSENGER_COUNT or CACHE_KEY_PREFIX.
+_SECRET_WORDS = re.compile(
+    r"(?:^|_)(?:PASSWORD|PASSWD|PASS|PWD|PASSPHRASE|TOKEN|SECRET|SK|DSN|CREDENTIALS?|AUTH|COOKIE|APIKEY"
+    r"|(?:API|ACCESS|PRIVATE|SIGNING|ENCRYPTION|MASTER|CLIENT)_?KEY)(?:_|$)"
 )
-_BEARER = re.compile(r"(?P<pre>\bBearer\s+)(?P<secret>[A-Za-z0-9._~+/=-]+)", re.IGNORECASE)
-_SECRET_ENV = re.compile(r"(PASSWORD|PASSWD|TOKEN|SECRET|API_?KEY|PRIVATE_KEY)", re.IGNORECASE)
+_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+
+
+def is_secret_name(name: str) -> bool:
+    """Whether a variable, key or header name names a secret (`DB_PASSWORD`, `apiKey`, `x-auth-token`)."""
+    if len(name) > 256:
+        name = name[:256]
+    return _SECRET_WORDS.search(_CAMEL.sub("_", name).replace("-", "_").upper()) is not None
 
 
 def secrets_in_url(url: str) -> list[str]:
@@ -39,48 +58,64 @@ def secrets_in_url(url: str) -> list[str]:
     return sorted({password, unquote(password)})
 
 
+def _userinfo(match: re.Match[str]) -> str:
+    if match.group("password") is not None:
+        return f"{match.group('pre')}{match.group('user')}:{MASK}@"
+    if _KEY_LIKE_USER.fullmatch(match.group("user")):
+        return f"{match.group('pre')}{MASK}@"
+    return match.group(0)
+
+
+def _assignment(match: re.Match[str]) -> str:
+    return f"{match.group('name')}={MASK}" if is_secret_name(match.group("name")) else match.group(0)
+
+
 class Redactor:
     """Masks known secret values and secret-shaped substrings in strings and nested data."""
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
-        self._secrets: frozenset[str] = frozenset()
+        self._secrets: tuple[str, ...] = ()
         self.add(*secrets)
 
     def add(self, *values: str) -> None:
-        found: set[str] = set()
+        found: set[str] = set(self._secrets)
         for value in values:
             # Very short values would mask ordinary words; they are still caught by the patterns.
             if isinstance(value, str) and len(value) >= 4:
                 found.add(value)
                 found.update(p for p in secrets_in_url(value) if len(p) >= 4)
-        # Replaced, never mutated: the daemon's threads may be reading it.
-        self._secrets = self._secrets | found
+        # Replaced, never mutated: the daemon's threads may be reading it. Longest first, so a secret
+        # containing another is masked whole.
+        self._secrets = tuple(sorted(found, key=len, reverse=True))
 
     def add_from_env(self, env: Mapping[str, str]) -> None:
         """Take passwords from URL-valued variables and the values of secret-named variables."""
         for name, value in env.items():
-            if _SECRET_ENV.search(name):
+            if is_secret_name(name):
                 self.add(value)
             elif "://" in value:
                 for found in secrets_in_url(value):
                     self.add(found)
 
     def text(self, value: str) -> str:
-        # Longest first so a secret containing another is masked whole.
-        for secret in sorted(self._secrets, key=len, reverse=True):
+        for secret in self._secrets:
             if secret in value:
                 value = value.replace(secret, MASK)
-        value = _URL_PASSWORD.sub(lambda m: m.group("pre") + MASK, value)
+        value = _URL_USERINFO.sub(_userinfo, value)
         value = _KEY_VALUE.sub(lambda m: m.group("pre") + MASK, value)
-        value = _ENV_ASSIGNMENT.sub(lambda m: m.group("pre") + MASK, value)
-        return _BEARER.sub(lambda m: m.group("pre") + MASK, value)
+        value = _ASSIGNMENT.sub(_assignment, value)
+        return _AUTH_HEADER.sub(lambda m: m.group("pre") + MASK, value)
 
     def data(self, value: Any) -> Any:
-        """A copy of JSON-like data with every string redacted."""
+        """A copy of JSON-like data with every string redacted, and the string values of secret-named keys
+        (`{"password": ...}`, a container's `{"API_TOKEN": ...}`) masked whole."""
         if isinstance(value, str):
             return self.text(value)
         if isinstance(value, Mapping):
-            return {k: self.data(v) for k, v in value.items()}
+            return {
+                k: MASK if isinstance(v, str) and isinstance(k, str) and is_secret_name(k) else self.data(v)
+                for k, v in value.items()
+            }
         if isinstance(value, list | tuple):
             return [self.data(v) for v in value]
         return value

@@ -1,12 +1,12 @@
-"""Safe remediation: plan -> decide (policy, pause, lock, breaker, limits, blast radius, approval)
+"""Safe remediation: plan -> guards (policy, pause, audit, lock, breaker, limits, blast radius) -> approval
 -> apply (live only) -> verify -> escalate. Every step is audited; nothing is applied unaudited."""
 
 from __future__ import annotations
 
-import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -52,6 +52,26 @@ class _Run:
     changed: set[str] = field(default_factory=set)  # targets changed so far (blast radius)
 
 
+@dataclass
+class _Attempt:
+    """One remediation on its way through the guards."""
+
+    runbook: LoadedRunbook
+    step: RemediationStep
+    plan: Plan
+    run: _Run
+    locked: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Denial:
+    reason: str
+    escalate: str | None = None  # a limit reached is also a person's business
+
+
+Guard = Callable[[_Attempt], Denial | None]
+
+
 class Remediator:
     def __init__(
         self,
@@ -87,11 +107,11 @@ class Remediator:
         audit: RunAudit,
         approve: ApproveCallback,
         run_checks: CheckRunner,
+        context: dict[str, Any],
     ) -> None:
         steps = {r.id: r for r in runbook.spec.remediations}
         run = _Run(run_id, actor, audit, approve, run_checks)
         clients = RunClients(self.settings)
-        context = {"params": params, "env": dict(os.environ), "config": self.settings.template_view()}
         try:
             for decision in decisions:
                 if decision.would_apply:
@@ -100,7 +120,96 @@ class Remediator:
         finally:
             clients.close()
 
+    # --- the order of the safety checks -------------------------------------------------------------------
+
+    def _guards(self) -> tuple[tuple[str, Guard], ...]:
+        """Every check between a plan and a change, in order; the first to object denies the change, with
+        its reason recorded. Those after `lock` run holding the targets' locks (renewed until the change
+        is verified), so two processes cannot both pass them."""
+        return (
+            ("environment", self._environment),
+            ("shutdown", self._shutdown),
+            ("pause", self._pause),
+            ("audit", self._audit_writable),
+            ("lock", self._lock),
+            ("breaker", self._breaker),
+            ("rate_limit", self._rate_limit),
+            ("cooldown", self._cooldown),
+            ("blast_radius", self._blast_radius),
+        )
+
+    def _environment(self, a: _Attempt) -> Denial | None:
+        if self.policy.denies(a.runbook.spec.id, a.step.id, a.step.do):
+            return Denial(f"environment {self.policy.name} never applies {a.step.do}")
+        return None
+
+    def _shutdown(self, a: _Attempt) -> Denial | None:
+        return Denial("the agent is shutting down: no new remediation starts") if self.stop.is_set() else None
+
+    def _pause(self, a: _Attempt) -> Denial | None:
+        paused = self._state.paused()
+        return Denial(f"remediation is paused by {paused[1]}: {paused[0]}") if paused else None
+
+    def _audit_writable(self, a: _Attempt) -> Denial | None:
+        error = a.run.audit.error
+        return Denial(f"audit log unavailable, nothing is applied: {error}") if error else None
+
+    def _lock(self, a: _Attempt) -> Denial | None:
+        held = self._state.lock(a.plan.targets, a.run.run_id, self.settings.lock_ttl)
+        if held:
+            return Denial(held)
+        a.locked = a.plan.targets
+        return None
+
+    def _breaker(self, a: _Attempt) -> Denial | None:
+        for target in a.plan.targets:
+            breaker = self._state.breaker(target)
+            if breaker:
+                until = time.strftime("%H:%M:%S", time.gmtime(breaker.until))
+                return Denial(
+                    f"circuit open on {target} since run {breaker.run_id} ({breaker.reason}); until {until} UTC"
+                    " or `runbook reset`"
+                )
+        return None
+
+    def _rate_limit(self, a: _Attempt) -> Denial | None:
+        max_changes = a.step.limit.max if a.step.limit else self.settings.default_limit
+        window = self._window(a.step)
+        for target in a.plan.targets:
+            runs = self._state.runs_on_target(target, time.time() - window)
+            if len(runs) >= max_changes:
+                return Denial(
+                    f"limit reached: {target} changed {len(runs)} times in {window:g}s",
+                    escalate=f"limit of {max_changes} per {window:g}s reached",
+                )
+        return None
+
+    def _cooldown(self, a: _Attempt) -> Denial | None:
+        cooldown = a.step.cooldown if a.step.cooldown is not None else self.settings.default_cooldown
+        for target in a.plan.targets:
+            last = self._state.last_action(target)
+            if last is not None and time.time() - last < cooldown:
+                ago = time.time() - last
+                return Denial(f"cooldown: {target} changed {ago:.0f}s ago (cooldown {cooldown:g}s)")
+        return None
+
+    def _blast_radius(self, a: _Attempt) -> Denial | None:
+        count = len(a.run.changed | set(a.plan.targets))
+        if count > self.settings.max_targets_per_run:
+            return Denial(
+                f"blast radius: would change {count} targets in one run (max {self.settings.max_targets_per_run})"
+            )
+        return None
+
     # --- one remediation ---------------------------------------------------------------------------
+
+    @property
+    def _state(self) -> StateStore:
+        assert self.state is not None  # a live applier always comes with the state store
+        return self.state
+
+    def _window(self, step: RemediationStep) -> float:
+        return step.limit.per if step.limit else self.settings.limit_window
 
     def _decide(self, decision: RemediationDecision, kind: str, reason: str) -> None:
         decision.decision, decision.decision_reason = kind, self.redactor.text(reason)
@@ -110,9 +219,15 @@ class Remediator:
         values = self.templates.render(step.with_, context)
         params = spec.params.model_validate(values)
         changes = spec.plan(PlanContext(clients), params)
-        undeclared = sorted({c.effect for c in changes} - set(spec.effects))
-        if undeclared:
-            raise PlanError(f"{step.do} planned undeclared effects: {', '.join(undeclared)}")
+        for change in changes:
+            model = spec.effects.get(change.effect)
+            if model is None:
+                raise PlanError(f"{step.do} planned undeclared effects: {change.effect}")
+            # What the effect will be handed is checked now, so a mismatch shows in a dry run.
+            if not isinstance(change.spec, model):
+                raise PlanError(
+                    f"{step.do}: {change.effect} takes {model.__name__}, the plan gave {type(change.spec).__name__}"
+                )
         return Plan(step.id, step.do, tuple(changes))
 
     def _one(
@@ -124,7 +239,6 @@ class Remediator:
         clients: RunClients,
         run: _Run,
     ) -> None:
-        audit = run.audit
         try:
             plan = self._plan(step, context, clients)
         except (PlanError, TemplateError, TargetUnreachable) as exc:
@@ -136,7 +250,7 @@ class Remediator:
         except Exception as exc:
             return self._decide(decision, "plan_failed", f"{type(exc).__name__}: {exc}")
         decision.plan = self.redactor.data(plan.to_json())
-        audit.record("remediation_planned", remediation=step.id, do=step.do, plan=decision.plan)
+        run.audit.record("remediation_planned", remediation=step.id, do=step.do, plan=decision.plan)
         if not plan.changes:
             return self._decide(
                 decision, "nothing_to_do", "the targets are already as the remediation would leave them"
@@ -144,83 +258,55 @@ class Remediator:
         if self.applier is None:
             why = "dry run" if self.policy.mode == "apply" else f"environment {self.policy.name}: plan only"
             return self._decide(decision, "planned_only", f"{why}: nothing changed")
-        spec_id = runbook.spec.id
-        if self.policy.denies(spec_id, step.id, step.do):
-            return self._decide(decision, "denied", f"environment {self.policy.name} never applies {step.do}")
-        assert self.state is not None  # a live applier always comes with the state store
-        if self.stop.is_set():
-            return self._decide(decision, "denied", "the agent is shutting down: no new remediation starts")
-        paused = self.state.paused()
-        if paused:
-            return self._decide(decision, "denied", f"remediation is paused by {paused[1]}: {paused[0]}")
-        if audit.error:
-            return self._decide(decision, "denied", f"audit log unavailable, nothing is applied: {audit.error}")
-        targets = plan.targets
-        held = self.state.lock(targets, run.run_id, self.settings.lock_ttl)
-        if held:
-            return self._decide(decision, "denied", held)
+        attempt = _Attempt(runbook, step, plan, run)
         try:
-            self._guarded(runbook, step, decision, plan, run)
+            for _name, guard in self._guards():
+                denial = guard(attempt)
+                if denial is not None:
+                    self._decide(decision, "denied", denial.reason)
+                    if denial.escalate:
+                        self._escalate(decision, run.audit, run.run_id, plan, denial.escalate)
+                    return None
+            with self._locks_kept(attempt):
+                self._approve_apply_verify(attempt, decision)
         finally:
-            self.state.unlock(targets, run.run_id)
+            if attempt.locked:
+                self._state.unlock(attempt.locked, run.run_id)
+        return None
 
-    def _guarded(
-        self,
-        runbook: LoadedRunbook,
-        step: RemediationStep,
-        decision: RemediationDecision,
-        plan: Plan,
-        run: _Run,
-    ) -> None:
-        """Under the targets' locks: limits, approval, apply, verify. Limits are read under the lock, so two
-        processes cannot both pass them."""
-        assert self.state is not None and self.applier is not None
-        run_id, audit = run.run_id, run.audit
-        now = time.time()
-        max_changes = step.limit.max if step.limit else self.settings.default_limit
-        window = step.limit.per if step.limit else self.settings.limit_window
-        cooldown = step.cooldown if step.cooldown is not None else self.settings.default_cooldown
-        for target in plan.targets:
-            breaker = self.state.breaker(target)
-            if breaker:
-                until = time.strftime("%H:%M:%S", time.gmtime(breaker.until))
-                return self._decide(
-                    decision,
-                    "denied",
-                    f"circuit open on {target} since run {breaker.run_id} ({breaker.reason}); until {until} UTC"
-                    " or `runbook reset`",
-                )
-            runs = self.state.runs_on_target(target, now - window)
-            if len(runs) >= max_changes:
-                self._decide(decision, "denied", f"limit reached: {target} changed {len(runs)} times in {window:g}s")
-                return self._escalate(decision, audit, run_id, plan, f"limit of {max_changes} per {window:g}s reached")
-            last = self.state.last_action(target)
-            if last is not None and now - last < cooldown:
-                return self._decide(
-                    decision, "denied", f"cooldown: {target} changed {now - last:.0f}s ago (cooldown {cooldown:g}s)"
-                )
-        new_targets = set(plan.targets) - run.changed
-        if len(run.changed) + len(new_targets) > self.settings.max_targets_per_run:
-            return self._decide(
-                decision,
-                "denied",
-                f"blast radius: would change {len(run.changed) + len(new_targets)} targets in one run"
-                f" (max {self.settings.max_targets_per_run})",
-            )
+    @contextmanager
+    def _locks_kept(self, a: _Attempt) -> Iterator[None]:
+        """Renew the targets' locks while a person decides, the change is applied and verified: an apply
+        or verify longer than the lock's TTL must not let another run take the targets."""
+        done = threading.Event()
+        every = max(0.05, self.settings.lock_ttl / 3)
 
-        approval = self.policy.approval(runbook.spec.id, step.id, step.approval)
-        spec = self.registry.remediation(step.do)
-        if spec.manual_only:
+        def renew() -> None:
+            while not done.wait(every):
+                self._state.renew(a.locked, a.run.run_id, self.settings.lock_ttl)
+
+        keeper = threading.Thread(target=renew, name=f"lock-{a.run.run_id}", daemon=True)
+        keeper.start()
+        try:
+            yield
+        finally:
+            done.set()
+            keeper.join()
+
+    def _approve_apply_verify(self, a: _Attempt, decision: RemediationDecision) -> None:
+        assert self.applier is not None
+        step, plan, run, audit = a.step, a.plan, a.run, a.run.audit
+        approval = self.policy.approval(a.runbook.spec.id, step.id, step.approval)
+        if self.registry.remediation(step.do).manual_only:
             approval = "manual"
         if approval == "auto":
             decision.approver = f"auto ({'environment ' + self.policy.name if self.policy.auto else 'runbook'})"
         else:
             answer = run.approve(step, plan)
             if answer is None:
-                assert self.state is not None
-                self.state.add_pending(run_id, step.id, plan.fingerprint, self.redactor.data(plan.to_json()))
+                self._state.add_pending(run.run_id, step.id, plan.fingerprint, self.redactor.data(plan.to_json()))
                 return self._decide(
-                    decision, "pending", f"waiting for a person: runbook approve {run_id} --plan {plan.fingerprint}"
+                    decision, "pending", f"waiting for a person: runbook approve {run.run_id} --plan {plan.fingerprint}"
                 )
             if not answer:
                 return self._decide(decision, "rejected", f"rejected by {run.actor}")
@@ -234,31 +320,32 @@ class Remediator:
         decision.applied = True
         run.changed.update(plan.targets)
         for change in plan.changes:
+            action = self._state.start_action(
+                run_id=run.run_id,
+                runbook=a.runbook.spec.id,
+                remediation=step.id,
+                target=change.target,
+                effect=change.effect,
+            )
             try:
                 result = self.applier.apply(change)
                 outcome = "ok"
             except Exception as exc:
                 result = {"error": f"{type(exc).__name__}: {exc}" if not isinstance(exc, ApplyError) else str(exc)}
                 outcome = "failed"
-            self.state.record_action(
-                run_id=run_id,
-                runbook=runbook.spec.id,
-                remediation=step.id,
-                target=change.target,
-                effect=change.effect,
-                outcome=outcome,
-            )
+            self._state.finish_action(action, outcome)
             decision.results.append(self.redactor.data({"change": change.summary, "outcome": outcome, **result}))
             if outcome == "failed":
                 break
         failed = any(r["outcome"] == "failed" for r in decision.results)
         audit.record("apply_finished", remediation=step.id, results=decision.results, ok=not failed)
+        window = self._window(step)
         if failed:
             decision.outcome = "apply_failed"
             for target in plan.targets:
-                self.state.open_breaker(target, run_id, "apply failed", window)
+                self._state.open_breaker(target, run.run_id, "apply failed", window)
             return self._escalate(
-                decision, audit, run_id, plan, "apply failed: " + decision.results[-1].get("error", "")
+                decision, audit, run.run_id, plan, "apply failed: " + decision.results[-1].get("error", "")
             )
         if not step.verify:
             decision.outcome = "applied"
@@ -269,11 +356,11 @@ class Remediator:
         audit.record("verify", remediation=step.id, resolved=resolved, checks=decision.verify)
         if not resolved:
             for target in plan.targets:
-                self.state.open_breaker(target, run_id, "not resolved after remediation", window)
+                self._state.open_breaker(target, run.run_id, "not resolved after remediation", window)
             return self._escalate(
                 decision,
                 audit,
-                run_id,
+                run.run_id,
                 plan,
                 "not resolved: " + "; ".join(f"{r.id} {r.status.value}" for r in results if r.status is not Status.OK),
             )
@@ -291,6 +378,7 @@ class Remediator:
         approver: str,
         audit: RunAudit,
         run_checks: CheckRunner,
+        context: dict[str, Any],
     ) -> None:
         """A person approved a pending plan: plan again, and go on only if the plan is still that one."""
 
@@ -303,7 +391,6 @@ class Remediator:
             return True
 
         clients = RunClients(self.settings)
-        context = {"params": params, "env": dict(os.environ), "config": self.settings.template_view()}
         try:
             self._one(runbook, step, decision, context, clients, _Run(run_id, approver, audit, approve, run_checks))
         finally:

@@ -7,7 +7,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
+from agent.patterns import PatternError, compile_linear
+
 __all__ = [
+    "AlertParam",
     "Approval",
     "CheckStep",
     "Limit",
@@ -101,6 +104,41 @@ class Schedule(_Strict):
 AlertSource = Annotated[str, StringConstraints(pattern=r"^(labels|annotations)\.[A-Za-z_][A-Za-z0-9_]*$")]
 
 
+class AlertParam(_Strict):
+    """A param an alert may set, and what it may be: an alert never chooses a target the runbook did not
+    allow (e.g. `app_service: {from: labels.service, allow: [app]}`)."""
+
+    from_: AlertSource = Field(alias="from", description="`labels.<name>` or `annotations.<name>`.")
+    allow: list[str] | None = Field(None, min_length=1, description="The values an alert may give, exactly.")
+    pattern: str | None = Field(None, description="Or a regex (RE2) the whole value must match.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _not_bare(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            raise ValueError(
+                f"say what values an alert may give: {{from: {value}, allow: [...]}} or {{from: {value}, pattern: ...}}"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _constrained(self) -> AlertParam:
+        if (self.allow is None) == (self.pattern is None):
+            raise ValueError("give exactly one of allow (a list of values) or pattern (a regex)")
+        if self.pattern is not None:
+            compile_linear(self.pattern)  # a PatternError (ValueError) names the problem
+        return self
+
+    def allows(self, value: str) -> bool:
+        if self.allow is not None:
+            return value in self.allow
+        assert self.pattern is not None
+        return compile_linear(self.pattern).fullmatch(value) is not None
+
+    def describe(self) -> str:
+        return f"allowed: {', '.join(self.allow)}" if self.allow is not None else f"must match {self.pattern}"
+
+
 class Runbook(_Strict):
     id: RunbookId
     title: str = Field(min_length=1)
@@ -112,9 +150,9 @@ class Runbook(_Strict):
     checks: list[CheckStep] = Field(min_length=1)
     remediations: list[RemediationStep] = Field(default_factory=list)
     advice: list[str] = Field(default_factory=list)
-    # Alert data reaches a run only through these: param -> `labels.<name>` or `annotations.<name>`.
-    # The mapped values also name the incident's target (one active run per runbook and target).
-    alert_params: dict[Identifier, AlertSource] = Field(default_factory=dict)
+    # Alert data reaches a run only through these, each held to the values it may take. The mapped values
+    # also name the incident's target (one active run per runbook and target).
+    alert_params: dict[Identifier, AlertParam] = Field(default_factory=dict)
     schedule: Schedule | None = None
 
     @model_validator(mode="after")
@@ -122,6 +160,9 @@ class Runbook(_Strict):
         unknown = sorted(set(self.alert_params) - set(self.params))
         if unknown:
             raise ValueError(f"alert_params names undeclared params: {', '.join(unknown)}")
+        secret = sorted(n for n in self.alert_params if self.params[n].secret)
+        if secret:
+            raise ValueError(f"alert_params may not set secret params: {', '.join(secret)}")
         return self
 
     @field_validator("triggers")
@@ -134,7 +175,7 @@ class Runbook(_Strict):
             for label, matcher in trigger.items():
                 if matcher.startswith(("=~", "!~")):
                     try:
-                        re.compile(matcher[2:])
-                    except re.error as exc:
-                        raise ValueError(f"label {label}: invalid regex {matcher[2:]!r}: {exc}") from None
+                        compile_linear(matcher[2:])
+                    except PatternError as exc:
+                        raise ValueError(f"label {label}: {exc}") from None
         return triggers

@@ -16,37 +16,57 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Breaker", "StateStore"]
+from agent.files import private_dir, private_file
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS actions (
-    id INTEGER PRIMARY KEY, at REAL NOT NULL, run_id TEXT NOT NULL, runbook TEXT NOT NULL,
-    remediation TEXT NOT NULL, target TEXT NOT NULL, effect TEXT NOT NULL, outcome TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS actions_target_at ON actions (target, at);
-CREATE TABLE IF NOT EXISTS locks (
-    target TEXT PRIMARY KEY, run_id TEXT NOT NULL, host TEXT NOT NULL, pid INTEGER NOT NULL, expires REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS breakers (
-    target TEXT PRIMARY KEY, opened REAL NOT NULL, until REAL NOT NULL, run_id TEXT NOT NULL, reason TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS flags (name TEXT PRIMARY KEY, value TEXT NOT NULL, at REAL NOT NULL, actor TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS runs (
-    run_id TEXT PRIMARY KEY, runbook TEXT NOT NULL, target TEXT NOT NULL, status TEXT NOT NULL,
-    mode TEXT NOT NULL, actor TEXT NOT NULL, params TEXT NOT NULL, host TEXT NOT NULL, pid INTEGER NOT NULL,
-    created REAL NOT NULL, finished REAL, result TEXT, report TEXT, alert_id INTEGER
-);
-CREATE INDEX IF NOT EXISTS runs_target ON runs (runbook, target, created);
-CREATE TABLE IF NOT EXISTS alerts (
-    id INTEGER PRIMARY KEY, received REAL NOT NULL, source TEXT NOT NULL, fingerprint TEXT NOT NULL,
-    status TEXT NOT NULL, name TEXT NOT NULL, labels TEXT NOT NULL, annotations TEXT NOT NULL,
-    runbook TEXT, target TEXT, disposition TEXT NOT NULL, run_id TEXT
-);
-CREATE TABLE IF NOT EXISTS pending (
-    run_id TEXT NOT NULL, remediation TEXT NOT NULL, fingerprint TEXT NOT NULL, plan TEXT NOT NULL,
-    at REAL NOT NULL, PRIMARY KEY (run_id, remediation)
-);
-"""
+__all__ = ["SCHEMA_VERSION", "Breaker", "StateStore"]
+
+# Migrations, in order; PRAGMA user_version says how many a database has had. Each runs in one
+# transaction, so a database is never half-migrated, and two processes opening it at once do not both
+# migrate. Never edit one that has shipped: add the next.
+_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    # 1: the first schema (databases made before versioning have these tables and user_version 0).
+    (
+        """CREATE TABLE IF NOT EXISTS actions (
+            id INTEGER PRIMARY KEY, at REAL NOT NULL, run_id TEXT NOT NULL, runbook TEXT NOT NULL,
+            remediation TEXT NOT NULL, target TEXT NOT NULL, effect TEXT NOT NULL, outcome TEXT NOT NULL)""",
+        "CREATE INDEX IF NOT EXISTS actions_target_at ON actions (target, at)",
+        """CREATE TABLE IF NOT EXISTS locks (
+            target TEXT PRIMARY KEY, run_id TEXT NOT NULL, host TEXT NOT NULL, pid INTEGER NOT NULL,
+            expires REAL NOT NULL)""",
+        """CREATE TABLE IF NOT EXISTS breakers (
+            target TEXT PRIMARY KEY, opened REAL NOT NULL, until REAL NOT NULL, run_id TEXT NOT NULL,
+            reason TEXT NOT NULL)""",
+        """CREATE TABLE IF NOT EXISTS flags (
+            name TEXT PRIMARY KEY, value TEXT NOT NULL, at REAL NOT NULL, actor TEXT NOT NULL)""",
+        """CREATE TABLE IF NOT EXISTS runs (
+            run_id TEXT PRIMARY KEY, runbook TEXT NOT NULL, target TEXT NOT NULL, status TEXT NOT NULL,
+            mode TEXT NOT NULL, actor TEXT NOT NULL, params TEXT NOT NULL, host TEXT NOT NULL, pid INTEGER NOT NULL,
+            created REAL NOT NULL, finished REAL, result TEXT, report TEXT, alert_id INTEGER)""",
+        "CREATE INDEX IF NOT EXISTS runs_target ON runs (runbook, target, created)",
+        """CREATE TABLE IF NOT EXISTS alerts (
+            id INTEGER PRIMARY KEY, received REAL NOT NULL, source TEXT NOT NULL, fingerprint TEXT NOT NULL,
+            status TEXT NOT NULL, name TEXT NOT NULL, labels TEXT NOT NULL, annotations TEXT NOT NULL,
+            runbook TEXT, target TEXT, disposition TEXT NOT NULL, run_id TEXT)""",
+        """CREATE TABLE IF NOT EXISTS pending (
+            run_id TEXT NOT NULL, remediation TEXT NOT NULL, fingerprint TEXT NOT NULL, plan TEXT NOT NULL,
+            at REAL NOT NULL, PRIMARY KEY (run_id, remediation))""",
+    ),
+    # 2: which secret params a run was given (their names only: the values are never stored); when an
+    # action ended (started actions count against limits while they run); indexes for retention.
+    (
+        "ALTER TABLE runs ADD COLUMN secret_params TEXT NOT NULL DEFAULT '[]'",
+        "ALTER TABLE actions ADD COLUMN ended REAL",
+        "CREATE INDEX IF NOT EXISTS alerts_received ON alerts (received)",
+        "CREATE INDEX IF NOT EXISTS runs_created ON runs (created)",
+    ),
+)
+SCHEMA_VERSION = len(_MIGRATIONS)
+
+
+_INSERT_RUN = (
+    "INSERT INTO runs (run_id, runbook, target, status, mode, actor, params, secret_params, host, pid, created)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
 
 
 @dataclass(frozen=True)
@@ -84,15 +104,34 @@ def _alive(pid: int) -> bool:
 class StateStore:
     def __init__(self, path: Path) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
+        # The state names targets, holds plans and approvals: private. SQLite gives its -wal and -shm
+        # files the database file's own mode.
+        private_dir(path.parent, tighten=True)
+        private_file(path)
+        for side in ("-wal", "-shm"):
+            if path.with_name(path.name + side).exists():
+                private_file(path.with_name(path.name + side))
         # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE where it matters).
         self._db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
         # One connection shared by the daemon's threads: every use goes through this lock.
         self._lock = threading.RLock()
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA busy_timeout=30000")
-        self._db.executescript(_SCHEMA)
+        self._migrate()
         self.host = socket.gethostname()
+
+    def _migrate(self) -> None:
+        if self._version() >= SCHEMA_VERSION:
+            return
+        with self._write() as db:
+            version = self._version()  # again, under the write lock: another process may have migrated
+            for number in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in _MIGRATIONS[number - 1]:
+                    db.execute(statement)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _version(self) -> int:
+        return int(self._db.execute("PRAGMA user_version").fetchone()[0])
 
     def close(self) -> None:
         self._db.close()
@@ -136,6 +175,15 @@ class StateStore:
             )
         return None
 
+    def renew(self, targets: list[str], run_id: str, ttl: float) -> bool:
+        """Push the run's locks' expiry on while it works; False if one is no longer the run's."""
+        with self._write() as db:
+            changed = db.executemany(
+                "UPDATE locks SET expires = ? WHERE target = ? AND run_id = ?",
+                [(time.time() + ttl, t, run_id) for t in targets],
+            ).rowcount
+        return changed == len(targets)
+
     def unlock(self, targets: list[str], run_id: str) -> None:
         with self._write() as db:
             db.executemany("DELETE FROM locks WHERE target = ? AND run_id = ?", [(t, run_id) for t in targets])
@@ -147,15 +195,25 @@ class StateStore:
 
     # --- actions and limits ---------------------------------------------------------------------
 
-    def record_action(
-        self, *, run_id: str, runbook: str, remediation: str, target: str, effect: str, outcome: str
-    ) -> None:
+    def start_action(self, *, run_id: str, runbook: str, remediation: str, target: str, effect: str) -> int:
+        """Record a change as it starts, so limits and cooldowns see work in flight (and a change whose
+        process died mid-apply still counts)."""
         with self._write() as db:
-            db.execute(
+            cur = db.execute(
                 "INSERT INTO actions (at, run_id, runbook, remediation, target, effect, outcome)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (time.time(), run_id, runbook, remediation, target, effect, outcome),
+                " VALUES (?, ?, ?, ?, ?, ?, 'started')",
+                (time.time(), run_id, runbook, remediation, target, effect),
             )
+            return int(cur.lastrowid or 0)
+
+    def finish_action(self, action_id: int, outcome: str) -> None:
+        with self._write() as db:
+            db.execute("UPDATE actions SET outcome = ?, ended = ? WHERE id = ?", (outcome, time.time(), action_id))
+
+    def actions(self, target: str) -> list[tuple[str, str, str]]:
+        """(run_id, effect, outcome) of a target's recorded changes, oldest first."""
+        rows = self._read("SELECT run_id, effect, outcome FROM actions WHERE target = ? ORDER BY id", (target,))
+        return [(r[0], r[1], r[2]) for r in rows.fetchall()]
 
     def runs_on_target(self, target: str, since: float) -> list[str]:
         """Distinct runs that changed a target since a time: one remediation of a service counts once."""
@@ -249,26 +307,37 @@ class StateStore:
         actor: str,
         params: dict[str, Any],
         status: str = "running",
-        alert_id: int | None = None,
+        secret_params: list[str] | None = None,
     ) -> None:
+        """Record a run. `params` are its overrides in clear; `secret_params` only names those given but
+        not stored (an approval of the run must be given them again)."""
         with self._write() as db:
-            db.execute(
-                "INSERT INTO runs (run_id, runbook, target, status, mode, actor, params, host, pid, created, alert_id)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    run_id,
-                    runbook,
-                    target,
-                    status,
-                    mode,
-                    actor,
-                    json.dumps(params, default=str),
-                    self.host,
-                    os.getpid(),
-                    time.time(),
-                    alert_id,
-                ),
-            )
+            db.execute(_INSERT_RUN, self._run_row(run_id, runbook, target, status, mode, actor, params, secret_params))
+
+    def _run_row(
+        self,
+        run_id: str,
+        runbook: str,
+        target: str,
+        status: str,
+        mode: str,
+        actor: str,
+        params: dict[str, Any],
+        secret_params: list[str] | None,
+    ) -> tuple[Any, ...]:
+        return (
+            run_id,
+            runbook,
+            target,
+            status,
+            mode,
+            actor,
+            json.dumps(params, default=str),
+            json.dumps(sorted(secret_params or [])),
+            self.host,
+            os.getpid(),
+            time.time(),
+        )
 
     def set_run(
         self, run_id: str, status: str, *, result: str | None = None, report: dict[str, Any] | None = None
@@ -294,8 +363,9 @@ class StateStore:
 
     def runs(self, *, status: str | None = None, run_id: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         cur = self._read(
-            "SELECT run_id, runbook, target, status, mode, actor, params, created, finished, result, report, alert_id"
-            " FROM runs WHERE (? IS NULL OR status = ?) AND (? IS NULL OR run_id = ?) ORDER BY created DESC LIMIT ?",
+            "SELECT run_id, runbook, target, status, mode, actor, params, secret_params, created, finished, result,"
+            " report FROM runs WHERE (? IS NULL OR status = ?) AND (? IS NULL OR run_id = ?)"
+            " ORDER BY created DESC LIMIT ?",
             (status, status, run_id, run_id, limit),
         )
         keys = [d[0] for d in cur.description]
@@ -303,6 +373,7 @@ class StateStore:
         for row in cur.fetchall():
             item = dict(zip(keys, row, strict=True))
             item["params"] = json.loads(item["params"])
+            item["secret_params"] = json.loads(item["secret_params"])
             item["report"] = json.loads(item["report"]) if item["report"] else None
             out.append(item)
         return out
@@ -338,8 +409,14 @@ class StateStore:
 
     # --- alerts ---------------------------------------------------------------------------------------
 
-    def add_alerts(self, alerts: list[dict[str, Any]]) -> None:
-        """Record a payload's alerts in one transaction (a storm of 10,000 is one write)."""
+    def record_intake(
+        self,
+        alerts: list[dict[str, Any]],
+        runs: list[dict[str, Any]],
+        resolved: list[tuple[str, str]],
+    ) -> None:
+        """One payload's alerts, the runs they start (queued) and the incidents they resolve, in one
+        transaction: all of it is recorded, or none (a storm of 10,000 alerts is one write)."""
         now = time.time()
         with self._write() as db:
             db.executemany(
@@ -362,11 +439,46 @@ class StateStore:
                     for a in alerts
                 ],
             )
-
-    def resolve_incident(self, runbook: str, target: str) -> None:
-        """Runs before now no longer count for dedup of this incident."""
-        with self._write() as db:
-            db.execute(
-                "INSERT OR REPLACE INTO flags (name, value, at, actor) VALUES (?, 'resolved', ?, 'alert')",
-                (f"resolved:{runbook}:{target}", time.time()),
+            db.executemany(
+                _INSERT_RUN,
+                [
+                    self._run_row(
+                        r["run_id"], r["runbook"], r["target"], "queued", r["mode"], r["actor"], r["params"], []
+                    )
+                    for r in runs
+                ],
             )
+            db.executemany(
+                "INSERT OR REPLACE INTO flags (name, value, at, actor) VALUES (?, 'resolved', ?, 'alert')",
+                [(f"resolved:{runbook}:{target}", now) for runbook, target in resolved],
+            )
+
+    def alert_count(self) -> int:
+        return int(self._read("SELECT count(*) FROM alerts").fetchone()[0])
+
+    # --- retention --------------------------------------------------------------------------------------
+
+    def prune(self, *, alerts_before: float, runs_before: float, actions_before: float) -> dict[str, int]:
+        """Delete what is past its retention: alerts, finished runs (with their pending approvals), actions
+        older than any limit window, and expired locks, breakers and incident marks. The audit log, the
+        record, is never pruned here."""
+        now = time.time()
+        with self._write() as db:
+            counts = {
+                "alerts": db.execute("DELETE FROM alerts WHERE received < ?", (alerts_before,)).rowcount,
+                "pending": db.execute(
+                    "DELETE FROM pending WHERE run_id IN (SELECT run_id FROM runs WHERE created < ?"
+                    " AND status IN ('finished', 'interrupted'))",
+                    (runs_before,),
+                ).rowcount,
+                "runs": db.execute(
+                    "DELETE FROM runs WHERE created < ? AND status IN ('finished', 'interrupted')", (runs_before,)
+                ).rowcount,
+                "actions": db.execute("DELETE FROM actions WHERE at < ?", (actions_before,)).rowcount,
+                "breakers": db.execute("DELETE FROM breakers WHERE until < ?", (now,)).rowcount,
+                "locks": db.execute("DELETE FROM locks WHERE expires < ?", (now,)).rowcount,
+                "incident_marks": db.execute(
+                    "DELETE FROM flags WHERE name LIKE 'resolved:%' AND at < ?", (runs_before,)
+                ).rowcount,
+            }
+        return counts

@@ -9,12 +9,17 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agent.context import CheckContext
+from agent.patterns import compile_linear
 from agent.plugins import Outcome, PluginSet
 from agent.schema import Duration
 from agent.status import Status, worst
 from checks._thresholds import above
 
 plugins = PluginSet("docker")
+
+# Log lines read per container at most (the newest in the window): a chatty or hostile container cannot
+# make a check read without end.
+MAX_LOG_LINES = 20_000
 
 
 class _Params(BaseModel):
@@ -194,13 +199,13 @@ def _log_lines(ctx: CheckContext, target: Target, since: float, across_restarts:
         started = None if across_restarts else _started_at(container)
         if started is not None and started > start:
             start = started
-        raw = container.logs(stdout=True, stderr=True, since=start, timestamps=False)
+        raw = container.logs(stdout=True, stderr=True, since=start, timestamps=False, tail=MAX_LOG_LINES)
         lines.extend((container.name, line) for line in raw.decode("utf-8", "replace").splitlines())
     return lines
 
 
 class LogMatchParams(Target):
-    pattern: str = Field(description="Regular expression searched in each log line.")
+    pattern: str = Field(description="Regular expression (RE2: linear time) searched in each log line.")
     since: Duration = Field(300.0, description="How far back to read, e.g. 5m.")
     warn: int | None = Field(None, ge=1, description="Matching lines from which the result is WARNING.")
     crit: int | None = Field(1, ge=1, description="Matching lines from which the result is CRITICAL.")
@@ -209,7 +214,7 @@ class LogMatchParams(Target):
 
     @model_validator(mode="after")
     def _compiles(self) -> LogMatchParams:
-        re.compile(self.pattern)
+        compile_linear(self.pattern, ignore_case=self.ignore_case)
         return self
 
 
@@ -218,7 +223,7 @@ def log_matches(ctx: CheckContext, params: LogMatchParams) -> Outcome:
     """Log lines of a container or service matching a regex in the last N minutes (docker logs)."""
     if not containers(ctx, params):
         return _missing(params)
-    regex = re.compile(params.pattern, re.IGNORECASE if params.ignore_case else 0)
+    regex = compile_linear(params.pattern, ignore_case=params.ignore_case)
     matched = [
         (name, line)
         for name, line in _log_lines(ctx, params, params.since, params.across_restarts)
@@ -245,7 +250,7 @@ _ACCESS_STATUS = r'"[A-Z]+ [^"]*" (?P<status>\d{3}) '
 class ErrorRateParams(Target):
     window: Duration = Field(300.0, description="How far back to count requests, e.g. 5m.")
     status_pattern: str = Field(
-        _ACCESS_STATUS, description="Regex with a named group `status` finding the HTTP status in a log line."
+        _ACCESS_STATUS, description="Regex (RE2) with a named group `status` finding the HTTP status in a log line."
     )
     warn_pct: float = Field(1.0, ge=0, le=100, description="5xx share (%) from which the result is WARNING.")
     crit_pct: float = Field(5.0, ge=0, le=100, description="5xx share (%) from which the result is CRITICAL.")
@@ -254,7 +259,7 @@ class ErrorRateParams(Target):
 
     @model_validator(mode="after")
     def _has_status_group(self) -> ErrorRateParams:
-        if "status" not in re.compile(self.status_pattern).groupindex:
+        if "status" not in compile_linear(self.status_pattern).groupindex:
             raise ValueError("status_pattern needs a named group (?P<status>...)")
         return self
 
@@ -264,7 +269,7 @@ def error_rate(ctx: CheckContext, params: ErrorRateParams) -> Outcome:
     """Share of 5xx answers over all requests in a window, from the container's request log."""
     if not containers(ctx, params):
         return _missing(params)
-    regex = re.compile(params.status_pattern)
+    regex = compile_linear(params.status_pattern)
     total = errors = 0
     for _, line in _log_lines(ctx, params, params.window, params.across_restarts):
         match = regex.search(line)

@@ -25,11 +25,10 @@ class _Params(BaseModel):
 def _query(ctx: CheckContext, dsn: str, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     import psycopg
 
-    conn = ctx.clients.postgres(dsn)
     try:
-        with conn.cursor() as cur:
-            cur.execute(sql, args)  # SQL is the runbook author's or ours; values only as parameters
-            rows = cur.fetchall() if cur.description else []
+        # A read-only transaction, one statement: SQL is the runbook author's or ours, values only as
+        # parameters, and a check never writes.
+        rows = ctx.clients.read_only_query(dsn, sql, args)
     except psycopg.errors.QueryCanceled:
         raise TargetUnreachable("db_timeout", "PostgreSQL query timed out") from None
     except psycopg.OperationalError as exc:

@@ -24,14 +24,23 @@ class _Params(BaseModel):
 
 
 def _call(ctx: CheckContext, url: str, op: Callable[[Any], T]) -> T:
+    """One Redis call within the check's deadline: at the deadline the client's connections are shut
+    down, so a server answering a byte at a time cannot hold the check past it."""
     import redis
 
+    client = ctx.clients.redis(url)
     try:
-        return op(ctx.clients.redis(url))
+        with ctx.watchdog(client.connection_pool.disconnect):
+            return op(client)
     except redis.TimeoutError:
         raise TargetUnreachable("redis_timeout", "Redis timed out") from None
-    except redis.ConnectionError as exc:
-        raise TargetUnreachable("redis_unreachable", f"Redis unreachable: {exc}") from None
+    except Exception as exc:
+        if ctx.remaining() <= 0:
+            # Cut off by the watchdog: whatever the client raised as its socket closed under it.
+            raise TargetUnreachable("redis_timeout", "Redis gave no complete answer in time") from None
+        if isinstance(exc, redis.ConnectionError):
+            raise TargetUnreachable("redis_unreachable", f"Redis unreachable: {exc}") from None
+        raise
 
 
 class PingParams(_Params):

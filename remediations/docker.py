@@ -6,17 +6,62 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from agent.changes import Change
+from agent.changes import Change, EffectSpec
 from agent.context import PlanContext
 from agent.exceptions import PlanError
 from agent.plugins import PluginSet
 from checks.docker import Target
+from remediations._container import NUMBER_LABEL, config_digest, volumes_kept
 
 plugins = PluginSet("docker")
 
 PROJECT_LABEL = "com.docker.compose.project"
 SERVICE_LABEL = "com.docker.compose.service"
-NUMBER_LABEL = "com.docker.compose.container-number"
+
+
+# --- what each effect is handed -------------------------------------------------------------------------
+
+
+class RestartSpec(EffectSpec):
+    id: str
+    name: str
+    wait_healthy: float
+
+
+class RecreateSpec(EffectSpec):
+    """Replace container `id` by one from `image` (which must still be `image_id`), built from the old
+    container's inspect data as it was when planned (`config_digest`)."""
+
+    id: str
+    name: str
+    image: str
+    image_id: str
+    config_digest: str
+    wait_healthy: float
+
+
+class CreateReplicaSpec(EffectSpec):
+    """A new replica like container `template_id` (as it was when planned: `config_digest`)."""
+
+    template_id: str
+    name: str
+    number: int
+    config_digest: str
+    wait_healthy: float
+
+
+class RemoveSpec(EffectSpec):
+    id: str
+    name: str
+
+
+class ServiceScaleSpec(EffectSpec):
+    service_id: str
+    name: str
+    replicas: int
+
+
+# --- targets ---------------------------------------------------------------------------------------------
 
 
 def _project(ctx: PlanContext, project: str | None) -> str:
@@ -36,20 +81,30 @@ def _service_containers(ctx: PlanContext, project: str, service: str) -> list[di
 
 
 def _targets(ctx: PlanContext, target: Target) -> list[dict[str, Any]]:
-    if target.container is not None:
-        return ctx.docker.containers(name=target.container)
-    return _service_containers(ctx, _project(ctx, target.project), str(target.service))
+    """The containers a remediation acts on: a compose service's, or one named container that must belong
+    to the compose project too (a runbook acts on its project, never on any container of the host)."""
+    project = _project(ctx, target.project)
+    if target.container is None:
+        return _service_containers(ctx, project, str(target.service))
+    found = ctx.docker.containers(name=target.container)
+    for attrs in found:
+        if (attrs["Config"].get("Labels") or {}).get(PROJECT_LABEL) != project:
+            raise PlanError(f"container {target.container} is not in compose project {project}: not acted on")
+    return found
 
 
 def _name(attrs: dict[str, Any]) -> str:
     return str(attrs["Name"]).lstrip("/")
 
 
+# --- restart -----------------------------------------------------------------------------------------------
+
+
 class RestartParams(Target):
     wait_healthy: float = Field(60.0, gt=0, description="Seconds to wait for each container to be running/healthy.")
 
 
-@plugins.remediation("docker.restart", RestartParams, effects=("docker.container.restart",))
+@plugins.remediation("docker.restart", RestartParams, effects={"docker.container.restart": RestartSpec})
 def restart(ctx: PlanContext, params: RestartParams) -> list[Change]:
     """Restart a container, or every container of a compose service one at a time (each must be
     running, and healthy if it has a health check, before the next)."""
@@ -65,12 +120,15 @@ def restart(ctx: PlanContext, params: RestartParams) -> list[Change]:
                 summary=f"restart container {name} ({attrs['Id'][:12]}): {was} -> running",
                 before=state["Status"],
                 after="running",
-                spec={"id": attrs["Id"], "name": name, "wait_healthy": params.wait_healthy},
+                spec=RestartSpec(id=attrs["Id"], name=name, wait_healthy=params.wait_healthy),
             )
         )
     if not changes:
         raise PlanError(f"no container found for {params.container or params.service}")
     return changes
+
+
+# --- scale ---------------------------------------------------------------------------------------------------
 
 
 class ScaleParams(BaseModel):
@@ -80,6 +138,7 @@ class ScaleParams(BaseModel):
     project: str | None = Field(None, description="Compose project; default: the configured compose_project.")
     replicas: int = Field(ge=0, description="Replica count to set (the guide scales workers to 10).")
     max_replicas: int = Field(20, ge=1, description="Upper bound the runbook allows.")
+    wait_healthy: float = Field(60.0, gt=0, description="Seconds to wait for each new replica to be healthy.")
 
     @model_validator(mode="after")
     def _bounded(self) -> ScaleParams:
@@ -88,33 +147,27 @@ class ScaleParams(BaseModel):
         return self
 
 
-def _replica_config(template: dict[str, Any], image_env: list[str]) -> dict[str, Any]:
-    """The settings a new replica copies from an existing one (compose would use the service definition)."""
-    config, host = template["Config"], template["HostConfig"]
-    networks = template["NetworkSettings"]["Networks"]
-    return {
-        "image": config["Image"],
-        "command": config.get("Cmd"),
-        "entrypoint": config.get("Entrypoint"),
-        # Only what the container added to its image's environment, so the image's own values stay its own.
-        "environment": [e for e in config.get("Env") or [] if e not in image_env],
-        "labels": dict(config.get("Labels") or {}),
-        "healthcheck": config.get("Healthcheck"),
-        # Aliases, less the template's own container-id alias that Docker adds to every container.
-        "networks": {
-            n: [a for a in (v or {}).get("Aliases") or [] if a != template["Id"][:12]] for n, v in networks.items()
-        },
-        "restart_policy": host.get("RestartPolicy"),
-        "mem_limit": host.get("Memory") or None,
-    }
+def _kept(attrs: dict[str, Any]) -> str:
+    """What a recreate keeps, in a few words for the plan (its exact config is in the digest)."""
+    config, host = attrs["Config"], attrs.get("HostConfig") or {}
+    mounts = len(host.get("Binds") or []) + len(host.get("Mounts") or []) + len(volumes_kept(attrs))
+    networks = ", ".join((attrs.get("NetworkSettings") or {}).get("Networks") or {}) or "none"
+    user = config.get("User") or "image default"
+    return f"config {config_digest(attrs)}: {mounts} mounts, user {user}, networks {networks}"
 
 
 @plugins.remediation(
-    "docker.scale", ScaleParams, effects=("docker.container.create", "docker.container.remove", "docker.service.scale")
+    "docker.scale",
+    ScaleParams,
+    effects={
+        "docker.container.create": CreateReplicaSpec,
+        "docker.container.remove": RemoveSpec,
+        "docker.service.scale": ServiceScaleSpec,
+    },
 )
 def scale(ctx: PlanContext, params: ScaleParams) -> list[Change]:
     """Set a service's replica count: a Swarm service through the service API, a compose service by
-    creating containers like the existing ones (next numbers) or removing the highest-numbered."""
+    creating containers exactly like the first one (next numbers) or removing the highest-numbered."""
     project = _project(ctx, params.project)
     swarm = ctx.docker.swarm_service(params.service)
     if swarm is not None:
@@ -128,7 +181,7 @@ def scale(ctx: PlanContext, params: ScaleParams) -> list[Change]:
                 summary=f"scale swarm service {params.service}: {current} -> {params.replicas} replicas",
                 before=current,
                 after=params.replicas,
-                spec={"service_id": swarm["ID"], "name": params.service, "replicas": params.replicas},
+                spec=ServiceScaleSpec(service_id=swarm["ID"], name=params.service, replicas=params.replicas),
             )
         ]
     containers = [a for a in _service_containers(ctx, project, params.service) if a["State"]["Status"] == "running"]
@@ -138,22 +191,26 @@ def scale(ctx: PlanContext, params: ScaleParams) -> list[Change]:
     changes = []
     if params.replicas > current:
         template = containers[0]
-        if any(template["HostConfig"].get("PortBindings") or {}):
+        if any((template.get("HostConfig") or {}).get("PortBindings") or {}):
             raise PlanError(f"service {params.service} publishes host ports; replicas would conflict")
-        image = ctx.docker.image(template["Image"]) or {"Config": {"Env": []}}
-        config = _replica_config(template, list(image["Config"].get("Env") or []))
         next_number = max(_number(a) for a in _service_containers(ctx, project, params.service)) + 1
         for number in range(next_number, next_number + params.replicas - current):
             name = f"{project}-{params.service}-{number}"
-            labels = {**config["labels"], NUMBER_LABEL: str(number)}
             changes.append(
                 Change(
                     effect="docker.container.create",
                     target=target,
-                    summary=f"create {name} like {_name(template)} (replicas {current} -> {params.replicas})",
+                    summary=f"create {name} like {_name(template)} ({_kept(template)};"
+                    f" replicas {current} -> {params.replicas})",
                     before=None,
                     after=name,
-                    spec={**config, "labels": labels, "name": name},
+                    spec=CreateReplicaSpec(
+                        template_id=template["Id"],
+                        name=name,
+                        number=number,
+                        config_digest=config_digest(template),
+                        wait_healthy=params.wait_healthy,
+                    ),
                 )
             )
     else:
@@ -165,10 +222,13 @@ def scale(ctx: PlanContext, params: ScaleParams) -> list[Change]:
                     summary=f"remove {_name(attrs)} (replicas {current} -> {params.replicas})",
                     before=_name(attrs),
                     after=None,
-                    spec={"id": attrs["Id"], "name": _name(attrs)},
+                    spec=RemoveSpec(id=attrs["Id"], name=_name(attrs)),
                 )
             )
     return changes
+
+
+# --- rollback -------------------------------------------------------------------------------------------------
 
 
 class RollbackParams(Target):
@@ -201,29 +261,35 @@ def _previous_image(ctx: PlanContext, attrs: dict[str, Any], tag: str) -> tuple[
     return (refs[0] if refs else str(best["Id"])), str(best["Id"])
 
 
-@plugins.remediation("docker.rollback", RollbackParams, effects=("docker.container.recreate",))
+@plugins.remediation("docker.rollback", RollbackParams, effects={"docker.container.recreate": RecreateSpec})
 def rollback(ctx: PlanContext, params: RollbackParams) -> list[Change]:
     """Recreate a service's containers from the previous image (the guide's `app:previous`), keeping
-    their environment, ports, networks, labels and limits; the image rolled back from is recorded."""
+    everything else of each container — environment, volumes (named and anonymous), binds, user, working
+    dir, ports, networks, labels, limits, capabilities — except what the old image itself gave it."""
     changes = []
     for attrs in _targets(ctx, params):
         name = _name(attrs)
+        host = attrs.get("HostConfig") or {}
+        if host.get("VolumesFrom"):
+            raise PlanError(f"{name} mounts volumes_from another container: not recreated (they would mount twice)")
+        if host.get("AutoRemove"):
+            raise PlanError(f"{name} was started with --rm: stopping it would delete it, so it cannot be put back")
         ref, image_id = _previous_image(ctx, attrs, params.previous_tag)
-        current_image = ctx.docker.image(attrs["Image"]) or {"Config": {"Env": []}}
-        config = _replica_config(attrs, list(current_image["Config"].get("Env") or []))
-        config["image"] = ref
-        config["ports"] = attrs["HostConfig"].get("PortBindings") or {}
-        # A command equal to the old image's default is the image's, not the container's: let the new image decide.
-        if config["command"] == current_image["Config"].get("Cmd"):
-            config["command"] = None
         changes.append(
             Change(
                 effect="docker.container.recreate",
                 target=f"container:{name}",
-                summary=f"recreate {name} from {ref} (was {attrs['Config']['Image']})",
+                summary=f"recreate {name} from {ref} (was {attrs['Config']['Image']}), keeping {_kept(attrs)}",
                 before={"image": attrs["Config"]["Image"], "image_id": attrs["Image"]},
                 after={"image": ref, "image_id": image_id},
-                spec={**config, "id": attrs["Id"], "name": name, "wait_healthy": params.wait_healthy},
+                spec=RecreateSpec(
+                    id=attrs["Id"],
+                    name=name,
+                    image=ref,
+                    image_id=image_id,
+                    config_digest=config_digest(attrs),
+                    wait_healthy=params.wait_healthy,
+                ),
             )
         )
     if not changes:

@@ -2,17 +2,44 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from agent.changes import Change
+from agent.changes import Change, EffectSpec
 from agent.context import PlanContext
 from agent.exceptions import PlanError
 from agent.plugins import PluginSet
 from agent.schema import Duration
 
 plugins = PluginSet("postgres")
+
+# What pg_dump's custom format (-Fc) starts with. Only such archives are restored: pg_restore runs SQL
+# against the database, never psql meta-commands (`\! id` in a plain .sql file runs a shell command).
+ARCHIVE_MAGIC = b"PGDMP"
+
+
+class TerminateSpec(EffectSpec):
+    dsn: SecretStr
+    pid: int
+    backend_start: str
+
+
+class DumpSpec(EffectSpec):
+    dsn: SecretStr
+    directory: str
+    database: str
+
+
+class RestoreSpec(EffectSpec):
+    """Restore `path`, which must still be the file approved: same size and SHA-256."""
+
+    dsn: SecretStr
+    path: str
+    size: int
+    sha256: str
 
 
 class _Params(BaseModel):
@@ -35,7 +62,9 @@ class TerminateIdleParams(_Params):
     max_sessions: int = Field(200, ge=1, description="Never end more than this many in one go.")
 
 
-@plugins.remediation("postgres.terminate_idle", TerminateIdleParams, effects=("postgres.backend.terminate",))
+@plugins.remediation(
+    "postgres.terminate_idle", TerminateIdleParams, effects={"postgres.backend.terminate": TerminateSpec}
+)
 def terminate_idle(ctx: PlanContext, params: TerminateIdleParams) -> list[Change]:
     """End sessions idle in a transaction for longer than N. Never the agent's own sessions; superusers'
     only when allowed. Each session is named by pid and start time, so a reused pid is never hit."""
@@ -61,7 +90,7 @@ def terminate_idle(ctx: PlanContext, params: TerminateIdleParams) -> list[Change
             summary=f"terminate pid {pid} ({user}, {app or 'no application_name'}, idle in transaction since {idle})",
             before="idle in transaction",
             after="terminated",
-            spec={"dsn": params.dsn, "pid": pid, "backend_start": started},
+            spec=TerminateSpec(dsn=SecretStr(params.dsn), pid=pid, backend_start=started),
         )
         for pid, user, app, started, _, idle in sessions
     ]
@@ -69,42 +98,73 @@ def terminate_idle(ctx: PlanContext, params: TerminateIdleParams) -> list[Change
 
 class RestoreParams(_Params):
     backup: str = Field(
-        description="Plain SQL backup to restore (pg_dump --clean --if-exists), the guide's db:restore."
+        description="A pg_dump custom-format archive (-Fc) in the backup directory (backup_dir, default"
+        " STATE_DIR/backups): its name there, or a path inside it. The guide's db:restore."
     )
-    dump_dir: str | None = Field(None, description="Where the pre-restore dump goes; default: STATE_DIR/backups.")
+
+
+def sha256_of(fd: int) -> tuple[int, str]:
+    """Size and SHA-256 of an open file, read from its start."""
+    digest, size = hashlib.sha256(), 0
+    os.lseek(fd, 0, os.SEEK_SET)
+    while chunk := os.read(fd, 1 << 20):
+        digest.update(chunk)
+        size += len(chunk)
+    return size, digest.hexdigest()
+
+
+def allowed_backup(directory: Path, backup: str) -> Path:
+    """The backup's real path, if it is a regular file inside the backup directory (after resolving
+    symlinks and `..`): a restore never reads a file from anywhere else."""
+    root = directory.resolve()
+    path = (root / backup).resolve()
+    if not path.is_relative_to(root) or path == root:
+        raise PlanError(f"backup {backup} is not inside the backup directory {root}")
+    if not path.is_file():
+        raise PlanError(f"backup {path} does not exist (or is not a file)")
+    return path
 
 
 @plugins.remediation(
     "postgres.restore",
     RestoreParams,
-    effects=("postgres.database.dump", "postgres.database.restore"),
+    effects={"postgres.database.dump": DumpSpec, "postgres.database.restore": RestoreSpec},
     manual_only=True,
 )
 def restore(ctx: PlanContext, params: RestoreParams) -> list[Change]:
-    """Restore the database from a backup file. Destructive: manual approval only, and the current
-    database is dumped first so the restore can itself be undone."""
-    backup = Path(params.backup)
-    if not backup.is_file():
-        raise PlanError(f"backup {backup} does not exist")
+    """Restore the database from a custom-format backup in the backup directory. Destructive: manual
+    approval only, bound to the file's SHA-256; the current database is dumped first, so the restore can
+    itself be undone."""
+    directory = ctx.settings.backups_path
+    path = allowed_backup(directory, params.backup)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if os.read(fd, len(ARCHIVE_MAGIC)) != ARCHIVE_MAGIC:
+            raise PlanError(
+                f"backup {path} is not a pg_dump custom-format archive (pg_dump -Fc): plain SQL can run psql"
+                " meta-commands such as \\!, so it is never restored"
+            )
+        size, sha256 = sha256_of(fd)
+    finally:
+        os.close(fd)
     target = database_key(ctx, params.dsn)
     db = target.rsplit("/", 1)[1]
-    # The time is filled in when the dump is made, so the plan (and its approval) stays the same until then.
-    dump = Path(params.dump_dir or ctx.settings.state_dir / "backups") / f"{db}-before-restore-{{time}}.sql"
+    dsn = SecretStr(params.dsn)
     return [
         Change(
             effect="postgres.database.dump",
             target=target,
-            summary=f"dump database {db} to {dump} before restoring",
+            summary=f"dump database {db} to {directory}/{db}-before-restore-<time>.dump before restoring",
             before=None,
-            after=str(dump),
-            spec={"dsn": params.dsn, "path": str(dump)},
+            after=str(directory),
+            spec=DumpSpec(dsn=dsn, directory=str(directory), database=db),
         ),
         Change(
             effect="postgres.database.restore",
             target=target,
-            summary=f"restore database {db} from {backup} ({backup.stat().st_size} bytes)",
-            before=str(dump),
-            after=str(backup),
-            spec={"dsn": params.dsn, "path": str(backup.resolve()), "size": backup.stat().st_size},
+            summary=f"restore database {db} from {path} ({size} bytes, sha256 {sha256[:16]})",
+            before=None,
+            after=str(path),
+            spec=RestoreSpec(dsn=dsn, path=str(path), size=size, sha256=sha256),
         ),
     ]

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from agent.changes import Change
+from agent.changes import Change, EffectSpec
 from agent.context import PlanContext
 from agent.plugins import PluginSet
 
 plugins = PluginSet("redis")
+
+
+class FlagSpec(EffectSpec):
+    url: SecretStr
+    key: str
+    field: str
 
 
 class QueueParams(BaseModel):
@@ -33,18 +39,18 @@ def _change(ctx: PlanContext, params: QueueParams, pause: bool) -> list[Change]:
             summary=f"{verb} queue {params.queue} ({key} {params.field})",
             before="paused" if paused else "running",
             after="paused" if pause else "running",
-            spec={"url": params.url, "key": key, "field": params.field},
+            spec=FlagSpec(url=SecretStr(params.url), key=key, field=params.field),
         )
     ]
 
 
-@plugins.remediation("redis.pause_queue", QueueParams, effects=("redis.queue.pause",))
+@plugins.remediation("redis.pause_queue", QueueParams, effects={"redis.queue.pause": FlagSpec})
 def pause_queue(ctx: PlanContext, params: QueueParams) -> list[Change]:
     """Pause a queue the way BullMQ does (its meta hash's `paused` field): jobs stay, workers stop taking them."""
     return _change(ctx, params, pause=True)
 
 
-@plugins.remediation("redis.resume_queue", QueueParams, effects=("redis.queue.resume",))
+@plugins.remediation("redis.resume_queue", QueueParams, effects={"redis.queue.resume": FlagSpec})
 def resume_queue(ctx: PlanContext, params: QueueParams) -> list[Change]:
     """Resume a paused queue."""
     return _change(ctx, params, pause=False)

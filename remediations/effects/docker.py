@@ -5,10 +5,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from agent.changes import Change
 from agent.context import ApplyContext
 from agent.exceptions import ApplyError
 from agent.plugins import EffectSet
+from remediations._container import Blueprint, blueprint, config_digest
+from remediations.docker import CreateReplicaSpec, RecreateSpec, RemoveSpec, RestartSpec, ServiceScaleSpec
 
 effects = EffectSet("docker")
 STOP_TIMEOUT = 10
@@ -35,89 +36,96 @@ def wait_running(container: Any, timeout: float) -> dict[str, Any]:
     )
 
 
-@effects.effect("docker.container.restart")
-def restart(ctx: ApplyContext, change: Change) -> dict[str, Any]:
-    container = ctx.clients.docker().containers.get(change.spec["id"])
+@effects.effect("docker.container.restart", RestartSpec)
+def restart(ctx: ApplyContext, spec: RestartSpec) -> dict[str, Any]:
+    container = ctx.clients.docker().containers.get(spec.id)
     container.restart(timeout=STOP_TIMEOUT)
-    return wait_running(container, change.spec["wait_healthy"])
+    return wait_running(container, spec.wait_healthy)
 
 
-def _ports(bindings: dict[str, Any]) -> dict[str, Any]:
-    ports: dict[str, Any] = {}
-    for port, binds in bindings.items():
-        pairs = [(b.get("HostIp") or "0.0.0.0", int(b["HostPort"])) for b in binds or [] if b.get("HostPort")]  # noqa: S104
-        ports[port] = pairs[0] if len(pairs) == 1 else pairs
-    return ports
+def _as_planned(client: Any, container_id: str, digest: str, name: str) -> dict[str, Any]:
+    """The container's inspect data now, if it is still what the plan (and its approval) saw."""
+    attrs: dict[str, Any] = client.api.inspect_container(container_id)
+    now = config_digest(attrs)
+    if now != digest:
+        raise ApplyError(f"{name} changed since the plan was made (config {now}, planned {digest}); run again")
+    return attrs
 
 
-def create_container(ctx: ApplyContext, spec: dict[str, Any]) -> Any:
-    """A container from a plan's spec (image, command, env, labels, networks with aliases, limits)."""
+def _create(client: Any, plan: Blueprint, name: str) -> Any:
+    created = client.api.create_container_from_config(plan.body, name=name)
+    for network, endpoint in plan.more_networks.items():
+        ipam = endpoint.get("IPAMConfig") or {}
+        client.api.connect_container_to_network(
+            created["Id"],
+            network,
+            aliases=endpoint.get("Aliases"),
+            ipv4_address=ipam.get("IPv4Address"),
+            ipv6_address=ipam.get("IPv6Address"),
+            link_local_ips=ipam.get("LinkLocalIPs"),
+            driver_opt=endpoint.get("DriverOpts"),
+        )
+    return client.containers.get(created["Id"])
+
+
+@effects.effect("docker.container.create", CreateReplicaSpec)
+def create(ctx: ApplyContext, spec: CreateReplicaSpec) -> dict[str, Any]:
     client = ctx.clients.docker()
-    networks = spec.get("networks") or {}
-    first = next(iter(networks), None)
-    kwargs: dict[str, Any] = {
-        "name": spec["name"],
-        "command": spec.get("command"),
-        "entrypoint": spec.get("entrypoint"),
-        "environment": spec.get("environment"),
-        "labels": spec.get("labels"),
-        "healthcheck": spec.get("healthcheck"),
-        "ports": _ports(spec.get("ports") or {}),
-        "detach": True,
-    }
-    if spec.get("restart_policy") and spec["restart_policy"].get("Name"):
-        kwargs["restart_policy"] = spec["restart_policy"]
-    if spec.get("mem_limit"):
-        kwargs["mem_limit"] = spec["mem_limit"]
-    if first is not None:
-        kwargs["network"] = first
-        kwargs["networking_config"] = {first: client.api.create_endpoint_config(aliases=networks[first] or None)}
-    container = client.containers.create(spec["image"], **kwargs)
-    for name, aliases in list(networks.items())[1:]:
-        client.networks.get(name).connect(container, aliases=aliases or None)
-    return container
+    template = _as_planned(client, spec.template_id, spec.config_digest, spec.name)
+    ref = template["Config"]["Image"]
+    # The template's very image: its reference if that still names it, else its id.
+    image = ref if client.api.inspect_image(ref)["Id"] == template["Image"] else template["Image"]
+    image_config = client.api.inspect_image(template["Image"])["Config"]
+    container = _create(
+        client, blueprint(template, image_config, image=image, replica=(spec.name, spec.number)), spec.name
+    )
+    try:
+        container.start()
+        result = wait_running(container, spec.wait_healthy)
+    except Exception:
+        container.remove(force=True, v=True)  # a replica that never came up: nothing of it is kept
+        raise
+    return {"created": container.name, "id": container.id[:12], **result}
 
 
-@effects.effect("docker.container.create")
-def create(ctx: ApplyContext, change: Change) -> dict[str, Any]:
-    container = create_container(ctx, change.spec)
-    container.start()
-    return {"created": container.name, "id": container.id[:12], **wait_running(container, 60)}
-
-
-@effects.effect("docker.container.remove")
-def remove(ctx: ApplyContext, change: Change) -> dict[str, Any]:
-    container = ctx.clients.docker().containers.get(change.spec["id"])
+@effects.effect("docker.container.remove", RemoveSpec)
+def remove(ctx: ApplyContext, spec: RemoveSpec) -> dict[str, Any]:
+    container = ctx.clients.docker().containers.get(spec.id)
     container.stop(timeout=STOP_TIMEOUT)
     container.remove()
-    return {"removed": change.spec["name"]}
+    return {"removed": spec.name}
 
 
-@effects.effect("docker.container.recreate")
-def recreate(ctx: ApplyContext, change: Change) -> dict[str, Any]:
-    """Replace a container by one from another image; if the new one does not come up, put the old back."""
+@effects.effect("docker.container.recreate", RecreateSpec)
+def recreate(ctx: ApplyContext, spec: RecreateSpec) -> dict[str, Any]:
+    """Replace a container by one from another image, built from the old one's full inspect data; if the
+    new one does not come up, the old one is put back."""
     client = ctx.clients.docker()
-    old = client.containers.get(change.spec["id"])
-    name = change.spec["name"]
+    attrs = _as_planned(client, spec.id, spec.config_digest, spec.name)
+    target = client.api.inspect_image(spec.image)
+    if target["Id"] != spec.image_id:
+        raise ApplyError(f"{spec.image} now names another image than the one planned; run again")
+    plan = blueprint(attrs, client.api.inspect_image(attrs["Image"])["Config"], image=spec.image)
+    old = client.containers.get(spec.id)
     old.stop(timeout=STOP_TIMEOUT)
-    old.rename(f"{name}-replaced-{int(time.time())}")
+    old.rename(f"{spec.name}-replaced-{int(time.time())}")
     new = None
     try:
-        new = create_container(ctx, change.spec)
+        new = _create(client, plan, spec.name)
         new.start()
-        result = wait_running(new, change.spec["wait_healthy"])
+        result = wait_running(new, spec.wait_healthy)
     except Exception:
         if new is not None:
-            new.remove(force=True)
-        old.rename(name)
+            new.remove(force=True)  # not v: the anonymous volumes are the old container's, kept
+        old.rename(spec.name)
         old.start()
         raise
-    old.remove()
-    return {"container": name, "id": new.id[:12], "image": change.spec["image"], **result}
+    old.remove()  # not v: its anonymous volumes now belong to the new container
+    return {"container": spec.name, "id": new.id[:12], "image": spec.image, **result}
 
 
-@effects.effect("docker.service.scale")
-def scale_service(ctx: ApplyContext, change: Change) -> dict[str, Any]:
-    service = ctx.clients.docker().services.get(change.spec["service_id"])
-    service.scale(change.spec["replicas"])
-    return {"service": change.spec["name"], "replicas": change.spec["replicas"]}
+@effects.effect("docker.service.scale", ServiceScaleSpec)
+def scale_service(ctx: ApplyContext, spec: ServiceScaleSpec) -> dict[str, Any]:
+    service = ctx.clients.docker().services.get(spec.service_id)
+    service.scale(spec.replicas)
+    return {"service": spec.name, "replicas": spec.replicas}

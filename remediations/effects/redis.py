@@ -4,20 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from agent.changes import Change
 from agent.context import ApplyContext
 from agent.plugins import EffectSet
+from remediations.redis import FlagSpec
 
 effects = EffectSet("redis")
 
 
-@effects.effect("redis.queue.pause")
-def pause(ctx: ApplyContext, change: Change) -> dict[str, Any]:
-    ctx.clients.redis(change.spec["url"]).hset(change.spec["key"], change.spec["field"], "1")
+@effects.effect("redis.queue.pause", FlagSpec)
+def pause(ctx: ApplyContext, spec: FlagSpec) -> dict[str, Any]:
+    ctx.clients.redis(spec.url.get_secret_value()).hset(spec.key, spec.field, "1")
     return {"paused": True}
 
 
-@effects.effect("redis.queue.resume")
-def resume(ctx: ApplyContext, change: Change) -> dict[str, Any]:
-    ctx.clients.redis(change.spec["url"]).hdel(change.spec["key"], change.spec["field"])
+@effects.effect("redis.queue.resume", FlagSpec)
+def resume(ctx: ApplyContext, spec: FlagSpec) -> dict[str, Any]:
+    ctx.clients.redis(spec.url.get_secret_value()).hdel(spec.key, spec.field)
     return {"paused": False}

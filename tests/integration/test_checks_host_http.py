@@ -31,7 +31,11 @@ def test_cpu_is_sampled_under_real_load(probe) -> None:
     burner = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time() + 5\nwhile time.time() < t: pass"])
     try:
         result = probe("host.cpu", sample="1s", warn_pct=20, crit_pct=99)
-        assert result.status is Status.WARNING and result.metrics["cpu_pct"] >= 20
+        # What holds on an idle machine and a busy one alike: the load shows, and is judged by the
+        # thresholds (on a machine already busy the reading may reach 100%, CRITICAL).
+        assert result.metrics["cpu_pct"] >= 20
+        expected = Status.CRITICAL if result.metrics["cpu_pct"] >= 99 else Status.WARNING
+        assert result.status is expected
     finally:
         burner.kill()
         burner.wait()

@@ -56,3 +56,20 @@ def test_long_query(probe) -> None:
     finally:
         sleeper.join(10)
         conn.close()
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "CREATE TABLE rbtest_written (id int)",
+        "COMMIT; CREATE TABLE rbtest_written (id int)",
+        "SET default_transaction_read_only = off; CREATE TABLE rbtest_written (id int)",
+    ],
+)
+def test_a_check_never_writes(probe, sql: str) -> None:
+    # A dry run once ran CREATE TABLE through postgres.query: checks now read in read-only transactions,
+    # one statement each.
+    result = probe("postgres.query", dsn=DSN, sql=sql)
+    assert (result.status, result.code) == (Status.CRITICAL, "db_query_failed")
+    with psycopg.connect(DSN) as conn:
+        assert conn.execute("SELECT to_regclass('rbtest_written')").fetchone() == (None,)

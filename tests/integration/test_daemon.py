@@ -25,7 +25,8 @@ from sandbox import faults, stack
 from tests.integration.conftest import REPO
 
 pytestmark = pytest.mark.integration
-TOKEN = "example-token"
+TOKEN = "example-token"  # the intake token, as in the reference deliveries
+DECIDER = "alice-decision-token"  # alice's decision credential: reads runs, approves
 # Real deliveries of Alertmanager 0.25 (copied from the reference material): contract fixtures.
 FIXTURES = REPO / "tests" / "fixtures" / "alertmanager-webhooks.jsonl"
 
@@ -37,17 +38,25 @@ def free_port() -> int:
 
 
 class Daemon:
-    def __init__(self, env: dict[str, str], runbooks: Path, *extra: str) -> None:
-        self.env, self.runbooks, self.extra = env, runbooks, extra
+    def __init__(self, env: dict[str, str], runbooks: Path, *extra: str, preexec: Any = None) -> None:
+        self.env, self.runbooks, self.extra, self.preexec = env, runbooks, extra, preexec
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[str] | None = None
-        self.client = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
+        # Alerts come with the intake token; reads and decisions with a person's credential.
+        self.intake = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
+        self.client = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {DECIDER}"}, timeout=60)
 
     def start(self) -> Daemon:
         argv = [sys.executable, "-m", "agent.cli", "daemon", "--port", str(self.port), "--runbooks", str(self.runbooks)]
         self.proc = subprocess.Popen(
-            [*argv, *self.extra], env=self.env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            [*argv, *self.extra],
+            env=self.env,
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            preexec_fn=self.preexec,
         )
         assert faults.wait_for(self._up, timeout=30), self.proc.stdout.read() if self.proc.poll() is not None else ""
         return self
@@ -68,7 +77,7 @@ class Daemon:
                 self.proc.wait()
 
     def alert(self, name: str, labels: dict[str, str] | None = None, **extra: Any) -> dict[str, Any]:
-        response = self.client.post("/v1/alerts", json={"name": name, "labels": labels or {}, **extra})
+        response = self.intake.post("/v1/alerts", json={"name": name, "labels": labels or {}, **extra})
         assert response.status_code == 202, response.text
         return response.json()["results"][0]
 
@@ -87,8 +96,10 @@ class Daemon:
 
 
 @pytest.fixture
-def daemon_env(agent_env: dict[str, str]) -> dict[str, str]:
-    return {**agent_env, "RUNBOOK_API_TOKEN": TOKEN}
+def daemon_env(agent_env: dict[str, str], tmp_path: Path) -> dict[str, str]:
+    people = tmp_path / "decision-tokens"
+    people.write_text(f"alice: {DECIDER}\n")
+    return {**agent_env, "RUNBOOK_API_TOKEN": TOKEN, "RUNBOOK_DECISION_TOKENS_FILE": str(people)}
 
 
 @pytest.fixture
@@ -133,18 +144,19 @@ def test_refusals_carry_a_reason_and_start_nothing(dc, daemon: Daemon) -> None:
     assert httpx.post(daemon.url + "/v1/alerts", json=body).status_code == 401
     wrong = httpx.post(daemon.url + "/v1/alerts", json=body, headers={"Authorization": "Bearer wrong-token-123"})
     assert (wrong.status_code, wrong.json()["detail"]) == (401, "invalid bearer token")
-    big = daemon.client.post(
-        "/v1/alerts", content=b"{" + b" " * 2_000_000 + b"}", headers={"Content-Type": "application/json"}
+    big = daemon.intake.post(
+        "/v1/alerts", content=b"{" + b" " * 17_000_000 + b"}", headers={"Content-Type": "application/json"}
     )
-    assert (big.status_code, big.json()["detail"]) == (413, "request body over the size limit")
-    bad = daemon.client.post("/v1/alerts", content=b"{not json", headers={"Content-Type": "application/json"})
+    assert (big.status_code, big.json()["detail"]) == (413, "request body over the size limit (16777216 bytes)")
+    bad = daemon.intake.post("/v1/alerts", content=b"{not json", headers={"Content-Type": "application/json"})
     assert bad.status_code == 422 and bad.json()["detail"]
-    missing = daemon.client.post("/v1/alerts/alertmanager", json={"receiver": "x", "alerts": []})
-    assert missing.status_code == 422 and "status" in json.dumps(missing.json()["detail"])
+    missing = daemon.intake.post("/v1/alerts/alertmanager", json={"receiver": "x", "alerts": []})
+    assert missing.status_code == 422 and "status" in missing.json()["detail"]
     assert len(daemon.runs()) == before
     assert daemon.client.get("/v1/runs/nope").status_code == 404
-    metrics = httpx.get(daemon.url + "/metrics").text
-    assert 'runbook_requests_rejected_total{reason="unauthenticated"} 2.0' in metrics
+    assert httpx.get(daemon.url + "/metrics").status_code == 401
+    metrics = daemon.client.get("/metrics").text
+    assert 'runbook_requests_rejected_total{reason="unauthenticated"} 3.0' in metrics
     assert TOKEN not in (daemon.stop() or daemon.proc.stdout.read())
 
 
@@ -160,18 +172,20 @@ def test_hmac_signatures_and_replay_window(dc, daemon_env: dict[str, str]) -> No
                 "X-Runbook-Signature": f"sha256={signature}",
                 "Content-Type": "application/json",
             }
-            return d.client.post("/v1/alerts", content=body, headers=headers)
+            return d.intake.post("/v1/alerts", content=body, headers=headers)
 
         def sign(stamp: str) -> str:
-            return hmac.new(secret.encode(), stamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+            message = f"{stamp}.POST./v1/alerts.".encode() + body
+            return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
 
         now = str(int(time.time()))
-        assert d.client.post("/v1/alerts", content=body).status_code == 403
+        assert d.intake.post("/v1/alerts", content=body).status_code == 403
         assert post(now, "0" * 64).status_code == 403
         old = str(int(time.time()) - 3600)
         assert post(old, sign(old)).json()["detail"] == "timestamp outside the replay window"
         accepted = post(now, sign(now))
         assert accepted.status_code == 202 and accepted.json()["results"][0]["outcome"] == "no_runbook"
+        assert post(now, sign(now)).status_code == 403  # the same signed request again: a replay
     finally:
         d.stop()
 
@@ -183,27 +197,41 @@ def test_hostile_label_values_stay_data(dc, daemon: Daemon, tmp_path: Path) -> N
     victim = Path("/tmp/runbook-victim")
     victim.mkdir(exist_ok=True)
     Path("/tmp/runbook-pwned").unlink(missing_ok=True)
-    for value in HOSTILE:
-        result = daemon.alert("AppDown", {"service": value, "instance": value}, annotations={"summary": value})
-        assert result["outcome"] == "run_started"
+    for i, value in enumerate(HOSTILE):
+        # Outside text in labels no runbook maps, and in annotations: carried along, never acted on.
+        result = daemon.alert(
+            "AppDown", {"service": "app", "instance": value}, annotations={"summary": value}, fingerprint=f"h{i}"
+        )
+        assert result["outcome"] in ("run_started", "deduplicated")
         run = daemon.wait_run(result["run_id"])
-        assert run["params"] == {"app_service": value}
-        report = run["report"]
-        container = next(c for c in report["checks"] if c["id"] == "container")
-        assert container["code"] == "container_missing" and value in container["summary"]
-        assert not any(r["applied"] for r in report["remediations"])
+        assert run["params"] == {"app_service": "app"}
+        # In the label that names the target, it matches no trigger (app-down is the app's runbook).
+        assert daemon.alert("AppDown", {"service": value})["outcome"] == "no_runbook"
     assert not Path("/tmp/runbook-pwned").exists() and victim.exists()
+
+
+def test_an_alert_cannot_choose_another_container(dc, daemon: Daemon) -> None:
+    # Before: app-down matched AppDown alone and mapped `service` into an automatic restart, so
+    # `service: db` planned `restart container sandbox-db-1`.
+    db = dc.containers.get(stack.container_name("db"))
+    started = db.attrs["State"]["StartedAt"]
+    result = daemon.alert("AppDown", {"service": "db"})
+    assert result["outcome"] == "no_runbook"
+    runs = [r for r in daemon.runs() if r["runbook"] == "app-down"]
+    assert all(r["params"].get("app_service", "app") == "app" for r in runs)
+    db.reload()
+    assert db.attrs["State"]["StartedAt"] == started
 
 
 def test_replays_copies_and_big_payloads_start_one_run(dc, daemon: Daemon) -> None:
     payload = json.loads(FIXTURES.read_text().splitlines()[0])["body"]
-    first = daemon.client.post("/v1/alerts/alertmanager", json=payload).json()["results"][0]
+    first = daemon.intake.post("/v1/alerts/alertmanager", json=payload).json()["results"][0]
     assert first["outcome"] == "run_started"
     # Alertmanager re-sends a group every group_interval; an HA pair delivers it two or three times.
     replies: list[int] = []
     threads = [
         threading.Thread(
-            target=lambda: replies.append(daemon.client.post("/v1/alerts/alertmanager", json=payload).status_code)
+            target=lambda: replies.append(daemon.intake.post("/v1/alerts/alertmanager", json=payload).status_code)
         )
         for _ in range(3)
     ]
@@ -223,7 +251,7 @@ def test_replays_copies_and_big_payloads_start_one_run(dc, daemon: Daemon) -> No
             for i in range(1000)
         ],
     }
-    response = daemon.client.post("/v1/alerts/alertmanager", json=big)
+    response = daemon.intake.post("/v1/alerts/alertmanager", json=big)
     assert response.status_code == 202
     assert {r["outcome"] for r in response.json()["results"]} == {"deduplicated"}
     assert [r["run_id"] for r in daemon.runs() if r["runbook"] == "email-queue"] == [first["run_id"]]
@@ -241,7 +269,7 @@ def test_alert_flood_for_a_failing_target_remediates_once(dc, daemon: Daemon, re
         for i in range(1000)
     ]
     body = {"status": "firing", "receiver": "runbook", "alerts": alerts}
-    statuses = [daemon.client.post("/v1/alerts/alertmanager", json=body).status_code for _ in range(10)]
+    statuses = [daemon.intake.post("/v1/alerts/alertmanager", json=body).status_code for _ in range(10)]
     assert statuses == [202] * 10
     runs = [r for r in daemon.runs() if r["runbook"] == "app-down" and r["created"] >= since]
     assert len(runs) == 1
@@ -250,7 +278,7 @@ def test_alert_flood_for_a_failing_target_remediates_once(dc, daemon: Daemon, re
     from tests.integration.conftest import starts
 
     assert starts(dc, "sandbox-app-1", since) == 1
-    assert "runbook_alerts_deduplicated_total 9999.0" in httpx.get(daemon.url + "/metrics").text
+    assert "runbook_alerts_deduplicated_total 9999.0" in daemon.client.get("/metrics").text
 
 
 def test_real_alertmanager_delivers_and_the_runbook_fixes(dc, daemon: Daemon, tmp_path: Path, restore) -> None:
@@ -424,14 +452,14 @@ def test_pending_approval_over_the_api_and_the_cli(dc, daemon_env: dict[str, str
         run = d.wait_run(d.alert("ProviderDown")["run_id"])
         assert run["report"]["remediations"][0]["decision"] == "pending"
         (pending,) = run["pending"]
-        stale = d.client.post(f"/v1/runs/{run['run_id']}/approve", json={"approver": "alice", "fingerprint": "0" * 16})
+        stale = d.client.post(f"/v1/runs/{run['run_id']}/approve", json={"fingerprint": "0" * 16})
         assert stale.status_code == 409 and "pending plan is" in stale.json()["detail"]
-        ok = d.client.post(
-            f"/v1/runs/{run['run_id']}/approve", json={"approver": "alice", "fingerprint": pending["fingerprint"]}
-        )
+        as_intake = d.intake.post(f"/v1/runs/{run['run_id']}/approve", json={"fingerprint": pending["fingerprint"]})
+        assert as_intake.status_code == 403  # the alert sender's token cannot decide
+        ok = d.client.post(f"/v1/runs/{run['run_id']}/approve", json={"fingerprint": pending["fingerprint"]})
         assert ok.status_code == 200 and ok.json()["decision"] == "applied", ok.text
         assert ok.json()["approver"] == "api:alice" and client.hget("bull:rbtest-manual:meta", "paused") == "1"
-        again = d.client.post(f"/v1/runs/{run['run_id']}/approve", json={"approver": "alice"})
+        again = d.client.post(f"/v1/runs/{run['run_id']}/approve", json={})
         assert again.status_code == 404  # decided once only
 
         # The same from a terminal on the host, against the same state store while the daemon runs.
@@ -489,7 +517,8 @@ def test_scheduled_sweeps_run_on_their_own(dc, daemon_env: dict[str, str], tmp_p
 
 def test_schemathesis_finds_no_server_error(dc, daemon_env: dict[str, str], tmp_path: Path) -> None:
     # A dry-run daemon with a harmless runbook: generated alerts may start runs, never changes.
-    d = Daemon(daemon_env, write_runbooks(tmp_path, HARMLESS.replace("schedule: {every: 2s}", "")), "--dry-run").start()
+    runbooks = write_runbooks(tmp_path, HARMLESS.replace("schedule: {every: 2s}", ""))
+    d = Daemon(daemon_env, runbooks, "--dry-run", "--public-metrics").start()
     try:
         result = subprocess.run(
             [
@@ -533,3 +562,114 @@ def test_daemon_refuses_to_start_without_a_token(daemon_env: dict[str, str]) -> 
         timeout=30,
     )
     assert result.returncode == 2 and "needs an API token" in result.stderr
+
+
+def test_a_dry_run_daemon_never_applies_an_approval(dc, daemon_env: dict[str, str], tmp_path: Path) -> None:
+    import redis as redis_lib
+
+    client = redis_lib.Redis.from_url(stack.AGENT_ENV["REDIS_URL"], decode_responses=True)
+    client.delete("bull:rbtest-manual:meta")
+    runbooks = write_runbooks(tmp_path, MANUAL)
+    # A live run from a terminal leaves a pending approval in the state both share.
+    live = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "run", "manual-pause", "--json", "--runbooks", str(runbooks)],
+        env=daemon_env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    report = json.loads(live.stdout)
+    assert report["remediations"][0]["decision"] == "pending"
+    d = Daemon(daemon_env, runbooks, "--dry-run").start()
+    try:
+        answer = d.client.post(f"/v1/runs/{report['run_id']}/approve", json={})
+        assert answer.status_code == 409 and "dry-run mode" in answer.json()["detail"], answer.text
+        assert client.hget("bull:rbtest-manual:meta", "paused") is None
+        assert d.client.get(f"/v1/runs/{report['run_id']}").json()["pending"]  # still waiting for a live agent
+        audit = (Path(daemon_env["RUNBOOK_STATE_DIR"]) / "audit.jsonl").read_text()
+        assert '"event":"apply_started"' not in audit
+    finally:
+        d.stop()
+        client.delete("bull:rbtest-manual:meta")
+
+
+def test_a_storm_group_of_ten_thousand_is_taken_inside_alertmanagers_timeout(dc, daemon: Daemon) -> None:
+    payload = json.loads(FIXTURES.read_text().splitlines()[0])["body"]
+    alerts = [
+        {
+            **payload["alerts"][0],
+            "fingerprint": f"storm{i:05d}",
+            "labels": {**payload["alerts"][0]["labels"], "n": str(i)},
+        }
+        for i in range(10_000)
+    ]
+    body = json.dumps({**payload, "alerts": alerts}).encode()
+    assert len(body) > 1_048_576  # over the old limit, which answered 413 (never retried)
+    # Alertmanager's webhook timeout is 10 s: a sender that waits no longer must get its 202.
+    sender = httpx.Client(base_url=daemon.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
+    response = sender.post("/v1/alerts/alertmanager", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 202
+    outcomes = [r["outcome"] for r in response.json()["results"]]
+    assert outcomes.count("run_started") == 1 and outcomes.count("deduplicated") == 9_999
+
+
+def test_slow_connections_do_not_starve_the_daemon(dc, daemon_env: dict[str, str]) -> None:
+    import resource
+
+    def low_fd_limit() -> None:  # as on a default system: 1024 descriptors
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024))
+
+    d = Daemon(daemon_env, REPO / "runbooks", "--request-timeout", "5", preexec=low_fd_limit).start()
+    slow: list[socket.socket] = []
+    try:
+        # 1,100 connections that send half a request and then nothing (bounded: count and ~20 s).
+        for _ in range(1100):
+            s = socket.create_connection(("127.0.0.1", d.port), timeout=5)
+            s.sendall(b"POST /v1/alerts HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            slow.append(s)
+        answered = []
+        for _ in range(5):
+            started = time.monotonic()
+            answered.append(httpx.get(d.url + "/healthz", timeout=10).status_code)
+            time.sleep(max(0.0, 1 - (time.monotonic() - started)))
+        assert answered == [200] * 5
+    finally:
+        for s in slow:
+            s.close()
+        d.stop()
+    output = d.proc.stdout.read() if d.proc.stdout else ""
+    # A refused or closed connection is logged once a minute, not once per attempt (was: 168 MB).
+    assert len(output.splitlines()) < 50, output[-2000:]
+
+
+def test_a_torn_audit_log_answers_503_until_repaired(dc, daemon_env: dict[str, str], tmp_path: Path) -> None:
+    d = Daemon(daemon_env, write_runbooks(tmp_path, HARMLESS.replace("schedule: {every: 2s}", ""))).start()
+    audit = Path(daemon_env["RUNBOOK_STATE_DIR"]) / "audit.jsonl"
+    try:
+        assert d.alert("Harmless")["outcome"] == "run_started"
+        with open(audit, "ab") as fh:
+            fh.write(b'{"seq":999999,"event":"che')  # the disk filled mid-write
+        refused = d.intake.post("/v1/alerts", json={"name": "Harmless", "fingerprint": "after-tear"})
+        # Alertmanager retries a 5xx, never a 4xx; and the log's path is not the sender's business.
+        assert refused.status_code == 503 and str(audit) not in refused.text
+        assert httpx.get(d.url + "/readyz").status_code == 503
+        repaired = subprocess.run(
+            [sys.executable, "-m", "agent.cli", "audit", "repair"],
+            env=daemon_env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+        )
+        assert repaired.returncode == 0 and "removed a torn tail of 26 bytes" in repaired.stdout, repaired.stderr
+        assert httpx.get(d.url + "/readyz").status_code == 200
+        assert d.intake.post("/v1/alerts", json={"name": "Harmless", "fingerprint": "after-repair"}).status_code == 202
+        verified = subprocess.run(
+            [sys.executable, "-m", "agent.cli", "audit", "verify"],
+            env=daemon_env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+        )
+        assert verified.returncode == 0, verified.stderr
+    finally:
+        d.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import sys
 import textwrap
@@ -29,7 +30,7 @@ def run(agent_env: dict[str, str], runbooks: Path, runbook_id: str, *args: str) 
 
 def write_runbook(tmp_path: Path, text: str) -> Path:
     directory = tmp_path / "runbooks"
-    directory.mkdir(exist_ok=True)
+    directory.mkdir(parents=True, exist_ok=True)
     (directory / f"rb{len(list(directory.iterdir()))}.yaml").write_text(textwrap.dedent(text))
     return directory
 
@@ -54,53 +55,119 @@ remediations:
 """
 
 
-def test_postgres_restore_is_manual_only_and_dumps_first(dc, agent_env, tmp_path: Path) -> None:
+def _pg_dump(path: Path, *args: str) -> None:
+    env = {**os.environ, "PGPASSWORD": stack.AGENT_PASSWORD}
+    where = ["-h", "127.0.0.1", "-p", str(stack.PORTS["db"]), "-U", "runbook"]
+    subprocess.run(["pg_dump", *args, "--no-owner", *where, "-f", str(path), "app"], env=env, check=True)
+
+
+@pytest.fixture
+def orders():
     with psycopg.connect(DSN, autocommit=True) as conn:
         conn.execute("DROP TABLE IF EXISTS rbtest_orders")
         conn.execute("CREATE TABLE rbtest_orders (id int PRIMARY KEY, item text)")
         conn.execute("INSERT INTO rbtest_orders VALUES (1, 'good-1'), (2, 'good-2'), (3, 'good-3')")
-    backup = tmp_path / "backup.sql"
-    env = {**os.environ, "PGPASSWORD": stack.AGENT_PASSWORD}
-    subprocess.run(
-        [
-            "pg_dump",
-            "--clean",
-            "--if-exists",
-            "--no-owner",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(stack.PORTS["db"]),
-            "-U",
-            "runbook",
-            "-f",
-            str(backup),
-            "app",
-        ],
-        env=env,
-        check=True,
-    )
+    yield
+    with psycopg.connect(DSN, autocommit=True) as conn:
+        conn.execute("DROP TABLE IF EXISTS rbtest_orders")
+
+
+def _corrupt() -> None:
     with psycopg.connect(DSN, autocommit=True) as conn:
         conn.execute("DELETE FROM rbtest_orders")
         conn.execute("INSERT INTO rbtest_orders VALUES (99, 'corrupted')")
-    runbooks = write_runbook(tmp_path, RESTORE.format(backup=backup))
-    try:
-        # `approval: auto` in the runbook does not make a destructive remediation automatic.
-        code, report = run(agent_env, runbooks, "restore-db")
-        assert report["remediations"][0]["decision"] == "pending"
-        code, report = run(agent_env, runbooks, "restore-db", "--yes")
+
+
+def _items() -> list[str]:
+    with psycopg.connect(DSN) as conn:
+        return [r[0] for r in conn.execute("SELECT item FROM rbtest_orders ORDER BY id").fetchall()]
+
+
+def test_postgres_restore_is_manual_only_and_dumps_first(dc, agent_env, tmp_path: Path, orders) -> None:
+    backups = Path(agent_env["RUNBOOK_STATE_DIR"]) / "backups"
+    backups.mkdir(parents=True)
+    _pg_dump(backups / "good.dump", "--format=custom")
+    _corrupt()
+    runbooks = write_runbook(tmp_path, RESTORE.format(backup="good.dump"))
+    # `approval: auto` in the runbook does not make a destructive remediation automatic.
+    code, report = run(agent_env, runbooks, "restore-db")
+    assert report["remediations"][0]["decision"] == "pending"
+    assert "sha256" in report["remediations"][0]["plan"]["changes"][1]["summary"]
+    code, report = run(agent_env, runbooks, "restore-db", "--yes")
+    rem = report["remediations"][0]
+    assert (rem["decision"], rem["outcome"], code) == ("applied", "applied", 0), rem
+    assert _items() == ["good-1", "good-2", "good-3"]
+    dump = Path(rem["results"][0]["dump"])
+    assert dump.parent == backups and dump.read_bytes().startswith(b"PGDMP")
+    assert stat.S_IMODE(dump.stat().st_mode) == 0o600 and stat.S_IMODE(backups.stat().st_mode) == 0o700
+    listing = subprocess.run(["pg_restore", "--data-only", "-f", "-", str(dump)], capture_output=True, text=True)
+    assert "corrupted" in listing.stdout  # the state before the restore is kept
+    assert stack.AGENT_PASSWORD not in json.dumps(report)
+
+
+def test_restore_never_runs_psql_meta_commands_nor_reads_outside_its_directory(
+    dc, agent_env, tmp_path: Path, orders
+) -> None:
+    backups = Path(agent_env["RUNBOOK_STATE_DIR"]) / "backups"
+    backups.mkdir(parents=True)
+    pwned = tmp_path / "pwned"
+    # A plain SQL backup carrying a psql shell escape: once, `\! id` ran as the agent's user.
+    (backups / "evil.sql").write_text(f"\\! touch {pwned}\nSELECT 1;\n")
+    outside = tmp_path / "outside.dump"
+    _pg_dump(outside, "--format=custom")
+    (backups / "link.dump").symlink_to(outside)
+    _corrupt()
+    for i, (backup, reason) in enumerate(
+        [
+            ("evil.sql", "not a pg_dump custom-format archive"),
+            (str(outside), "not inside the backup directory"),
+            ("../outside.dump", "not inside the backup directory"),
+            ("link.dump", "not inside the backup directory"),
+        ]
+    ):
+        runbooks = write_runbook(tmp_path / str(i), RESTORE.format(backup=backup))
+        _, report = run(agent_env, runbooks, "restore-db", "--yes")
         rem = report["remediations"][0]
-        assert (rem["decision"], rem["outcome"], code) == ("applied", "applied", 0), rem
-        with psycopg.connect(DSN) as conn:
-            rows = conn.execute("SELECT item FROM rbtest_orders ORDER BY id").fetchall()
-        assert [r[0] for r in rows] == ["good-1", "good-2", "good-3"]
-        dump = Path(rem["results"][0]["dump"])
-        assert dump.parent == Path(agent_env["RUNBOOK_STATE_DIR"]) / "backups"
-        assert "corrupted" in dump.read_text()  # the state before the restore is kept
-        assert stack.AGENT_PASSWORD not in json.dumps(report)
-    finally:
-        with psycopg.connect(DSN, autocommit=True) as conn:
-            conn.execute("DROP TABLE IF EXISTS rbtest_orders")
+        assert rem["decision"] == "plan_failed" and reason in rem["decision_reason"], rem
+    assert not pwned.exists() and _items() == ["corrupted"]
+
+
+def test_restore_is_bound_to_the_approved_file(dc, agent_env, tmp_path: Path, orders) -> None:
+    backups = Path(agent_env["RUNBOOK_STATE_DIR"]) / "backups"
+    backups.mkdir(parents=True)
+    _pg_dump(backups / "good.dump", "--format=custom")
+    runbooks = write_runbook(tmp_path, RESTORE.format(backup="good.dump"))
+    _, report = run(agent_env, runbooks, "restore-db")
+    run_id, planned = report["run_id"], report["remediations"][0]["plan"]["fingerprint"]
+    _corrupt()
+    _pg_dump(backups / "good.dump", "--format=custom")  # the file approved is replaced (now holds "corrupted")
+    approve = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "approve", run_id, "--plan", planned, "--runbooks", str(runbooks)],
+        env=agent_env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert approve.returncode == 1 and "plan changed" in approve.stderr, approve.stdout + approve.stderr
+    assert _items() == ["corrupted"]
+
+
+def test_restore_effect_checks_the_file_again_before_it_reads_it(dc, tmp_path: Path, orders) -> None:
+    from pydantic import SecretStr
+
+    from agent.config import Settings
+    from agent.context import ApplyContext, RunClients
+    from agent.exceptions import ApplyError
+    from remediations.effects.postgres import restore
+    from remediations.postgres import RestoreSpec
+
+    backup = tmp_path / "b.dump"
+    _pg_dump(backup, "--format=custom")
+    spec = RestoreSpec(dsn=SecretStr(DSN), path=str(backup), size=backup.stat().st_size, sha256="0" * 64)
+    _corrupt()
+    with pytest.raises(ApplyError, match="changed since it was approved"):
+        restore(ApplyContext(RunClients(Settings(state_dir=tmp_path))), spec)
+    assert _items() == ["corrupted"]
 
 
 QUEUE = """

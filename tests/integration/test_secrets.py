@@ -33,9 +33,23 @@ def test_password_never_appears_in_any_output(dc, agent_env, unique_role, tmp_pa
     # The same password on a closed port: the error path must not leak it either.
     bad = f"postgresql://{role}:{password}@127.0.0.1:1/app"
     outputs = []
-    for dsn, extra in [(good, []), (good, ["--json"]), (bad, []), (bad, ["--json"]), (good, ["--param", f"dsn={bad}"])]:
+    param_file = tmp_path / "params"
+    param_file.write_text(f"dsn={bad}\n")
+    cases = [
+        (good, []),
+        (good, ["--json"]),
+        (bad, []),
+        (bad, ["--json"]),
+        (good, ["--param", f"dsn={bad}"]),
+        (good, ["--param-file", str(param_file)]),
+        (bad, ["--verbose"]),
+    ]
+    for dsn, extra in cases:
         env = {**agent_env, "DATABASE_URL": dsn}
+        verbose = ["--verbose"] if "--verbose" in extra else []
+        extra = [e for e in extra if e != "--verbose"]
         for args in (["run", "db-connection", *extra], ["show", "db-connection"], ["run", "no-such-runbook"]):
+            args = [*verbose, *args]
             result = subprocess.run(
                 [sys.executable, "-m", "agent.cli", *args],
                 env=env,
@@ -59,5 +73,14 @@ def test_password_never_appears_in_any_output(dc, agent_env, unique_role, tmp_pa
     audit = Path(agent_env["RUNBOOK_STATE_DIR"]) / "audit.jsonl"
     outputs.append(audit.read_text())
     assert "run_started" in outputs[-1] and "***" in outputs[-1]
+    # Nor in the state (secret overrides are never stored), nor in `runbook runs --json`.
+    for name in ("state.sqlite3", "state.sqlite3-wal"):
+        stored = Path(agent_env["RUNBOOK_STATE_DIR"]) / name
+        if stored.exists():
+            outputs.append(stored.read_bytes().decode("latin-1"))
+    runs = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "runs", "--json"], env=agent_env, cwd=REPO, capture_output=True, text=True
+    )
+    outputs.append(runs.stdout)
     leaks = [o for o in outputs if password in o]
     assert not leaks, leaks[0][:500]

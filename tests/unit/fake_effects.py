@@ -2,20 +2,37 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
+from agent.changes import EffectSpec
 from agent.plugins import EffectSet
 
 effects = EffectSet("fake")
 applied: list[str] = []
 HEALTH = {"value": "CRITICAL"}  # what the fake health check reports; a healing fix sets it OK
+DURING: list[Any] = []  # called while an effect runs (to look at the world mid-apply)
 
 
-@effects.effect("fake.thing.fix")
-def fix(ctx: Any, change: Any) -> dict[str, Any]:
-    applied.append(change.target)
-    if change.spec.get("fail"):
+class FixSpec(EffectSpec):
+    target: str
+    fail: bool = False
+    heals: bool = False
+    sleep: float = 0.0
+
+
+class OtherSpec(EffectSpec):
+    something: str = "else"
+
+
+@effects.effect("fake.thing.fix", FixSpec)
+def fix(ctx: Any, spec: FixSpec) -> dict[str, Any]:
+    applied.append(spec.target)
+    for call in DURING:
+        call()
+    time.sleep(spec.sleep)
+    if spec.fail:
         raise RuntimeError("effect failed")
-    if change.spec.get("heals"):
+    if spec.heals:
         HEALTH["value"] = "OK"
-    return {"fixed": change.target}
+    return {"fixed": spec.target}

@@ -2,11 +2,13 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
+import stat
 from pathlib import Path
 
 import pytest
 
-from agent.audit import AuditLog, read_records, verify
+from agent.audit import AuditLog, read_records, repair, verify
 from agent.exceptions import AuditError
 from agent.redaction import Redactor
 
@@ -91,3 +93,60 @@ def test_unwritable_log_raises_audit_error(tmp_path: Path) -> None:
     log = AuditLog(blocker / "audit.jsonl", Redactor())
     with pytest.raises(AuditError, match="cannot write audit log"):
         log.record("run_started")
+
+
+def test_a_torn_tail_fails_closed_until_repaired(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    write(path, 3)
+    with open(path, "ab") as fh:
+        fh.write(b'{"seq":4,"event":"check_res')  # the disk filled mid-write
+    log = AuditLog(path, Redactor())
+    assert log.problem() is not None
+    with pytest.raises(AuditError, match="audit repair"):
+        log.record("check_result")
+    result = repair(path, "oncall@host")
+    assert result.removed_bytes == 27 and result.saved_to is not None
+    assert result.saved_to.read_bytes() == b'{"seq":4,"event":"check_res'  # kept, not thrown away
+    assert log.problem() is None
+    log.record("check_result", i=5)
+    verified = verify(path)
+    assert verified.ok and verified.records == 5
+    sealed = list(read_records(path))[3]
+    assert (sealed["event"], sealed["removed_bytes"], sealed["seq"]) == ("audit_repaired", 27, 4)
+    assert repair(path, "oncall@host").removed_bytes == 0  # nothing more to repair
+
+
+def test_a_complete_but_unterminated_last_line_is_torn_too(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    write(path, 2)
+    path.write_bytes(path.read_bytes().rstrip(b"\n"))
+    with pytest.raises(AuditError):
+        AuditLog(path, Redactor()).record("x")
+    assert path.read_bytes().count(b"\n") == 1  # nothing was appended after the torn line
+
+
+def test_verify_fails_without_the_head_or_with_a_head_behind(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    write(path, 3)
+    head = path.with_name("audit.jsonl.head")
+    saved = head.read_text()
+    head.unlink()
+    missing = verify(path)
+    assert not missing.ok and "missing" in (missing.problem or "")
+    head.write_text(saved)
+    write(path, 1)  # a record the head now lags ...
+    head.write_text(saved)  # ... as if written by something that did not update it
+    behind = verify(path)
+    assert not behind.ok and "behind" in (behind.problem or "") and behind.line == 4
+
+
+def test_log_and_head_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        path = tmp_path / "state" / "audit.jsonl"
+        write(path, 1)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.with_name("audit.jsonl.head").stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700

@@ -109,3 +109,52 @@ def test_audit_verify_names_the_bad_line(tmp_path: Path) -> None:
     log.write_text(lines[0] + lines[2])
     code, _, err = invoke("audit", "verify", str(log))
     assert code == 1 and err.startswith(f"{log}:2: hash chain broken")
+
+
+def test_verbose_tracebacks_are_redacted(monkeypatch: pytest.MonkeyPatch) -> None:
+    from agent import cli as cli_module
+
+    def broken(self: object, given: object = ()) -> None:
+        raise RuntimeError("could not reach postgresql://app:s3cr3t-in-trace@db/app")
+
+    monkeypatch.setattr(cli_module._State, "load", broken)
+    result = CliRunner().invoke(cli, ["--verbose", "list"])
+    assert result.exit_code == 3 and "Traceback" in result.stderr
+    assert "s3cr3t-in-trace" not in result.stderr + result.stdout
+
+
+def test_param_file_keeps_values_off_the_command_line(tmp_path: Path) -> None:
+    from agent.cli import _parse_params
+
+    params = tmp_path / "params"
+    params.write_text("# the DSN is secret\ndsn=postgresql://u:from-file@h/db\n\nqueue = email\n")
+    assert _parse_params(["queue=override"], params) == {"dsn": "postgresql://u:from-file@h/db", "queue": "override"}
+    params.write_text("no equals sign here\n")
+    with pytest.raises(Exception, match=r"params:1: expected KEY=VALUE"):
+        _parse_params([], params)
+
+
+def test_runs_masks_secret_params_and_escapes_what_came_from_outside(tmp_path: Path) -> None:
+    from agent.state import StateStore
+
+    store = StateStore(tmp_path / "state.sqlite3")
+    # As an older version stored it: a secret override in clear.
+    store.add_run(
+        run_id="r1", runbook="db-connection", target="-", mode="live", actor="me", params={"dsn": "rawsecretvalue"}
+    )
+    store.add_run(
+        run_id="r2", runbook="app-down", target="-", mode="live", actor="alert:\x1b[2J\x1b[31mEvil\x07:fp", params={}
+    )
+    env = {"RUNBOOK_STATE_DIR": str(tmp_path), "RUNBOOK_DIR": str(REPO / "runbooks")}
+    code, out, _ = invoke("runs", "--json", env=env)
+    assert code == 0 and "rawsecretvalue" not in out
+    assert {r["run_id"]: r["params"] for r in json.loads(out)}["r1"] == {"dsn": "***"}
+    code, out, _ = invoke("runs", env=env)
+    assert "\x1b" not in out and "\x07" not in out and "alert:\\x1b[2J\\x1b[31mEvil\\x07:fp" in out
+
+
+def test_printable_escapes_controls_and_reordering() -> None:
+    from agent.terminal import printable
+
+    assert printable("ok\x1b]0;pwned\x07 \u202eevil\n") == "ok\\x1b]0;pwned\\x07 \\u202eevil\\x0a"
+    assert printable("plain text, é, 🔴") == "plain text, é, 🔴"

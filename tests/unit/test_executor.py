@@ -181,3 +181,67 @@ def test_a_subset_runs_without_the_checks_it_needs(tmp_path: Path) -> None:
     audit = _Audit(executor.audit)
     results = executor._run_checks([spec.checks[1]], {}, RunClients(executor.settings), audit, None, "verify")
     assert [(r.id, r.status) for r in results] == [("second", Status.OK)]
+
+
+hold = threading.Event()
+
+
+@plugins.check("fake.hang", Params)
+def hang(ctx: Any, p: Params) -> Outcome:
+    hold.wait(60)
+    return Outcome(Status.OK, "released")
+
+
+def test_checks_stuck_past_their_deadline_are_bounded(tmp_path: Path) -> None:
+    from agent.executor import _THREADS
+
+    checks = [{"id": f"c{i}", "check": "fake.hang", "timeout": 0.05} for i in range(_THREADS.limit + 8)]
+    executor, _ = make(tmp_path, {"checks": checks})
+    try:
+        report = executor.run("t", actor="test")
+        codes = [c.code for c in report.checks]
+        # Never more check threads than the bound: past it, checks are reported, not started.
+        assert codes.count("timeout") <= _THREADS.limit
+        assert codes.count("too_many_stuck_checks") >= 8
+        assert codes.count("timeout") + codes.count("too_many_stuck_checks") == len(checks)
+    finally:
+        hold.set()
+    deadline = time.monotonic() + 30
+    while _THREADS.live and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _THREADS.live == 0
+    hold.clear()
+
+
+def test_templates_see_only_allowed_environment_variables(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write_runbook: Any
+) -> None:
+    from agent.exceptions import RunbookValidationError
+    from agent.loader import load_runbooks
+
+    monkeypatch.setenv("RUNBOOK_API_TOKEN", "the-daemons-own-token")
+    monkeypatch.setenv("APP_URL", "http://app")
+    text = """
+        id: leak
+        title: Leak
+        severity: SEV-4
+        params:
+          where: "{{ env.APP_URL }}"
+          token: "{{ env.RUNBOOK_API_TOKEN }}"
+        checks:
+          - {id: a, check: host.load}
+        """
+    path = write_runbook("leak.yaml", text)
+    with pytest.raises(RunbookValidationError, match=r"unknown env.RUNBOOK_API_TOKEN \(known: APP_URL\)"):
+        load_runbooks([path], template_env=["APP_URL"])
+    # And if a template reaches for it another way, it is not there to find.
+    executor, _ = make(
+        tmp_path,
+        {"params": {"token": "{{ env['RUNBOOK_API_TOKEN'] }}"}, "checks": [{"id": "a", "check": "fake.status"}]},
+    )
+    with pytest.raises(ParamError, match="RUNBOOK_API_TOKEN"):
+        executor.run("t", actor="test")
+    executor, _ = make(
+        tmp_path, {"params": {"where": "{{ env.APP_URL }}"}, "checks": [{"id": "a", "check": "fake.status"}]}
+    )
+    assert executor.resolve_params(executor.runbooks.runbooks["t"], {}).values == {"where": "http://app"}

@@ -1,3 +1,7 @@
+import time
+
+import pytest
+
 from agent.redaction import MASK, Redactor
 
 
@@ -42,3 +46,57 @@ def test_environment_assignments_in_container_config() -> None:
     env = ["DB_PASSWORD=hunter2hunter", "STRIPE_API_KEY=sk_live_abc", "GITHUB_TOKEN=ghp_x1", "LOG_LEVEL=info"]
     out = r.data(env)
     assert out == ["DB_PASSWORD=***", "STRIPE_API_KEY=***", "GITHUB_TOKEN=***", "LOG_LEVEL=info"]
+
+
+def test_names_of_secrets_by_their_words() -> None:
+    r = Redactor()
+    env = ["DB_PASS=pw1", "STRIPE_SK=sk_live_1", "SENTRY_DSN=https://k@o1.ingest.sentry.io/2", "AUTH_HEADER=x"]
+    assert r.data(env) == ["DB_PASS=***", "STRIPE_SK=***", "SENTRY_DSN=***", "AUTH_HEADER=***"]
+    # Words, not substrings: these are not secrets.
+    assert (
+        r.text("PASSENGER_COUNT=3 CACHE_KEY_PREFIX=rb status=500") == "PASSENGER_COUNT=3 CACHE_KEY_PREFIX=rb status=500"
+    )
+
+
+def test_secret_named_keys_in_data_are_masked_whole() -> None:
+    r = Redactor()
+    data = {"password": "plain words", "apiKey": "abc", "x-auth-token": "t", "key": "bull:email:wait", "n": 1}
+    assert r.data(data) == {"password": MASK, "apiKey": MASK, "x-auth-token": MASK, "key": "bull:email:wait", "n": 1}
+
+
+def test_key_like_url_users_are_masked() -> None:
+    r = Redactor()
+    assert r.text("https://0123456789abcdef0123456789abcdef@o1.ingest.sentry.io/42") == (
+        f"https://{MASK}@o1.ingest.sentry.io/42"
+    )
+    assert r.text("git clone https://ghp_abcdefghijklmnopqrstuvwxyz@github.com/x") == (
+        f"git clone https://{MASK}@github.com/x"
+    )
+    assert r.text("postgresql://runbook@db/app") == "postgresql://runbook@db/app"  # a plain user name stays
+
+
+# Inputs shaped to make a backtracking pattern re-scan: long runs of what a pattern starts with,
+# never followed by what it needs to finish.
+HOSTILE = [
+    "a" * 1_048_576,
+    "a:" * 524_288,
+    "a://" * 262_144,
+    "a://b:" + "c" * 1_048_570,
+    "PASSWORD" * 131_072,
+    "password " * 116_508,
+    "password='" + "x" * 1_048_566,
+    "Bearer " * 149_796,
+    "x_" * 524_288 + "=",
+    "A" * 1_048_575 + "=",
+    "@:" * 524_288,
+]
+
+
+@pytest.mark.parametrize("text", HOSTILE, ids=lambda t: repr(t[:12]))
+def test_redaction_is_linear_on_hostile_text(text: str) -> None:
+    r = Redactor(["some-known-secret"])
+    started = time.process_time()
+    r.text(text)
+    # A quadratic pattern takes minutes on 1 MiB; linear ones take milliseconds (CPU time, so a busy
+    # machine does not make this flaky).
+    assert time.process_time() - started < 1.0

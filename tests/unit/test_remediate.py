@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ from pydantic import BaseModel, ConfigDict
 from agent.audit import AuditLog, read_records
 from agent.changes import Change
 from agent.config import Settings
+from agent.exceptions import Conflict
 from agent.executor import Executor
 from agent.loader import LoadedRunbook, RunbookSet
 from agent.plugins import Outcome, PluginSet
@@ -22,6 +24,7 @@ from agent.state import StateStore
 from agent.status import Status
 from agent.templating import Templates
 from tests.unit import fake_effects
+from tests.unit.fake_effects import FixSpec, OtherSpec
 
 plugins = PluginSet("fake")
 HEALTH = fake_effects.HEALTH
@@ -41,17 +44,22 @@ class FixParams(BaseModel):
     targets: list[str] = ["thing:a"]
     fail: bool = False
     heals: bool = False
+    sleep: float = 0.0
     effect: str = "fake.thing.fix"
+    wrong_spec: bool = False
 
 
-@plugins.remediation("fake.fix", FixParams, effects=("fake.thing.fix",))
+@plugins.remediation("fake.fix", FixParams, effects={"fake.thing.fix": FixSpec})
 def fix(ctx: Any, p: FixParams) -> list[Change]:
-    return [Change(p.effect, t, f"fix {t}", "broken", "fixed", {"fail": p.fail, "heals": p.heals}) for t in p.targets]
+    def spec(target: str) -> Any:
+        return OtherSpec() if p.wrong_spec else FixSpec(target=target, fail=p.fail, heals=p.heals, sleep=p.sleep)
+
+    return [Change(p.effect, t, f"fix {t}", "broken", "fixed", spec(t)) for t in p.targets]
 
 
-@plugins.remediation("fake.restore", FixParams, effects=("fake.thing.fix",), manual_only=True)
+@plugins.remediation("fake.restore", FixParams, effects={"fake.thing.fix": FixSpec}, manual_only=True)
 def restore(ctx: Any, p: FixParams) -> list[Change]:
-    return [Change(p.effect, t, f"restore {t}", None, None, {}) for t in p.targets]
+    return [Change(p.effect, t, f"restore {t}", None, None, FixSpec(target=t)) for t in p.targets]
 
 
 @pytest.fixture(autouse=True)
@@ -67,6 +75,41 @@ class Harness:
         self.audit_path = tmp_path / "audit.jsonl"
         self.settings = Settings(state_dir=tmp_path, default_cooldown=0)
 
+    def executor(
+        self,
+        remediation: dict[str, Any] | None = None,
+        *,
+        policy: EnvironmentPolicy | None = None,
+        settings: Settings | None = None,
+        audit_path: Path | None = None,
+        dry_run: bool = False,
+        params: dict[str, Any] | None = None,
+    ) -> Executor:
+        registry = Registry(check_modules={}, remediation_modules={})
+        registry.add_plugins(plugins)
+        spec = Runbook.model_validate(
+            {
+                "id": "t",
+                "title": "T",
+                "severity": "SEV-2",
+                "params": params or {},
+                "checks": [{"id": "health", "check": "fake.health"}],
+                "remediations": [{"id": "fix", "do": "fake.fix", "approval": "auto", **(remediation or {})}],
+            }
+        )
+        runbooks = RunbookSet({"t": LoadedRunbook(spec, Path("t.yaml"))}, Templates(), registry)
+        redactor = Redactor()
+        return Executor(
+            runbooks,
+            settings or self.settings,
+            redactor,
+            AuditLog(audit_path or self.audit_path, redactor),
+            policy=policy,
+            state=self.state,
+            effect_modules={"fake": "tests.unit.fake_effects"},
+            dry_run=dry_run,
+        )
+
     def run(
         self,
         remediation: dict[str, Any],
@@ -77,28 +120,7 @@ class Harness:
         settings: Settings | None = None,
         audit_path: Path | None = None,
     ) -> Any:
-        registry = Registry(check_modules={}, remediation_modules={})
-        registry.add_plugins(plugins)
-        spec = Runbook.model_validate(
-            {
-                "id": "t",
-                "title": "T",
-                "severity": "SEV-2",
-                "checks": [{"id": "health", "check": "fake.health"}],
-                "remediations": [{"id": "fix", "do": "fake.fix", "approval": "auto", **remediation}],
-            }
-        )
-        runbooks = RunbookSet({"t": LoadedRunbook(spec, Path("t.yaml"))}, Templates(), registry)
-        redactor = Redactor()
-        executor = Executor(
-            runbooks,
-            settings or self.settings,
-            redactor,
-            AuditLog(audit_path or self.audit_path, redactor),
-            policy=policy,
-            state=self.state,
-            effect_modules={"fake": "tests.unit.fake_effects"},
-        )
+        executor = self.executor(remediation, policy=policy, settings=settings, audit_path=audit_path)
         report = executor.run("t", actor="tester@host", dry_run=dry_run, approve=approve)
         return report, report.remediations[0]
 
@@ -247,4 +269,79 @@ def test_audit_unavailable_means_nothing_is_applied(h: Harness) -> None:
 
 def test_a_remediation_must_declare_effects() -> None:
     with pytest.raises(ValueError, match="declares no effects"):
-        PluginSet("x").remediation("x.y", FixParams, effects=())(lambda ctx, p: [])
+        PluginSet("x").remediation("x.y", FixParams, effects={})(lambda ctx, p: [])
+
+
+def test_a_plan_handing_an_effect_the_wrong_payload_fails_in_a_dry_run(h: Harness) -> None:
+    _, rem = h.run({"with": {"wrong_spec": True}}, dry_run=True)
+    assert rem.decision == "plan_failed" and "takes FixSpec, the plan gave OtherSpec" in rem.decision_reason
+
+
+def test_the_guards_run_in_their_declared_order(h: Harness) -> None:
+    # Paused and locked by another run at once: the pause, earlier in the list, is the reason given.
+    h.state.set_paused(True, "oncall@host", "freeze")
+    assert h.state.lock(["thing:a"], "other-run", ttl=60) is None
+    _, rem = h.run({})
+    assert rem.decision == "denied" and "paused" in rem.decision_reason
+
+
+def test_a_long_apply_keeps_its_lock_and_its_action_counts_while_it_runs(h: Harness) -> None:
+    # An apply that outlives the lock's TTL: the lock is renewed, so another run cannot take the target,
+    # and the change is recorded when it starts, so limits see it in flight.
+    settings = Settings(state_dir=h.tmp_path, default_cooldown=0, lock_ttl=0.3)
+    seen: list[Any] = []
+
+    def look() -> None:
+        time.sleep(1.0)  # over three TTLs into the apply
+        other = StateStore(h.tmp_path / "state.sqlite3")
+        seen.append((other.lock(["thing:a"], "intruder", ttl=60), other.runs_on_target("thing:a", 0)))
+
+    fake_effects.DURING.append(look)
+    try:
+        _, rem = h.run({"with": {"sleep": 0.2}}, settings=settings)
+    finally:
+        fake_effects.DURING.clear()
+    held, in_flight = seen[0]
+    assert held is not None and "is locked by run" in held
+    assert len(in_flight) == 1
+    assert rem.decision == "applied"
+    assert [a[2] for a in h.state.actions("thing:a")] == ["ok"]
+
+
+def test_a_dry_run_process_never_builds_an_applier_even_to_approve(h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    h.run({"approval": "manual"})  # a live run leaves a pending approval
+    run_id = h.state.pending()[0][0]
+
+    def no_applier(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("an applier was built in a dry-run process")
+
+    monkeypatch.setattr("agent.executor.Applier", no_applier)
+    executor = h.executor(dry_run=True)
+    with pytest.raises(Conflict, match="dry-run mode"):
+        executor.decide_pending(run_id, approve=True, approver="api:alice")
+    assert fake_effects.applied == [] and h.state.pending()  # still waiting for a live agent
+    assert not any(r.get("mode") == "live" and r["event"] == "apply_started" for r in read_records(h.audit_path))
+
+
+def test_a_dry_run_is_never_approved(h: Harness) -> None:
+    h.state.add_run(run_id="dry1", runbook="t", target="-", mode="dry-run", actor="x", params={})
+    h.state.add_pending("dry1", "fix", "f" * 16, {})
+    with pytest.raises(Conflict, match="dry-run run"):
+        h.executor().decide_pending("dry1", approve=True, approver="alice")
+    assert fake_effects.applied == []
+
+
+def test_secret_overrides_are_never_stored_and_must_be_given_again(h: Harness) -> None:
+    executor = h.executor({"approval": "manual"}, params={"token": {"default": "dflt", "secret": True}, "where": "x"})
+    executor.run(
+        "t", actor="t@h", overrides={"token": "s3cret-override-value", "where": "y"}, approve=lambda s, p: None
+    )
+    (run,) = h.state.runs()
+    assert run["params"] == {"where": "y"} and run["secret_params"] == ["token"]
+    assert "s3cret-override-value" not in (h.tmp_path / "state.sqlite3").read_bytes().decode("latin-1")
+    with pytest.raises(Conflict, match="secret param"):
+        executor.decide_pending(run["run_id"], approve=True, approver="alice")
+    decision = executor.decide_pending(
+        run["run_id"], approve=True, approver="alice", secret_params={"token": "s3cret-override-value"}
+    )
+    assert decision.decision == "applied"

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 
 from agent.exceptions import PlanError
-from remediations.docker import RollbackParams, ScaleParams, _previous_image, _repository, rollback
+from remediations._container import blueprint, config_digest
+from remediations.docker import RecreateSpec, RollbackParams, ScaleParams, _previous_image, _repository, rollback
 
 
 class FakeDocker:
@@ -89,19 +91,50 @@ def test_without_the_tag_the_newest_older_image_of_the_repository() -> None:
         _previous_image(ctx, container("app:v1", "sha-1"), "previous")
 
 
-def test_rollback_keeps_the_containers_settings_but_not_the_old_images_env() -> None:
+def test_rollback_plan_binds_the_config_by_digest_and_shows_no_env() -> None:
     images = {
         "app:previous": image("sha-old", "2026-01-01", ["app:previous"], ["FAIL_RATIO=0"]),
         "sha-new": image("sha-new", "2026-02-01", ["app:bad"], ["FAIL_RATIO=1"]),
     }
-    ctx = FakeContext(FakeDocker(images, [container("app:bad", "sha-new")]))
+    attrs = container("app:bad", "sha-new")
+    ctx = FakeContext(FakeDocker(images, [attrs]))
     (change,) = rollback(ctx, RollbackParams(service="app"))  # type: ignore[arg-type]
     assert change.before == {"image": "app:bad", "image_id": "sha-new"}
     assert change.after == {"image": "app:previous", "image_id": "sha-old"}
-    assert change.spec["environment"] == ["DATABASE_URL=postgresql://app:pw@db/app"]
-    assert change.spec["ports"] == {"8080/tcp": [{"HostIp": "127.0.0.1", "HostPort": "58080"}]}
-    assert change.spec["networks"] == {"sandbox_default": ["app"]}
-    assert change.spec["command"] is None  # the image's default command: the new image decides
+    assert isinstance(change.spec, RecreateSpec) and change.spec.config_digest == config_digest(attrs)
+    # The plan (what is shown, stored and approved) carries a digest of the env, never its values.
+    assert "postgresql://" not in json.dumps(change.to_json()) and "FAIL_RATIO" not in json.dumps(change.to_json())
+    changed = {**attrs, "Config": {**attrs["Config"], "Env": [*attrs["Config"]["Env"], "NEW=1"]}}
+    assert config_digest(changed) != config_digest(attrs)
+
+
+def test_blueprint_keeps_the_container_and_drops_only_what_the_old_image_gave() -> None:
+    attrs = container("app:bad", "sha-new")
+    old_image = {"Env": ["FAIL_RATIO=1"], "Cmd": ["app"], "Labels": {"version": "bad"}}
+    attrs["Config"]["Labels"]["version"] = "bad"
+    attrs["Config"]["User"] = "nobody"
+    attrs["Config"]["WorkingDir"] = "/srv"
+    attrs["HostConfig"].update({"Binds": ["data:/data", "/srv/conf:/conf:ro"], "CapAdd": ["NET_ADMIN"]})
+    attrs["Mounts"] = [
+        {"Type": "volume", "Name": "data", "Destination": "/data", "RW": True},
+        {"Type": "volume", "Name": "f00d" * 16, "Destination": "/cache", "RW": True},
+        {"Type": "bind", "Source": "/srv/conf", "Destination": "/conf", "RW": False},
+    ]
+    plan = blueprint(attrs, old_image, image="app:previous")
+    body = plan.body
+    assert body["Image"] == "app:previous"
+    assert body["Env"] == ["DATABASE_URL=postgresql://app:pw@db/app"]  # the bad image's FAIL_RATIO=1 is gone
+    assert body["Cmd"] is None and "version" not in body["Labels"]  # the new image decides these
+    assert (body["User"], body["WorkingDir"]) == ("nobody", "/srv")
+    host = body["HostConfig"]
+    assert host["Binds"] == ["data:/data", "/srv/conf:/conf:ro"] and host["CapAdd"] == ["NET_ADMIN"]
+    assert host["PortBindings"] == {"8080/tcp": [{"HostIp": "127.0.0.1", "HostPort": "58080"}]}
+    # The anonymous volume is mounted again by name; the named one and the bind come with Binds.
+    assert host["Mounts"] == [{"Type": "volume", "Source": "f00d" * 16, "Target": "/cache", "ReadOnly": False}]
+    assert body["NetworkingConfig"]["EndpointsConfig"]["sandbox_default"]["Aliases"] == ["app"]
+    replica = blueprint(attrs, old_image, image="app:bad", replica=("sandbox-app-2", 2)).body
+    assert "Mounts" not in replica["HostConfig"] or not replica["HostConfig"]["Mounts"]  # fresh anonymous volumes
+    assert replica["Labels"]["com.docker.compose.container-number"] == "2"
 
 
 def test_scale_is_bounded_by_the_runbook() -> None:

@@ -1,0 +1,60 @@
+"""Files that hold secrets or the record (state, audit log, backups): 0600 in 0700 directories.
+
+Whatever the process umask, these are created private, and ones an older version left readable are
+tightened when opened (only files and directories this user owns, never a shared parent like /tmp)."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+__all__ = ["open_private", "private_dir", "private_file"]
+
+_DIR_MODE = 0o700
+_FILE_MODE = 0o600
+
+
+def _tighten(path: Path, mode: int) -> None:
+    info = path.lstat()
+    # Never a shared directory (sticky, like /tmp), never someone else's.
+    if info.st_uid == os.getuid() and not info.st_mode & stat.S_ISVTX and stat.S_IMODE(info.st_mode) & ~mode:
+        path.chmod(mode)
+
+
+def private_dir(path: Path, *, tighten: bool = False) -> Path:
+    """Make `path` (and missing parents) 0700. An existing directory is tightened only when asked
+    (the state directory is ours; the directory an audit log path names may be a shared one)."""
+    if path.is_dir():
+        if tighten:
+            _tighten(path, _DIR_MODE)
+        return path
+    missing = []
+    current = path
+    while not current.exists():
+        missing.append(current)
+        current = current.parent
+    for directory in reversed(missing):
+        directory.mkdir(mode=_DIR_MODE, exist_ok=True)
+        directory.chmod(_DIR_MODE)  # mkdir's mode is filtered by the umask
+    return path
+
+
+def private_file(path: Path) -> Path:
+    """Create `path` 0600 if missing (or tighten it), in a private directory."""
+    private_dir(path.parent)
+    fd = os.open(path, os.O_CREAT | os.O_WRONLY, _FILE_MODE)
+    os.close(fd)
+    _tighten(path, _FILE_MODE)
+    return path
+
+
+def open_private(path: Path, flags: int) -> int:
+    """os.open with mode 0600 for whatever it creates (O_CREAT honours the mode, less the umask: 0600
+    can only get stricter)."""
+    private_dir(path.parent)
+    fd = os.open(path, flags | os.O_CREAT, _FILE_MODE)
+    info = os.fstat(fd)
+    if info.st_uid == os.getuid() and stat.S_IMODE(info.st_mode) & ~_FILE_MODE:
+        os.fchmod(fd, _FILE_MODE)
+    return fd

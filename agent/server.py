@@ -1,0 +1,137 @@
+"""Serves the daemon's API: uvicorn's h11 protocol with what a daemon on a network needs against slow
+and many connections — a cap on open connections and a deadline for each request to arrive whole."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import resource
+import time
+from typing import Any
+
+import h11
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+__all__ = ["ACCEPT_BATCH", "connection_budget", "guarded_protocol", "quiet_accept_errors"]
+
+_log = logging.getLogger("runbook.server")
+_RESERVED_FDS = 128  # for the state store, the audit log, clients of checks and remediations
+# asyncio accepts up to `backlog` connections per loop tick, before any protocol sees one (and before the
+# connection cap can close any): a small batch keeps the descriptors in flight bounded.
+ACCEPT_BATCH = 32
+
+
+def connection_budget(max_connections: int) -> int:
+    """How many connections may be open at once: the configured cap, within what this process's limit on
+    open files leaves after its own needs and the accepts in flight (a few ticks' batches). The soft
+    limit is raised to the hard one first. Never reaching the limit matters: asyncio logs an accept that
+    fails with EMFILE once per pending connection, with a traceback, in a tight loop."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return max(8, min(max_connections, soft - _RESERVED_FDS - 4 * ACCEPT_BATCH))
+
+
+def quiet_accept_errors(loop: asyncio.AbstractEventLoop) -> None:
+    """Turn the event loop's per-attempt accept errors into one line a minute (defence in depth: with
+    the connection budget they should not happen at all)."""
+    throttled = _Throttled("could not accept %d connections (out of file descriptors)")
+    default = loop.get_exception_handler()
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if str(context.get("message", "")).startswith("socket.accept() out of system resource"):
+            throttled.note()
+        elif default is not None:
+            default(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)
+
+
+class _Throttled:
+    """One warning per interval with a count, never one per event: a flood of refusals must not become a
+    flood of log lines."""
+
+    def __init__(self, message: str, interval: float = 60.0) -> None:
+        self.message, self.interval = message, interval
+        self._count, self._last = 0, 0.0
+
+    def note(self) -> None:
+        self._count += 1
+        now = time.monotonic()
+        if now - self._last >= self.interval:
+            _log.warning(self.message, self._count)
+            self._count, self._last = 0, now
+
+
+def guarded_protocol(max_connections: int, request_timeout: float) -> type[H11Protocol]:
+    """An H11Protocol class for uvicorn (`http=`). Beyond `max_connections` open connections, a new one
+    closes the oldest connection still waiting for its request (a slow sender) — or, if every connection
+    is busy with a request, the new one. A request (headers and body) must arrive within
+    `request_timeout` of the connection opening or of the previous response."""
+    evicted = _Throttled("closed %d slow connections to make room (connection limit reached)")
+    refused = _Throttled("refused %d connections (connection limit reached, all busy)")
+    timed_out = _Throttled("closed %d connections whose request did not arrive in time")
+
+    class GuardedH11Protocol(H11Protocol):
+        _deadline: asyncio.TimerHandle | None = None
+        _waiting_since: float = 0.0
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._await_request()
+            if len(self.connections) > max_connections:
+                self._make_room()
+
+        def _make_room(self) -> None:
+            waiting = [c for c in self.connections if isinstance(c, GuardedH11Protocol) and c._deadline is not None]
+            victim = min(waiting, key=lambda c: c._waiting_since, default=None)
+            if victim is None or victim is self:
+                refused.note()
+                self._close()
+                return
+            evicted.note()
+            victim._close()
+
+        def _close(self) -> None:
+            self._cancel_deadline()
+            self.connections.discard(self)
+            self.transport.abort()  # frees the descriptor now; a polite close could wait on the peer
+
+        def _await_request(self) -> None:
+            self._cancel_deadline()
+            self._waiting_since = time.monotonic()
+            self._deadline = self.loop.call_later(request_timeout, self._request_late)
+
+        def _cancel_deadline(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
+
+        def _request_late(self) -> None:
+            self._deadline = None
+            if not self.transport.is_closing():
+                timed_out.note()
+                self._close()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self.conn.their_state in (h11.DONE, h11.MUST_CLOSE, h11.CLOSED, h11.ERROR):
+                self._cancel_deadline()  # the whole request is here (or the connection is over)
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._await_request()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._cancel_deadline()
+            super().connection_lost(exc)
+
+    return GuardedH11Protocol

@@ -1,0 +1,227 @@
+"""The daemon's API in-process (no services): credentials, intake limits, all-or-nothing intake,
+signatures, rate limits and failing closed when the audit log is damaged."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from agent.api import ApiSecurity, create_app
+from agent.config import Settings
+from agent.daemon import Daemon
+from agent.loader import load_runbooks
+from agent.policy import EnvironmentPolicy
+from agent.redaction import Redactor
+
+INTAKE = "intake-token-123456"
+ALICE = "alice-token-1234567"
+RUNBOOK = """
+id: svc-down
+title: A service is down
+severity: SEV-2
+triggers:
+  - {alertname: SvcDown}
+alert_params:
+  service: {from: labels.service, allow: [app, worker]}
+params:
+  service: app
+checks:
+  - id: load
+    check: host.load
+"""
+
+
+class Api:
+    def __init__(self, tmp_path: Path, *, queue_size: int = 100, **security: Any) -> None:
+        directory = tmp_path / "runbooks"
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "rb.yaml").write_text(textwrap.dedent(RUNBOOK))
+        self.settings = Settings(state_dir=tmp_path / "state")
+        self.daemon = Daemon(
+            load_runbooks([directory]),
+            self.settings,
+            Redactor(),
+            policy=EnvironmentPolicy(),
+            queue_size=queue_size,
+        )
+        self.security = ApiSecurity(intake_token=INTAKE, decision_tokens={"alice": ALICE}, **security)
+        self.client = TestClient(create_app(self.daemon, self.security))
+
+    def post(self, path: str, body: Any, token: str = INTAKE, **headers: str) -> Any:
+        return self.client.post(path, json=body, headers={"Authorization": f"Bearer {token}", **headers})
+
+    def get(self, path: str, token: str | None = ALICE) -> Any:
+        return self.client.get(path, headers={"Authorization": f"Bearer {token}"} if token else {})
+
+    def alert(self, **labels: str) -> Any:
+        return self.post("/v1/alerts", {"name": "SvcDown", "labels": labels})
+
+
+@pytest.fixture
+def api(tmp_path: Path) -> Api:
+    return Api(tmp_path)
+
+
+def am(alerts: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"status": "firing", "receiver": "runbook", "alerts": alerts}
+
+
+def firing(i: int, **labels: str) -> dict[str, Any]:
+    return {"status": "firing", "labels": {"alertname": "SvcDown", **labels}, "fingerprint": f"fp{i}"}
+
+
+def test_the_intake_token_only_delivers_alerts(api: Api) -> None:
+    assert api.alert(service="app").status_code == 202
+    assert api.get("/v1/runs", token=INTAKE).status_code == 403
+    run_id = api.get("/v1/runs").json()[0]["run_id"]
+    refused = api.post(f"/v1/runs/{run_id}/approve", {}, token=INTAKE)
+    assert refused.status_code == 403 and "decision credential" in refused.json()["detail"]
+    assert api.post("/v1/pause", {"reason": "x"}, token=INTAKE).status_code == 403
+    assert api.get("/v1/runs", token="not-a-token-at-all").status_code == 401
+    assert api.post("/v1/alerts", {"name": "X"}, token=ALICE).status_code == 401  # decisions do not deliver
+
+
+def test_the_person_recorded_is_the_credentials(api: Api) -> None:
+    # The body cannot name the approver: it is not a field.
+    response = api.post("/v1/pause", {"reason": "freeze", "approver": "mallory"}, token=ALICE)
+    assert response.status_code == 422
+    response = api.post("/v1/pause", {"reason": "freeze"}, token=ALICE)
+    assert response.json() == {"paused": True, "by": "api:alice", "reason": "freeze"}
+    assert api.daemon.state.paused()[1] == "api:alice"
+    records = [json.loads(line) for line in api.settings.audit_path.read_text().splitlines()]
+    assert records[-1]["event"] == "paused" and records[-1]["actor"] == "api:alice"
+
+
+def test_alert_params_outside_what_the_runbook_allows_are_refused_and_recorded(api: Api) -> None:
+    (result,) = api.alert(service="db").json()["results"]
+    assert result["outcome"] == "refused" and 'labels.service="db" is not allowed' in result["reason"]
+    assert api.daemon.state.runs() == [] and api.daemon.state.alert_count() == 1
+    assert api.alert(service="worker").json()["results"][0]["outcome"] == "run_started"
+
+
+@pytest.mark.parametrize(
+    ("body", "named"),
+    [
+        ({"name": "SvcDown", "labels": {"service": "a" * 2049}}, "at most 2048 characters"),
+        ({"name": "A" * 200_000}, "at most 200 characters"),
+        ({"name": "SvcDown", "labels": {str(i): "x" for i in range(65)}}, "at most 64 items"),
+        ({"name": "SvcDown", "annotations": {"d": "x" * 8193}}, "at most 8192 characters"),
+    ],
+)
+def test_oversized_alerts_are_refused_naming_the_limit(api: Api, body: dict[str, Any], named: str) -> None:
+    response = api.post("/v1/alerts", body)
+    assert response.status_code == 422 and named in response.json()["detail"], response.json()
+    assert len(response.content) < 4000  # the input is not echoed back
+    assert api.daemon.state.alert_count() == 0
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        '{"name": "SvcDown", "labels": {"service": "app\\ud800"}}',
+        '{"name": "SvcDown", "labels": {"x\\udfff": "app"}}',
+        '{"name": "Svc\\ud800Down"}',
+    ],
+)
+def test_a_lone_surrogate_is_a_clear_422_and_nothing_is_recorded(api: Api, raw: str) -> None:
+    response = api.client.post(
+        "/v1/alerts",
+        content=raw.encode(),
+        headers={"Authorization": f"Bearer {INTAKE}", "Content-Type": "application/json"},
+    )
+    assert response.status_code == 422 and response.json()["detail"]
+    assert api.daemon.state.alert_count() == 0 and api.daemon.state.runs() == []
+
+
+def test_a_payload_the_queue_cannot_hold_is_refused_whole(tmp_path: Path) -> None:
+    api = Api(tmp_path, queue_size=1)
+    response = api.post("/v1/alerts/alertmanager", am([firing(1, service="app"), firing(2, service="worker")]))
+    assert response.status_code == 503 and response.headers["retry-after"]
+    assert api.daemon.state.alert_count() == 0 and api.daemon.state.runs() == []  # nothing half-recorded
+    response = api.post("/v1/alerts/alertmanager", am([firing(1, service="app"), firing(3, service="app")]))
+    assert response.status_code == 202 and api.daemon.state.alert_count() == 2
+
+
+def test_a_storm_group_of_ten_thousand_is_one_incident(api: Api) -> None:
+    alerts = [firing(i, service="app", instance=f"i{i}") for i in range(10_000)]
+    response = api.post("/v1/alerts/alertmanager", am(alerts))
+    assert response.status_code == 202
+    outcomes = [r["outcome"] for r in response.json()["results"]]
+    assert outcomes.count("run_started") == 1 and outcomes.count("deduplicated") == 9_999
+    assert api.daemon.state.alert_count() == 10_000
+
+
+def test_a_sender_flooding_is_slowed_with_a_retryable_answer(tmp_path: Path) -> None:
+    api = Api(tmp_path, alert_burst=5, alert_rate=0.01)
+    codes = [api.alert(service="app").status_code for _ in range(7)]
+    assert codes[:5] == [202] * 5 and codes[5:] == [503, 503]
+
+
+def sign(secret: str, stamp: str, method: str, path: str, body: bytes) -> str:
+    return hmac.new(secret.encode(), f"{stamp}.{method}.{path}.".encode() + body, hashlib.sha256).hexdigest()
+
+
+def test_signatures_bind_method_path_and_time_and_are_used_once(tmp_path: Path) -> None:
+    api = Api(tmp_path, hmac_secret="hmac-secret-value")
+    body = json.dumps({"name": "Other"}).encode()
+
+    def post(path: str, stamp: str, signature: str) -> Any:
+        headers = {
+            "Authorization": f"Bearer {INTAKE}",
+            "Content-Type": "application/json",
+            "X-Runbook-Timestamp": stamp,
+            "X-Runbook-Signature": f"sha256={signature}",
+        }
+        return api.client.post(path, content=body, headers=headers)
+
+    now = str(int(time.time()))
+    good = sign("hmac-secret-value", now, "POST", "/v1/alerts", body)
+    assert post("/v1/alerts", now, good).status_code == 202
+    replay = post("/v1/alerts", now, good)
+    assert replay.status_code == 403 and "replay" in replay.json()["detail"]
+    assert post("/v1/alerts/alertmanager", now, good).status_code == 403  # another path, same signature
+    for stamp in ("nan", "1e3", "-1", "99999999999999999999"):
+        assert (
+            post("/v1/alerts", stamp, sign("hmac-secret-value", stamp, "POST", "/v1/alerts", body)).status_code == 403
+        )
+
+
+def test_docs_pages_are_off_and_metrics_need_a_credential(tmp_path: Path) -> None:
+    api = Api(tmp_path)
+    assert api.client.get("/docs").status_code == 404 and api.client.get("/redoc").status_code == 404
+    assert api.get("/metrics", token=None).status_code == 401
+    assert api.get("/openapi.json", token=None).status_code == 401
+    assert api.get("/metrics", token=INTAKE).status_code == 200
+    assert "/v1/alerts" in api.get("/openapi.json").json()["paths"]
+    public = Api(tmp_path / "public", public_metrics=True)
+    assert public.get("/metrics", token=None).status_code == 200
+
+
+def test_a_damaged_audit_log_answers_503_without_its_path_and_is_not_ready(api: Api) -> None:
+    api.daemon.start()
+    try:
+        assert api.alert(service="app").status_code == 202
+        with open(api.settings.audit_path, "ab") as fh:
+            fh.write(b'{"seq": 99, "event": "tor')
+        response = api.alert(service="worker")
+        assert response.status_code == 503 and str(api.settings.state_dir) not in response.text
+        ready = api.client.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["audit_log"] is False
+        assert api.daemon.state.alert_count() == 1  # the refused payload recorded nothing
+    finally:
+        api.daemon.stop(5)
+
+
+def test_the_security_settings_refuse_shared_tokens() -> None:
+    with pytest.raises(ValueError, match="intake token"):
+        ApiSecurity(intake_token=INTAKE, decision_tokens={"alice": INTAKE})
+    with pytest.raises(ValueError, match="share"):
+        ApiSecurity(intake_token=INTAKE, decision_tokens={"a": ALICE, "b": ALICE})
