@@ -6,10 +6,13 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.config import Settings
 from agent.exceptions import TargetUnreachable
+
+if TYPE_CHECKING:
+    from agent.docker_engine import InFlight
 
 __all__ = ["ApplyContext", "CheckContext", "PlanContext", "RunClients"]
 
@@ -23,36 +26,66 @@ class RunClients:
         self._clients: dict[tuple[str, str], Any] = {}
         self._failures: dict[tuple[str, str], TargetUnreachable] = {}
         self._query_locks: dict[str, threading.Lock] = {}
+        self._making: dict[tuple[str, str], threading.Lock] = {}
+        self._docker_in_flight: InFlight | None = None
+        self._closed = False
 
     def _get(self, key: tuple[str, str], make: Callable[[], Any]) -> Any:
+        # One lock per client being made: a target slow to connect holds up only the checks that need it,
+        # never the others nor the end of the run.
         with self._lock:
-            if key in self._failures:
-                # One failed connect per run is enough; later checks report the same cause fast.
-                raise self._failures[key]
-            if key not in self._clients:
-                try:
-                    self._clients[key] = make()
-                except TargetUnreachable as exc:
+            making = self._making.setdefault(key, threading.Lock())
+        with making:
+            with self._lock:
+                if key in self._failures:
+                    # One failed connect per run is enough; later checks report the same cause fast.
+                    raise self._failures[key]
+                if key in self._clients:
+                    return self._clients[key]
+            try:
+                client = make()
+            except TargetUnreachable as exc:
+                with self._lock:
                     self._failures[key] = exc
-                    raise
-            return self._clients[key]
+                raise
+            with self._lock:
+                if not self._closed:
+                    self._clients[key] = client
+                    return client
+            # The run ended while this (abandoned) check was connecting: nothing will close it later.
+            with contextlib.suppress(Exception):
+                client.close()
+            raise TargetUnreachable("closed", "the run ended before the connection was made")
 
     def docker(self) -> Any:
         def make() -> Any:
             import docker
             import docker.errors
+            import requests
+
+            from agent.docker_engine import track
 
             try:
+                # A fixed version makes no call here: docker-py would negotiate the API version in the
+                # constructor, before its connections can be tracked (and cut at a check's deadline).
                 client = docker.DockerClient(
                     base_url=self.settings.docker_host or "unix:///var/run/docker.sock",
                     timeout=self.settings.read_timeout,
+                    version="1.24",
                 )
-                client.ping()
-            except docker.errors.DockerException as exc:
+                self._docker_in_flight = track(client)
+                # Now negotiate, as docker-py's "auto" does; this call is also the reachability check.
+                client.api._version = client.api.version(api_version=False)["ApiVersion"]
+            except (docker.errors.DockerException, requests.RequestException) as exc:
                 raise TargetUnreachable("docker_unreachable", f"Docker engine unreachable: {exc}") from None
             return client
 
         return self._get(("docker", self.settings.docker_host or ""), make)
+
+    def cut_docker(self, thread_id: int) -> None:
+        """Shut down the Docker engine connections `thread_id` is waiting on (its check's deadline passed)."""
+        if self._docker_in_flight is not None:
+            self._docker_in_flight.cut(thread_id)
 
     def postgres(self, dsn: str, *, read_only: bool = False) -> Any:
         """A connection; `read_only` ones run every transaction READ ONLY (see `read_only_query`)."""
@@ -115,11 +148,13 @@ class RunClients:
 
     def close(self) -> None:
         with self._lock:
-            for client in self._clients.values():
-                # Closing is best effort: the run is over and its results are already recorded.
-                with contextlib.suppress(Exception):
-                    client.close()
+            clients = list(self._clients.values())
             self._clients.clear()
+            self._closed = True
+        for client in clients:
+            # Closing is best effort: the run is over and its results are already recorded.
+            with contextlib.suppress(Exception):
+                client.close()
 
 
 class CheckContext:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import re
+import threading
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -40,6 +43,19 @@ class Target(_Params):
         return self
 
 
+def _within_deadline(check: Callable[[CheckContext, Any], Outcome]) -> Callable[[CheckContext, Any], Outcome]:
+    """At the check's deadline, the engine connections its thread waits on are shut down: docker-py's
+    timeouts bound each read, not a call, and an engine answering a byte at a time would hold it."""
+
+    @functools.wraps(check)
+    def bounded(ctx: CheckContext, params: Any) -> Outcome:
+        owner = threading.get_ident()
+        with ctx.watchdog(lambda: ctx.clients.cut_docker(owner)):
+            return check(ctx, params)
+
+    return bounded
+
+
 def containers(ctx: CheckContext, target: Target, *, running_only: bool = False) -> list[Any]:
     """The containers a target names, ordered by compose container number then name."""
     import docker.errors
@@ -70,6 +86,7 @@ class EngineParams(_Params):
 
 
 @plugins.check("docker.engine", EngineParams)
+@_within_deadline
 def engine(ctx: CheckContext, params: EngineParams) -> Outcome:
     """The Docker engine answers: version and number of running containers."""
     client = ctx.clients.docker()
@@ -123,6 +140,7 @@ def _container_status(container: Any, warn_restarts: int) -> tuple[Status, str, 
 
 
 @plugins.check("docker.container", ContainerParams)
+@_within_deadline
 def container_state(ctx: CheckContext, params: ContainerParams) -> Outcome:
     """State of a container or of every container of a compose service: running/exited/restarting,
     exit code, OOMKilled, restart count and health."""
@@ -154,6 +172,7 @@ class ReplicasParams(_Params):
 
 
 @plugins.check("docker.replicas", ReplicasParams)
+@_within_deadline
 def replicas(ctx: CheckContext, params: ReplicasParams) -> Outcome:
     """Running replicas of a compose service, found by its compose project/service labels."""
     target = Target(service=params.service, project=params.project)
@@ -219,6 +238,7 @@ class LogMatchParams(Target):
 
 
 @plugins.check("docker.log_matches", LogMatchParams)
+@_within_deadline
 def log_matches(ctx: CheckContext, params: LogMatchParams) -> Outcome:
     """Log lines of a container or service matching a regex in the last N minutes (docker logs)."""
     if not containers(ctx, params):
@@ -265,6 +285,7 @@ class ErrorRateParams(Target):
 
 
 @plugins.check("docker.error_rate", ErrorRateParams)
+@_within_deadline
 def error_rate(ctx: CheckContext, params: ErrorRateParams) -> Outcome:
     """Share of 5xx answers over all requests in a window, from the container's request log."""
     if not containers(ctx, params):
@@ -313,6 +334,7 @@ def _usage(stats: dict[str, Any]) -> tuple[float, float, float]:
 
 
 @plugins.check("docker.stats", StatsParams)
+@_within_deadline
 def stats(ctx: CheckContext, params: StatsParams) -> Outcome:
     """CPU and memory use of a container or service from the engine's stats API (`docker stats`)."""
     found = containers(ctx, params, running_only=True)

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from agent.config import load_settings
 from agent.status import Status
-from sandbox import faults
+from sandbox import faults, stack
 from tests.integration.conftest import REPO
 
 pytestmark = pytest.mark.integration
@@ -26,11 +27,16 @@ DRIP_SECONDS = 60  # how long a slow answer would take: far longer than any dead
 class Dripper:
     """Accepts connections and answers each with `answer`, one byte every 3 s (bounded in time)."""
 
-    def __init__(self, answer: bytes) -> None:
+    def __init__(self, answer: bytes, unix: Path | None = None) -> None:
         self.answer = answer
         self.stop = threading.Event()
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.port = self.server.getsockname()[1]
+        if unix is None:
+            self.server = socket.create_server(("127.0.0.1", 0))
+            self.port = self.server.getsockname()[1]
+        else:
+            self.server = socket.socket(socket.AF_UNIX)
+            self.server.bind(str(unix))
+            self.server.listen()
         self.server.settimeout(0.5)
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -75,6 +81,19 @@ def redis_dripper() -> Iterator[Dripper]:
     server.close()
 
 
+@pytest.fixture(params=["tcp", "unix"])
+def docker_dripper(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, Dripper]]:
+    answer = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nOK"
+    if request.param == "tcp":
+        server = Dripper(answer)
+        host = f"tcp://127.0.0.1:{server.port}"
+    else:
+        server = Dripper(answer, unix=tmp_path / "docker.sock")
+        host = f"unix://{tmp_path / 'docker.sock'}"
+    yield host, server
+    server.close()
+
+
 def check_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith("check-")]
 
@@ -89,9 +108,24 @@ def test_a_dripping_http_server_is_cut_off_at_the_deadline(probe, http_dripper: 
 
 
 def test_a_dripping_redis_is_cut_off_at_the_deadline(probe, redis_dripper: Dripper) -> None:
+    started = time.monotonic()
     result = probe("redis.ping", timeout=2, url=f"redis://127.0.0.1:{redis_dripper.port}/0")
     assert result.status is Status.CRITICAL and result.code in ("timeout", "redis_timeout")
     assert faults.wait_for(lambda: not check_threads(), timeout=15, interval=0.2), check_threads()
+    assert time.monotonic() - started < DRIP_SECONDS / 2
+
+
+def test_a_dripping_docker_engine_is_cut_off_at_the_deadline(
+    probe, docker_dripper: tuple[str, Dripper], tmp_path: Path
+) -> None:
+    host, _ = docker_dripper
+    settings = load_settings(env={**stack.AGENT_ENV, "DOCKER_HOST": host, "RUNBOOK_STATE_DIR": str(tmp_path)})
+    started = time.monotonic()
+    result = probe("docker.engine", timeout=2, settings=settings)
+    assert result.status is Status.CRITICAL and result.code == "timeout"
+    # docker-py bounds each read, not a call: before, the thread read on for as long as the engine dripped.
+    assert faults.wait_for(lambda: not check_threads(), timeout=15, interval=0.2), check_threads()
+    assert time.monotonic() - started < DRIP_SECONDS / 2
 
 
 SLOW = """

@@ -1,0 +1,94 @@
+"""Docker engine connections a deadline can cut.
+
+docker-py (through requests and urllib3) bounds each read of a socket, never a call as a whole: an engine
+answering one byte at a time holds a call for as long as it likes. Here the client's connection pools
+note which thread has which connection checked out, so a check's watchdog can shut down exactly the
+sockets its own thread is waiting on — and no other check's."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import weakref
+from typing import Any
+
+__all__ = ["InFlight", "track"]
+
+
+class InFlight:
+    """Connections checked out of a client's pools, by the thread using them."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_thread: dict[int, weakref.WeakSet[Any]] = {}
+
+    def checked_out(self, conn: Any) -> None:
+        with self._lock:
+            self._by_thread.setdefault(threading.get_ident(), weakref.WeakSet()).add(conn)
+
+    def returned(self, conn: Any) -> None:
+        with self._lock:
+            for conns in self._by_thread.values():
+                conns.discard(conn)
+
+    def cut(self, thread_id: int) -> None:
+        """Shut down the sockets `thread_id` is using: its blocked reads fail at once."""
+        with self._lock:
+            conns = list(self._by_thread.pop(thread_id, ()))
+        for conn in conns:
+            sock = getattr(conn, "sock", None)
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+
+def _tracking(pool_class: type, in_flight: InFlight) -> type:
+    class TrackingPool(pool_class):  # type: ignore[misc]
+        def _get_conn(self, timeout: float | None = None) -> Any:
+            conn = super()._get_conn(timeout)
+            in_flight.checked_out(conn)
+            return conn
+
+        def _put_conn(self, conn: Any) -> None:
+            if conn is not None:
+                in_flight.returned(conn)
+            super()._put_conn(conn)
+
+    TrackingPool.__name__ = TrackingPool.__qualname__ = pool_class.__name__  # as messages name it
+    return TrackingPool
+
+
+def track(client: Any) -> InFlight:
+    """Make `client`'s (a docker.DockerClient) pools note their connections; returns what they note."""
+    import urllib3
+    from docker.transport import UnixHTTPAdapter
+    from docker.transport.unixconn import UnixHTTPConnectionPool
+
+    in_flight = InFlight()
+    unix_pool = _tracking(UnixHTTPConnectionPool, in_flight)
+
+    class Unix(UnixHTTPAdapter):  # type: ignore[misc]
+        # docker-py builds its pools here with a fixed class; the same, with the tracking one.
+        def get_connection(self, url: str, proxies: Any = None) -> Any:
+            with self.pools.lock:
+                pool = self.pools.get(url)
+                if pool is None:
+                    pool = unix_pool(url, self.socket_path, self.timeout, maxsize=self.max_pool_size)
+                    self.pools[url] = pool
+            return pool
+
+    api = client.api
+    for prefix, adapter in list(api.adapters.items()):
+        if isinstance(adapter, UnixHTTPAdapter):
+            replacement = Unix(
+                "http+unix://" + adapter.socket_path, adapter.timeout, max_pool_size=adapter.max_pool_size
+            )
+            api.mount(prefix, replacement)
+            api._custom_adapter = replacement
+        elif hasattr(adapter, "poolmanager"):  # tcp:// (plain or TLS): requests' urllib3 pool manager
+            adapter.poolmanager.pool_classes_by_scheme = {
+                "http": _tracking(urllib3.HTTPConnectionPool, in_flight),
+                "https": _tracking(urllib3.HTTPSConnectionPool, in_flight),
+            }
+    return in_flight
