@@ -115,12 +115,8 @@ class Daemon:
 
     def audit_ok(self) -> bool:
         """The audit log can take a record: without it nothing is accepted (fail closed)."""
-        problem = self.audit.problem()
-        if problem is None:
-            self.audit_error = None
-        else:
-            self.audit_error = problem
-        return problem is None
+        self.audit_error = self.audit.problem()
+        return self.audit_error is None
 
     # --- alerts -------------------------------------------------------------------------------------------
 
@@ -195,6 +191,7 @@ class Daemon:
                 }
                 for k, fps in list(groups.items())[:100]
             ],
+            "groups_omitted": max(0, len(groups) - 100),
         }
 
     def _admit_one(

@@ -58,9 +58,10 @@ def _fetch(ctx: CheckContext, params: GetParams) -> tuple[int, bytes, str]:
     kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
     conn: Any = kind(parts.hostname or "", parts.port, timeout=min(ctx.settings.connect_timeout, ctx.remaining()))
     try:
-        conn.connect()
-        conn.sock.settimeout(min(ctx.settings.read_timeout, max(0.01, ctx.remaining())))
+        # The watchdog covers the TLS handshake too: a server can drip that as well.
         with ctx.watchdog(lambda: _shutdown(conn.sock)):
+            conn.connect()
+            conn.sock.settimeout(min(ctx.settings.read_timeout, max(0.01, ctx.remaining())))
             conn.request("GET", target, headers={"User-Agent": "runbook-agent", **params.headers})
             response = conn.getresponse()
             body = bytearray()

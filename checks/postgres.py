@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import socket
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -22,16 +25,29 @@ class _Params(BaseModel):
     dsn: str = Field(description="libpq connection string or URL (secret: its password is always masked).")
 
 
+def _cut(conn: Any) -> None:
+    """Shut down a connection's socket from another thread: psycopg waits for an answer without any
+    timeout of its own, and statement_timeout needs a server that still runs (not one frozen or gone)."""
+    with contextlib.suppress(Exception):
+        handle = socket.socket(fileno=os.dup(conn.fileno()))
+        handle.shutdown(socket.SHUT_RDWR)
+        handle.close()
+
+
 def _query(ctx: CheckContext, dsn: str, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     import psycopg
 
     try:
+        conn = ctx.clients.postgres(dsn, read_only=True)
         # A read-only transaction, one statement: SQL is the runbook author's or ours, values only as
-        # parameters, and a check never writes.
-        rows = ctx.clients.read_only_query(dsn, sql, args)
+        # parameters, and a check never writes. Cut off at the check's deadline.
+        with ctx.watchdog(lambda: _cut(conn)):
+            rows = ctx.clients.read_only_query(dsn, sql, args)
     except psycopg.errors.QueryCanceled:
         raise TargetUnreachable("db_timeout", "PostgreSQL query timed out") from None
     except psycopg.OperationalError as exc:
+        if ctx.remaining() <= 0:
+            raise TargetUnreachable("db_timeout", "PostgreSQL gave no answer in time") from None
         raise TargetUnreachable("db_unreachable", f"PostgreSQL connection lost: {str(exc).strip()}") from None
     # A SQL_ASCII database hands text back as bytes; results are for people and JSON.
     return [tuple(v.decode("utf-8", "replace") if isinstance(v, bytes) else v for v in row) for row in rows]

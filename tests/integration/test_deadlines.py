@@ -158,3 +158,32 @@ def test_runbook_run_exits_once_it_has_reported(agent_env, http_dripper: Dripper
     )
     assert result.returncode == 2 and "Verdict: CRITICAL" in result.stdout, result.stdout + result.stderr
     assert time.monotonic() - started < DRIP_SECONDS - 15
+
+
+def test_a_frozen_database_is_cut_off_at_the_deadline(dc, tmp_path: Path, restore) -> None:
+    from agent.context import CheckContext, RunClients
+    from agent.exceptions import TargetUnreachable
+    from checks.postgres import QueryParams, query
+
+    dsn = stack.AGENT_ENV["DATABASE_URL"]
+    clients = RunClients(load_settings(env={**stack.AGENT_ENV, "RUNBOOK_STATE_DIR": str(tmp_path)}))
+    clients.postgres(dsn, read_only=True)  # connected while the server runs
+    db = dc.containers.get(stack.container_name("db"))
+    db.pause()  # frozen: statement_timeout cannot fire, and psycopg has no read timeout of its own
+    outcome: list[BaseException | object] = []
+
+    def check() -> None:
+        try:
+            outcome.append(query(CheckContext(clients, 2), QueryParams(dsn=dsn)))
+        except BaseException as exc:
+            outcome.append(exc)
+
+    try:
+        worker = threading.Thread(target=check, daemon=True)
+        worker.start()
+        worker.join(20)
+        assert not worker.is_alive()
+    finally:
+        db.unpause()
+    (error,) = outcome
+    assert isinstance(error, TargetUnreachable) and error.code == "db_timeout"
