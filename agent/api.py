@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import re
 import threading
 import time
@@ -70,42 +71,60 @@ class ApiSecurity(BaseModel):
         return self
 
 
-class _BodyLimit:
-    """Refuse bodies over the limit (413) before anything reads them, declared length or streamed."""
+class _Gate:
+    """Before anything reads a body: a /v1 request without a known credential is refused (401), and a
+    body over the limit is refused (413), declared or chunked. Parsing a body costs the event loop, so
+    nobody unauthenticated gets to make it do that, and nobody at all past the limit."""
 
-    def __init__(self, app: ASGIApp, limit: int, on_reject: Callable[[], None]) -> None:
-        self.app, self.limit, self.on_reject = app, limit, on_reject
+    def __init__(self, app: ASGIApp, guard: _Guard, limit: int) -> None:
+        self.app, self.guard, self.limit = app, guard, limit
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        length = dict(scope.get("headers") or []).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.limit:
-            return await self._reject(send)
-        seen = 0
+        headers = dict(scope.get("headers") or [])
+        if str(scope.get("path", "")).startswith("/v1/") and not self.guard.known(headers.get(b"authorization", b"")):
+            self.guard.metrics.requests_rejected.labels(reason="unauthenticated").inc()
+            return await self._answer(send, 401, "missing or invalid bearer token")
+        length = headers.get(b"content-length")
+        if length is not None:
+            if not length.isdigit() or int(length) > self.limit:
+                return await self._too_large(send)
+            return await self.app(scope, receive, send)
+        # No declared length (chunked): read it here, up to the limit, then hand it on.
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return await self.app(scope, _replay([message]), send)
+            size += len(message.get("body", b""))
+            if size > self.limit:
+                return await self._too_large(send)
+            chunks.append(message)
+            if not message.get("more_body"):
+                break
+        await self.app(scope, _replay(chunks), send)
 
-        async def limited() -> dict[str, Any]:
-            nonlocal seen
-            message: dict[str, Any] = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.limit:
-                raise _TooLarge
-            return message
+    async def _too_large(self, send: Any) -> None:
+        self.guard.metrics.requests_rejected.labels(reason="too_large").inc()
+        await self._answer(send, 413, f"request body over the size limit ({self.limit} bytes)")
 
-        try:
-            await self.app(scope, limited, send)
-        except _TooLarge:
-            await self._reject(send)
-
-    async def _reject(self, send: Any) -> None:
-        self.on_reject()
-        body = f'{{"detail":"request body over the size limit ({self.limit} bytes)"}}'.encode()
-        await send({"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json")]})
+    @staticmethod
+    async def _answer(send: Any, status: int, detail: str) -> None:
+        body = json.dumps({"detail": detail}).encode()
+        await send(
+            {"type": "http.response.start", "status": status, "headers": [(b"content-type", b"application/json")]}
+        )
         await send({"type": "http.response.body", "body": body})
 
 
-class _TooLarge(Exception):
-    pass
+def _replay(messages: list[dict[str, Any]]) -> Callable[[], Awaitable[dict[str, Any]]]:
+    pending = list(messages)
+
+    async def receive() -> dict[str, Any]:
+        return pending.pop(0) if pending else {"type": "http.disconnect"}
+
+    return receive
 
 
 class _RateLimited(Exception):
@@ -218,6 +237,15 @@ class _Guard:
     def is_intake(self, token: bytes) -> bool:
         return hmac.compare_digest(token, self.security.intake_token.encode())
 
+    def known(self, authorization: bytes) -> bool:
+        """Whether an Authorization header carries any credential of this daemon (checked before the
+        body is read; each route then requires its own kind)."""
+        scheme, _, token = authorization.partition(b" ")
+        token = token.strip()
+        if scheme.lower() != b"bearer" or not token:
+            return False
+        return self.is_intake(token) or self.person_of(token) is not None
+
     async def intake(self, request: Request) -> str:
         """An alert sender: the intake token (and the signature, if required). Returns the sender's key."""
         if not self.is_intake(self.bearer(request)):
@@ -298,11 +326,7 @@ def create_app(daemon: Daemon, security: ApiSecurity) -> FastAPI:
         openapi_url=None,
     )
     app.state.guard = guard
-    app.add_middleware(
-        _BodyLimit,
-        limit=security.max_body,
-        on_reject=lambda: metrics.requests_rejected.labels(reason="too_large").inc(),
-    )
+    app.add_middleware(_Gate, guard=guard, limit=security.max_body)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

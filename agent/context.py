@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 from agent.config import Settings
 from agent.exceptions import TargetUnreachable
 
 if TYPE_CHECKING:
-    from agent.docker_engine import InFlight
+    from agent.inflight import InFlight
 
-__all__ = ["ApplyContext", "CheckContext", "PlanContext", "RunClients"]
+__all__ = ["ApplyContext", "CheckContext", "PlanContext", "RunClients", "Watchdog"]
+
+# A check's watchdog: given what to call at its deadline, a context the watched call runs in.
+Watchdog = Callable[[Callable[[], None]], AbstractContextManager[None]]
 
 
 class RunClients:
@@ -28,6 +34,7 @@ class RunClients:
         self._query_locks: dict[str, threading.Lock] = {}
         self._making: dict[tuple[str, str], threading.Lock] = {}
         self._docker_in_flight: InFlight | None = None
+        self._redis_in_flight: dict[str, InFlight] = {}
         self._closed = False
 
     def _get(self, key: tuple[str, str], make: Callable[[], Any]) -> Any:
@@ -110,19 +117,35 @@ class RunClients:
 
         return self._get(("postgres-ro" if read_only else "postgres", dsn), make)
 
-    def read_only_query(self, dsn: str, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    def read_only_query(
+        self, dsn: str, sql: str, args: tuple[Any, ...] = (), *, watchdog: Watchdog | None = None
+    ) -> list[tuple[Any, ...]]:
         """Run one statement in its own read-only transaction, then roll it back. The extended protocol
         (binary results) refuses several statements in one string, so a check's SQL cannot end the
-        transaction and write after it: checks and plans only ever read."""
+        transaction and write after it: checks and plans only ever read. With a `watchdog` (a check's),
+        the connection is cut at the deadline — once this statement holds it, never another's — and
+        dropped, so the run's next query connects afresh."""
         conn = self.postgres(dsn, read_only=True)
         with self._lock_for(dsn):
+            guard = watchdog(lambda: self._cut_postgres(dsn, conn)) if watchdog else contextlib.nullcontext()
             try:
-                with conn.cursor() as cur:
+                with guard, conn.cursor() as cur:
                     cur.execute(sql, args, binary=True)
                     return list(cur.fetchall()) if cur.description else []
             finally:
-                if not conn.closed:
-                    conn.rollback()
+                if not conn.closed and not conn.broken:
+                    with contextlib.suppress(Exception):
+                        conn.rollback()
+
+    def _cut_postgres(self, dsn: str, conn: Any) -> None:
+        # psycopg has no read timeout of its own, and statement_timeout needs a server that still runs.
+        with self._lock:
+            if self._clients.get(("postgres-ro", dsn)) is conn:
+                del self._clients[("postgres-ro", dsn)]
+        with contextlib.suppress(Exception):
+            handle = socket.socket(fileno=os.dup(conn.fileno()))
+            handle.shutdown(socket.SHUT_RDWR)
+            handle.close()
 
     def _lock_for(self, dsn: str) -> threading.Lock:
         # Checks run concurrently on one connection; a transaction per statement must not interleave.
@@ -135,7 +158,27 @@ class RunClients:
             from redis.backoff import NoBackoff
             from redis.retry import Retry
 
-            return redis.Redis.from_url(
+            from agent.inflight import InFlight
+
+            in_flight = self._redis_in_flight.setdefault(url, InFlight(lambda conn: conn.disconnect()))
+
+            class Pool(redis.ConnectionPool):  # notes which thread has which connection
+                def make_connection(self) -> Any:
+                    # Noted before it connects: the handshake can be dripped too.
+                    conn = super().make_connection()
+                    in_flight.checked_out(conn)
+                    return conn
+
+                def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+                    conn = super().get_connection(*args, **kwargs)
+                    in_flight.checked_out(conn)
+                    return conn
+
+                def release(self, connection: Any) -> None:
+                    in_flight.returned(connection)
+                    super().release(connection)
+
+            pool = Pool.from_url(
                 url,
                 socket_connect_timeout=self.settings.connect_timeout,
                 socket_timeout=self.settings.read_timeout,
@@ -143,8 +186,14 @@ class RunClients:
                 # No silent retries: a check reports what it saw, within its deadline, once.
                 retry=Retry(NoBackoff(), 0),
             )
+            return redis.Redis(connection_pool=pool)
 
         return self._get(("redis", url), make)
+
+    def cut_redis(self, url: str, thread_id: int) -> None:
+        """Disconnect the Redis connections `thread_id` is waiting on (its check's deadline passed)."""
+        if url in self._redis_in_flight:
+            self._redis_in_flight[url].cut(thread_id)
 
     def close(self) -> None:
         with self._lock:

@@ -3,6 +3,7 @@ runbooks on a bounded queue, run scheduled sweeps, and shut down without startin
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
@@ -111,7 +112,8 @@ class Daemon:
 
     @property
     def ready(self) -> bool:
-        return not self.stopping.is_set() and all(w.is_alive() for w in self._workers) and self.audit_ok()
+        threads = [*self._workers, self._scheduler]
+        return not self.stopping.is_set() and all(t.is_alive() for t in threads) and self.audit_ok()
 
     def audit_ok(self) -> bool:
         """The audit log can take a record: without it nothing is accepted (fail closed)."""
@@ -251,29 +253,39 @@ class Daemon:
         due: dict[str, float] = {}
         next_prune = time.monotonic() + 60
         while not self.stopping.wait(1.0):
-            now = time.monotonic()
-            if now >= next_prune:
-                next_prune = now + 3600
-                self.prune()
-            for loaded in self.runbooks.runbooks.values():
-                schedule = loaded.spec.schedule
-                if schedule is None or now < due.get(loaded.spec.id, 0.0):
+            try:
+                if time.monotonic() >= next_prune:
+                    self.prune()
+                    next_prune = time.monotonic() + 3600
+                self._sweeps_due(due)
+            except Exception as exc:
+                # A failed pass (the audit log torn, the state store busy) is tried again next second:
+                # a dead scheduler would end sweeps and retention for good.
+                with contextlib.suppress(AuditError):
+                    self.audit.record("schedule_failed", error=self.redactor.text(f"{type(exc).__name__}: {exc}"))
+
+    def _sweeps_due(self, due: dict[str, float]) -> None:
+        """Queue the scheduled runbooks whose time has come (one queued or running run each at most)."""
+        now = time.monotonic()
+        for loaded in self.runbooks.runbooks.values():
+            schedule = loaded.spec.schedule
+            if schedule is None or now < due.get(loaded.spec.id, 0.0):
+                continue
+            due[loaded.spec.id] = now + schedule.every
+            with self._admit:
+                if self.state.active_run(loaded.spec.id, "-") or self._queue.full():
                     continue
-                due[loaded.spec.id] = now + schedule.every
-                with self._admit:
-                    if self.state.active_run(loaded.spec.id, "-") or self._queue.full():
-                        continue
-                    run_id = uuid.uuid4().hex[:12]
-                    self.state.add_run(
-                        run_id=run_id,
-                        runbook=loaded.spec.id,
-                        target="-",
-                        mode="dry-run" if self.dry_run else "live",
-                        actor="schedule",
-                        params={},
-                        status="queued",
-                    )
-                    self._queue.put_nowait((run_id, loaded.spec.id, {}, "schedule", "-"))
+                run_id = uuid.uuid4().hex[:12]
+                self.state.add_run(
+                    run_id=run_id,
+                    runbook=loaded.spec.id,
+                    target="-",
+                    mode="dry-run" if self.dry_run else "live",
+                    actor="schedule",
+                    params={},
+                    status="queued",
+                )
+                self._queue.put_nowait((run_id, loaded.spec.id, {}, "schedule", "-"))
 
     def prune(self) -> dict[str, int]:
         """Retention: the state store keeps alerts and runs for the configured times (the audit log,

@@ -9,38 +9,18 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import threading
-import weakref
 from typing import Any
 
-__all__ = ["InFlight", "track"]
+from agent.inflight import InFlight
+
+__all__ = ["track"]
 
 
-class InFlight:
-    """Connections checked out of a client's pools, by the thread using them."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._by_thread: dict[int, weakref.WeakSet[Any]] = {}
-
-    def checked_out(self, conn: Any) -> None:
-        with self._lock:
-            self._by_thread.setdefault(threading.get_ident(), weakref.WeakSet()).add(conn)
-
-    def returned(self, conn: Any) -> None:
-        with self._lock:
-            for conns in self._by_thread.values():
-                conns.discard(conn)
-
-    def cut(self, thread_id: int) -> None:
-        """Shut down the sockets `thread_id` is using: its blocked reads fail at once."""
-        with self._lock:
-            conns = list(self._by_thread.pop(thread_id, ()))
-        for conn in conns:
-            sock = getattr(conn, "sock", None)
-            if sock is not None:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
+def _shutdown(conn: Any) -> None:
+    sock = getattr(conn, "sock", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 def _tracking(pool_class: type, in_flight: InFlight) -> type:
@@ -65,7 +45,7 @@ def track(client: Any) -> InFlight:
     from docker.transport import UnixHTTPAdapter
     from docker.transport.unixconn import UnixHTTPConnectionPool
 
-    in_flight = InFlight()
+    in_flight = InFlight(_shutdown)
     unix_pool = _tracking(UnixHTTPConnectionPool, in_flight)
 
     class Unix(UnixHTTPAdapter):  # type: ignore[misc]

@@ -50,23 +50,23 @@ class ResolvedParams:
 
 
 class _CheckThreads:
-    """Checks run on daemon threads. One past its deadline is abandoned: its clients' own deadlines end it
-    soon, and it never keeps the process from exiting. The threads alive are bounded process-wide, so a
-    target that never answers cannot pile up threads run after run: past the bound, checks are reported
-    as not started instead."""
+    """Checks run on daemon threads. One past its deadline is abandoned: its clients' watchdogs end it
+    soon, and it never keeps the process from exiting. Threads abandoned but still alive are bounded
+    process-wide, so a target that never answers cannot pile up threads run after run: past the bound,
+    checks are reported as not started. (Threads within their deadline are bounded by the runs at once
+    times max_parallel_checks.)"""
 
-    limit = 64
+    limit = 32
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._live = 0
+        self._stuck: set[Future[CheckResult]] = set()
 
     def start(self, func: Callable[[], CheckResult], name: str) -> Future[CheckResult] | None:
-        """Run `func` on a new thread; None if the bound is reached."""
+        """Run `func` on a new thread; None while too many are stuck past their deadline."""
         with self._lock:
-            if self._live >= self.limit:
+            if len(self._stuck) >= self.limit:
                 return None
-            self._live += 1
         future: Future[CheckResult] = Future()
 
         def run() -> None:
@@ -76,15 +76,20 @@ class _CheckThreads:
                 future.set_exception(exc)
             finally:
                 with self._lock:
-                    self._live -= 1
+                    self._stuck.discard(future)
 
         threading.Thread(target=run, name=name, daemon=True).start()
         return future
 
-    @property
-    def live(self) -> int:
+    def abandon(self, future: Future[CheckResult]) -> None:
         with self._lock:
-            return self._live
+            if not future.done():
+                self._stuck.add(future)
+
+    @property
+    def stuck(self) -> int:
+        with self._lock:
+            return len(self._stuck)
 
 
 _THREADS = _CheckThreads()
@@ -333,8 +338,9 @@ class Executor:
                         del running[future]
                         finish(future.result())
                     elif now >= deadline:
-                        # A thread cannot be killed; its clients' deadlines end it soon. The run moves on.
+                        # A thread cannot be killed; its clients' watchdogs end it soon. The run moves on.
                         del running[future]
+                        _THREADS.abandon(future)
                         finish(
                             CheckResult(
                                 step.id,
@@ -346,12 +352,14 @@ class Executor:
                             )
                         )
         finally:
+            for future in running:
+                _THREADS.abandon(future)
             if phase != "diagnose":
                 clients.close()
         return [results[step.id] for step in steps]
 
     def _not_started(self, step: CheckStep) -> CheckResult:
-        why = f"not run: {_THREADS.live} checks still running, some past their deadline (a target not answering)"
+        why = f"not run: {_THREADS.stuck} checks are still running past their deadline (a target not answering)"
         return CheckResult(step.id, step.check, Status.UNKNOWN, why, 0.0, code="too_many_stuck_checks")
 
     def _skipped(self, step: CheckStep, failed: list[str], results: dict[str, CheckResult]) -> CheckResult:

@@ -17,8 +17,11 @@ _FILE_MODE = 0o600
 
 def _tighten(path: Path, mode: int) -> None:
     info = path.lstat()
-    # Never a shared directory (sticky, like /tmp), never someone else's.
-    if info.st_uid == os.getuid() and not info.st_mode & stat.S_ISVTX and stat.S_IMODE(info.st_mode) & ~mode:
+    # Never through a symlink (chmod would follow it), never a shared directory (sticky, like /tmp),
+    # never someone else's.
+    if stat.S_ISLNK(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & stat.S_ISVTX:
+        return
+    if stat.S_IMODE(info.st_mode) & ~mode:
         path.chmod(mode)
 
 

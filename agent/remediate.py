@@ -267,35 +267,49 @@ class Remediator:
                     if denial.escalate:
                         self._escalate(decision, run.audit, run.run_id, plan, denial.escalate)
                     return None
-            with self._locks_kept(attempt):
-                self._approve_apply_verify(attempt, decision)
+            if not self._approved(attempt, decision):
+                return None
+            # A person may have taken a while: the locks are taken again (still ours, or expired and
+            # free) before anything changes, then kept until the change is verified.
+            held = self._state.lock(attempt.locked, run.run_id, self.settings.lock_ttl)
+            if held:
+                return self._decide(decision, "denied", f"while waiting for approval, {held}")
+            with self._locks_kept(attempt) as lost:
+                self._apply_verify(attempt, decision, lost)
         finally:
             if attempt.locked:
                 self._state.unlock(attempt.locked, run.run_id)
         return None
 
     @contextmanager
-    def _locks_kept(self, a: _Attempt) -> Iterator[None]:
-        """Renew the targets' locks while a person decides, the change is applied and verified: an apply
-        or verify longer than the lock's TTL must not let another run take the targets."""
-        done = threading.Event()
+    def _locks_kept(self, a: _Attempt) -> Iterator[threading.Event]:
+        """Renew the targets' locks while the change is applied and verified: an apply or verify longer
+        than the lock's TTL must not let another run take the targets. The event yielded is set if a
+        renewal fails (the lock is no longer this run's): no further change is made."""
+        done, lost = threading.Event(), threading.Event()
         every = max(0.05, self.settings.lock_ttl / 3)
 
         def renew() -> None:
             while not done.wait(every):
-                self._state.renew(a.locked, a.run.run_id, self.settings.lock_ttl)
+                try:
+                    kept = self._state.renew(a.locked, a.run.run_id, self.settings.lock_ttl)
+                except Exception:
+                    kept = False
+                if not kept:
+                    lost.set()
+                    return
 
         keeper = threading.Thread(target=renew, name=f"lock-{a.run.run_id}", daemon=True)
         keeper.start()
         try:
-            yield
+            yield lost
         finally:
             done.set()
             keeper.join()
 
-    def _approve_apply_verify(self, a: _Attempt, decision: RemediationDecision) -> None:
-        assert self.applier is not None
-        step, plan, run, audit = a.step, a.plan, a.run, a.run.audit
+    def _approved(self, a: _Attempt, decision: RemediationDecision) -> bool:
+        """The approval in force (policy, manual-only), asked for if a person must give it; recorded."""
+        step, plan, run = a.step, a.plan, a.run
         approval = self.policy.approval(a.runbook.spec.id, step.id, step.approval)
         if self.registry.remediation(step.do).manual_only:
             approval = "manual"
@@ -305,13 +319,20 @@ class Remediator:
             answer = run.approve(step, plan)
             if answer is None:
                 self._state.add_pending(run.run_id, step.id, plan.fingerprint, self.redactor.data(plan.to_json()))
-                return self._decide(
+                self._decide(
                     decision, "pending", f"waiting for a person: runbook approve {run.run_id} --plan {plan.fingerprint}"
                 )
+                return False
             if not answer:
-                return self._decide(decision, "rejected", f"rejected by {run.actor}")
+                self._decide(decision, "rejected", f"rejected by {run.actor}")
+                return False
             decision.approver = run.actor
-        audit.record("approval", remediation=step.id, approver=decision.approver, fingerprint=plan.fingerprint)
+        run.audit.record("approval", remediation=step.id, approver=decision.approver, fingerprint=plan.fingerprint)
+        return True
+
+    def _apply_verify(self, a: _Attempt, decision: RemediationDecision, lost: threading.Event) -> None:
+        assert self.applier is not None
+        step, plan, run, audit = a.step, a.plan, a.run, a.run.audit
         # Fail closed: if this record cannot be written, nothing is applied.
         audit.record("apply_started", remediation=step.id, fingerprint=plan.fingerprint, targets=plan.targets)
         if audit.error:
@@ -320,6 +341,11 @@ class Remediator:
         decision.applied = True
         run.changed.update(plan.targets)
         for change in plan.changes:
+            if lost.is_set():
+                decision.results.append(
+                    {"change": change.summary, "outcome": "failed", "error": "the target's lock was lost: stopped"}
+                )
+                break
             action = self._state.start_action(
                 run_id=run.run_id,
                 runbook=a.runbook.spec.id,

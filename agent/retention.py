@@ -17,15 +17,11 @@ def prune(state: StateStore, settings: Settings, audit: AuditLog) -> dict[str, i
     rate limit; the audit log itself is never pruned."""
     now = time.time()
     keep_actions = max(settings.run_retention, settings.limit_window, 7 * 86400.0)
-    counts = state.prune(
-        alerts_before=now - settings.alert_retention,
-        runs_before=now - settings.run_retention,
-        actions_before=now - keep_actions,
-    )
-    audit.record(
-        "state_pruned",
-        alert_retention_s=settings.alert_retention,
-        run_retention_s=settings.run_retention,
-        deleted=counts,
-    )
-    return counts
+    cutoffs = {
+        "alerts_before": now - settings.alert_retention,
+        "runs_before": now - settings.run_retention,
+        "actions_before": now - keep_actions,
+    }
+    # Recorded before anything is deleted: if the record cannot be written, nothing is.
+    audit.record("state_pruned", **cutoffs)
+    return state.prune(**cutoffs)

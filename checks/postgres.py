@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-import socket
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -25,24 +22,13 @@ class _Params(BaseModel):
     dsn: str = Field(description="libpq connection string or URL (secret: its password is always masked).")
 
 
-def _cut(conn: Any) -> None:
-    """Shut down a connection's socket from another thread: psycopg waits for an answer without any
-    timeout of its own, and statement_timeout needs a server that still runs (not one frozen or gone)."""
-    with contextlib.suppress(Exception):
-        handle = socket.socket(fileno=os.dup(conn.fileno()))
-        handle.shutdown(socket.SHUT_RDWR)
-        handle.close()
-
-
 def _query(ctx: CheckContext, dsn: str, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     import psycopg
 
     try:
-        conn = ctx.clients.postgres(dsn, read_only=True)
         # A read-only transaction, one statement: SQL is the runbook author's or ours, values only as
         # parameters, and a check never writes. Cut off at the check's deadline.
-        with ctx.watchdog(lambda: _cut(conn)):
-            rows = ctx.clients.read_only_query(dsn, sql, args)
+        rows = ctx.clients.read_only_query(dsn, sql, args, watchdog=ctx.watchdog)
     except psycopg.errors.QueryCanceled:
         raise TargetUnreachable("db_timeout", "PostgreSQL query timed out") from None
     except psycopg.OperationalError as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -29,8 +30,9 @@ def _call(ctx: CheckContext, url: str, op: Callable[[Any], T]) -> T:
     import redis
 
     client = ctx.clients.redis(url)
+    owner = threading.get_ident()
     try:
-        with ctx.watchdog(client.connection_pool.disconnect):
+        with ctx.watchdog(lambda: ctx.clients.cut_redis(url, owner)):
             return op(client)
     except redis.TimeoutError:
         raise TargetUnreachable("redis_timeout", "Redis timed out") from None

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Any
 
 __all__ = ["Blueprint", "blueprint", "config_digest", "volumes_kept"]
 
 NUMBER_LABEL = "com.docker.compose.container-number"
+# The engine names an anonymous volume with 64 hex digits (and, from Docker 23, labels it too).
+_ANONYMOUS = re.compile(r"^[0-9a-f]{64}$")
 
 # Settings the old container took from its image. When the image changes they come from the new image:
 # a rollback must not keep the bad image's own environment or command. (Compared with the old image's.)
@@ -123,6 +126,10 @@ def blueprint(
         config["Hostname"] = None  # the engine's default (the old id), not a chosen name
     host["Links"] = _links(host.get("Links"))
     endpoints = _endpoints(attrs)
+    mode = str(host.get("NetworkMode") or "")
+    if mode.startswith("container:"):
+        # The engine copies the other container's names into this one, and refuses them on create.
+        config["Hostname"] = config["Domainname"] = None
     if replica is None:
         kept = volumes_kept(attrs)
         if kept:
@@ -134,9 +141,16 @@ def blueprint(
         _, number = replica
         config["Labels"] = {**(config.get("Labels") or {}), NUMBER_LABEL: str(number)}
         config["MacAddress"] = None
+        # A replica's anonymous volumes are its own (fresh, at the same places), as with Compose: never the
+        # ones a rollback mounted into the first container by name.
+        host["Mounts"] = [
+            {k: v for k, v in m.items() if k != "Source"} if _ANONYMOUS.match(str(m.get("Source") or "")) else m
+            for m in host.get("Mounts") or []
+        ] or None
+        own_name = str(attrs.get("Name") or "").lstrip("/")
         for endpoint in endpoints.values():
             endpoint["IPAMConfig"] = None  # a second container cannot have the first one's address
-    mode = str(host.get("NetworkMode") or "")
+            endpoint["Aliases"] = [a for a in endpoint.get("Aliases") or [] if a != own_name] or None
     shared = mode in ("host", "none") or mode.startswith("container:")
     first = mode if mode in endpoints else next(iter(endpoints), None)
     body: dict[str, Any] = {**config, "Image": image, "HostConfig": host}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
@@ -53,32 +54,45 @@ def _as_planned(client: Any, container_id: str, digest: str, name: str) -> dict[
 
 
 def _create(client: Any, plan: Blueprint, name: str) -> Any:
+    """Create (not start) a container from a blueprint, on all its networks; nothing is left behind if
+    that fails partway."""
     created = client.api.create_container_from_config(plan.body, name=name)
-    for network, endpoint in plan.more_networks.items():
-        ipam = endpoint.get("IPAMConfig") or {}
-        client.api.connect_container_to_network(
-            created["Id"],
-            network,
-            aliases=endpoint.get("Aliases"),
-            ipv4_address=ipam.get("IPv4Address"),
-            ipv6_address=ipam.get("IPv6Address"),
-            link_local_ips=ipam.get("LinkLocalIPs"),
-            driver_opt=endpoint.get("DriverOpts"),
-        )
-    return client.containers.get(created["Id"])
+    try:
+        for network, endpoint in plan.more_networks.items():
+            ipam = endpoint.get("IPAMConfig") or {}
+            client.api.connect_container_to_network(
+                created["Id"],
+                network,
+                aliases=endpoint.get("Aliases"),
+                ipv4_address=ipam.get("IPv4Address"),
+                ipv6_address=ipam.get("IPv6Address"),
+                link_local_ips=ipam.get("LinkLocalIPs"),
+                driver_opt=endpoint.get("DriverOpts"),
+            )
+        return client.containers.get(created["Id"])
+    except Exception:
+        client.api.remove_container(created["Id"], force=True)  # not v: its volumes may be another's
+        raise
+
+
+def _image_of(client: Any, attrs: dict[str, Any]) -> str:
+    """The container's very image: its reference if that still names it, else its id."""
+    import docker.errors
+
+    ref = str(attrs["Config"]["Image"])
+    try:
+        return ref if client.api.inspect_image(ref)["Id"] == attrs["Image"] else str(attrs["Image"])
+    except docker.errors.ImageNotFound:
+        return str(attrs["Image"])
 
 
 @effects.effect("docker.container.create", CreateReplicaSpec)
 def create(ctx: ApplyContext, spec: CreateReplicaSpec) -> dict[str, Any]:
     client = ctx.clients.docker()
     template = _as_planned(client, spec.template_id, spec.config_digest, spec.name)
-    ref = template["Config"]["Image"]
-    # The template's very image: its reference if that still names it, else its id.
-    image = ref if client.api.inspect_image(ref)["Id"] == template["Image"] else template["Image"]
     image_config = client.api.inspect_image(template["Image"])["Config"]
-    container = _create(
-        client, blueprint(template, image_config, image=image, replica=(spec.name, spec.number)), spec.name
-    )
+    plan = blueprint(template, image_config, image=_image_of(client, template), replica=(spec.name, spec.number))
+    container = _create(client, plan, spec.name)
     try:
         container.start()
         result = wait_running(container, spec.wait_healthy)
@@ -107,21 +121,32 @@ def recreate(ctx: ApplyContext, spec: RecreateSpec) -> dict[str, Any]:
         raise ApplyError(f"{spec.image} now names another image than the one planned; run again")
     plan = blueprint(attrs, client.api.inspect_image(attrs["Image"])["Config"], image=spec.image)
     old = client.containers.get(spec.id)
-    old.stop(timeout=STOP_TIMEOUT)
-    old.rename(f"{spec.name}-replaced-{int(time.time())}")
     new = None
     try:
+        old.stop(timeout=STOP_TIMEOUT)
+        old.rename(f"{spec.name}-replaced-{int(time.time())}")
         new = _create(client, plan, spec.name)
         new.start()
         result = wait_running(new, spec.wait_healthy)
     except Exception:
-        if new is not None:
-            new.remove(force=True)  # not v: the anonymous volumes are the old container's, kept
-        old.rename(spec.name)
-        old.start()
+        _put_back(client, old, new, spec.name)
         raise
     old.remove()  # not v: its anonymous volumes now belong to the new container
     return {"container": spec.name, "id": new.id[:12], "image": spec.image, **result}
+
+
+def _put_back(client: Any, old: Any, new: Any, name: str) -> None:
+    """The new container did not come up: remove it, and run the old one under its own name again. Each
+    step is tried even if one before it failed: the service must not be left down."""
+    if new is not None:
+        with contextlib.suppress(Exception):
+            new.remove(force=True)  # not v: the anonymous volumes are the old container's, kept
+    try:
+        old.reload()
+        if old.name != name:
+            old.rename(name)
+    finally:
+        old.start()
 
 
 @effects.effect("docker.service.scale", ServiceScaleSpec)

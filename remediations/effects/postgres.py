@@ -52,7 +52,7 @@ def dump(ctx: ApplyContext, spec: DumpSpec) -> dict[str, Any]:
     dump holds everything the database does."""
     conninfo, env = _client_env(spec.dsn.get_secret_value())
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    directory = private_dir(Path(spec.directory), tighten=True)
+    directory = private_dir(Path(spec.directory))  # made 0700 if new; a configured one is left as it is
     path = directory / f"{spec.database}-before-restore-{stamp}.dump"
     fd = open_private(path, os.O_WRONLY | os.O_TRUNC)
     try:

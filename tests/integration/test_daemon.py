@@ -143,7 +143,7 @@ def test_refusals_carry_a_reason_and_start_nothing(dc, daemon: Daemon) -> None:
     body = {"name": "AppDown", "labels": {"service": "app"}}
     assert httpx.post(daemon.url + "/v1/alerts", json=body).status_code == 401
     wrong = httpx.post(daemon.url + "/v1/alerts", json=body, headers={"Authorization": "Bearer wrong-token-123"})
-    assert (wrong.status_code, wrong.json()["detail"]) == (401, "invalid bearer token")
+    assert (wrong.status_code, wrong.json()["detail"]) == (401, "missing or invalid bearer token")
     big = daemon.intake.post(
         "/v1/alerts", content=b"{" + b" " * 17_000_000 + b"}", headers={"Content-Type": "application/json"}
     )

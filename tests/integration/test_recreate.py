@@ -21,6 +21,9 @@ from tests.integration.conftest import run_runbook
 pytestmark = pytest.mark.integration
 PROJECT = "rbtest-keep"
 NETWORK = f"{PROJECT}_default"
+BACK = f"{PROJECT}_back"
+SUBNET = "172.31.250.0/24"
+STATIC_IP = {"app": "172.31.250.10", "worker": "172.31.250.11"}
 REPO_IMAGE = "rbtest-keep"
 DATA_VOLUME = "rbtest-keep-data"
 
@@ -38,8 +41,8 @@ remediations:
     when: "true"
     approval: manual
 """
-SCALE = f"""
-id: keep-scale
+SCALE = """
+id: keep-scale-{service}
 title: Scale a service whose containers have everything
 severity: SEV-2
 checks:
@@ -48,7 +51,7 @@ checks:
 remediations:
   - id: scale
     do: docker.scale
-    with: {{service: worker, project: {PROJECT}, replicas: 2, max_replicas: 3, wait_healthy: 30}}
+    with: {{service: {service}, project: rbtest-keep, replicas: 2, max_replicas: 3, wait_healthy: 30}}
     when: "true"
     approval: auto
 """
@@ -75,8 +78,10 @@ def build(dc: docker.DockerClient, version: str) -> str:
 
 
 def everything(dc: docker.DockerClient, service: str, bind: Path, image: str) -> Any:
-    """A container with the settings a hand-picked copy used to drop."""
-    return dc.containers.run(
+    """A container with the settings a hand-picked copy used to drop: on two networks, one with a fixed
+    address."""
+    endpoint = dc.api.create_endpoint_config(ipv4_address=STATIC_IP[service], aliases=[service])
+    container = dc.containers.create(
         image,
         ["sleep", "infinity"],
         name=f"{PROJECT}-{service}-1",
@@ -101,6 +106,7 @@ def everything(dc: docker.DockerClient, service: str, bind: Path, image: str) ->
         read_only=True,
         restart_policy={"Name": "unless-stopped"},
         network=NETWORK,
+        networking_config={NETWORK: endpoint},
         labels={
             "com.docker.compose.project": PROJECT,
             "com.docker.compose.service": service,
@@ -108,6 +114,19 @@ def everything(dc: docker.DockerClient, service: str, bind: Path, image: str) ->
             "io.runbook.test": "1",
         },
     )
+    dc.networks.get(BACK).connect(container, aliases=[f"{service}-back"])
+    container.start()
+    return container
+
+
+def endpoints(attrs: dict[str, Any]) -> dict[str, Any]:
+    """What a container is on each network: its aliases (less the engine's own short-id one) and address
+    settings."""
+    short = attrs["Id"][:12]
+    return {
+        name: (sorted(a for a in ep.get("Aliases") or [] if a != short), ep.get("IPAMConfig"))
+        for name, ep in attrs["NetworkSettings"]["Networks"].items()
+    }
 
 
 @pytest.fixture
@@ -117,15 +136,18 @@ def keep(dc: docker.DockerClient, tmp_path: Path) -> Iterator[dict[str, Any]]:
     bind = tmp_path / "bind"
     bind.mkdir()
     bind.chmod(0o777)
-    dc.networks.create(NETWORK, driver="bridge", labels={"com.docker.compose.project": PROJECT})
+    ipam = docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet=SUBNET)])
+    dc.networks.create(NETWORK, driver="bridge", ipam=ipam, labels={"com.docker.compose.project": PROJECT})
+    dc.networks.create(BACK, driver="bridge", labels={"com.docker.compose.project": PROJECT})
     dc.volumes.create(DATA_VOLUME)
     try:
         yield {"previous": previous, "latest": latest, "bind": bind}
     finally:
         for container in dc.containers.list(all=True, filters={"label": f"com.docker.compose.project={PROJECT}"}):
             container.remove(force=True, v=True)
-        with contextlib.suppress(docker.errors.NotFound):
-            dc.networks.get(NETWORK).remove()
+        for network in (NETWORK, BACK):
+            with contextlib.suppress(docker.errors.NotFound):
+                dc.networks.get(network).remove()
         with contextlib.suppress(docker.errors.NotFound):
             dc.volumes.get(DATA_VOLUME).remove(force=True)
 
@@ -209,6 +231,17 @@ def test_rollback_keeps_everything_but_the_image(dc, agent_env, tmp_path: Path, 
     assert {m["Source"] for m in after["HostConfig"]["Mounts"] if m.get("Source")} == {
         m["Name"] for m in before["Mounts"] if m["Destination"] in ("/cache", "/scratch")
     }
+    # The same networks, aliases and fixed address.
+    assert endpoints(after) == endpoints(before)
+    assert after["NetworkSettings"]["Networks"][NETWORK]["IPAddress"] == STATIC_IP["app"]
+
+    # And a replica made afterwards from the rolled-back container gets anonymous volumes of its own.
+    (runbooks / "scale.yaml").write_text(textwrap.dedent(SCALE.format(service="app")))
+    _, report = run_runbook(agent_env, "keep-scale-app", "--runbooks", str(runbooks))
+    assert report["remediations"][0]["outcome"] == "applied", report["remediations"][0]
+    replica = inspect(dc, f"{PROJECT}-app-2")
+    assert mounts(replica)["/cache"] != mounts(after)["/cache"]
+    assert mounts(replica)["/data"] == mounts(after)["/data"]
 
 
 def test_scale_makes_replicas_exactly_like_the_first(dc, agent_env, tmp_path: Path, keep) -> None:
@@ -216,8 +249,8 @@ def test_scale_makes_replicas_exactly_like_the_first(dc, agent_env, tmp_path: Pa
     write_files(worker)
     runbooks = tmp_path / "runbooks"
     runbooks.mkdir()
-    (runbooks / "scale.yaml").write_text(textwrap.dedent(SCALE))
-    _, report = run_runbook(agent_env, "keep-scale", "--runbooks", str(runbooks))
+    (runbooks / "scale.yaml").write_text(textwrap.dedent(SCALE.format(service="worker")))
+    _, report = run_runbook(agent_env, "keep-scale-worker", "--runbooks", str(runbooks))
     rem = report["remediations"][0]
     assert (rem["decision"], rem["outcome"]) == ("applied", "applied"), rem
     first = inspect(dc, f"{PROJECT}-worker-1")
@@ -229,6 +262,10 @@ def test_scale_makes_replicas_exactly_like_the_first(dc, agent_env, tmp_path: Pa
     diff = volatile(differences(first, second))
     allowed = {"Name", "Config.Labels.com.docker.compose.container-number", "Mounts"}
     assert diff <= allowed, diff - allowed
+    # On the same networks, with the same aliases; an address of its own (the first one's is fixed).
+    first_nets, second_nets = endpoints(first), endpoints(second)
+    assert {n: a for n, (a, _) in second_nets.items()} == {n: a for n, (a, _) in first_nets.items()}
+    assert second_nets[NETWORK][1] is None and first_nets[NETWORK][1]["IPv4Address"] == STATIC_IP["worker"]
     assert second["Config"]["Labels"]["com.docker.compose.container-number"] == "2"
     assert {m["Destination"] for m in second["Mounts"]} == {m["Destination"] for m in first["Mounts"]}
 

@@ -99,7 +99,8 @@ def test_postgres_restore_is_manual_only_and_dumps_first(dc, agent_env, tmp_path
     assert _items() == ["good-1", "good-2", "good-3"]
     dump = Path(rem["results"][0]["dump"])
     assert dump.parent == backups and dump.read_bytes().startswith(b"PGDMP")
-    assert stat.S_IMODE(dump.stat().st_mode) == 0o600 and stat.S_IMODE(backups.stat().st_mode) == 0o700
+    assert stat.S_IMODE(dump.stat().st_mode) == 0o600  # a whole database: private
+    assert stat.S_IMODE(backups.parent.stat().st_mode) == 0o700
     listing = subprocess.run(["pg_restore", "--data-only", "-f", "-", str(dump)], capture_output=True, text=True)
     assert "corrupted" in listing.stdout  # the state before the restore is kept
     assert stack.AGENT_PASSWORD not in json.dumps(report)

@@ -225,3 +225,49 @@ def test_the_security_settings_refuse_shared_tokens() -> None:
         ApiSecurity(intake_token=INTAKE, decision_tokens={"alice": INTAKE})
     with pytest.raises(ValueError, match="share"):
         ApiSecurity(intake_token=INTAKE, decision_tokens={"a": ALICE, "b": ALICE})
+
+
+def test_nothing_unauthenticated_gets_its_body_parsed(api: Api) -> None:
+    # FastAPI parses a body before a route's dependencies run: without the gate, this was a 422 (the
+    # daemon had parsed a stranger's body); now the stranger is refused before any of it is read.
+    headers = {"Authorization": "Bearer not-a-known-token", "Content-Type": "application/json"}
+    response = api.client.post("/v1/alerts/alertmanager", content=b"{not json" + b" " * 100_000, headers=headers)
+    assert response.status_code == 401
+    response = api.client.post("/v1/alerts", content=b"{not json", headers={"Content-Type": "application/json"})
+    assert response.status_code == 401
+
+
+def test_a_chunked_body_over_the_limit_is_a_413(tmp_path: Path) -> None:
+    api = Api(tmp_path, max_body=1000)
+
+    def chunks() -> Any:
+        yield b'{"status":"firing","receiver":"x","alerts":['
+        for _ in range(200):
+            yield b'{"status":"firing","labels":{"a":"b"}},'
+        yield b'{"status":"firing","labels":{"a":"b"}}]}'
+
+    headers = {"Authorization": f"Bearer {INTAKE}", "Content-Type": "application/json"}
+    response = api.client.post("/v1/alerts/alertmanager", content=chunks(), headers=headers)
+    assert response.status_code == 413 and "1000 bytes" in response.json()["detail"]
+    small = api.client.post("/v1/alerts", content=iter([b'{"name": ', b'"SvcDown"}']), headers=headers)
+    assert small.status_code == 202
+
+
+def test_the_scheduler_survives_a_failing_pass(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+
+    def failing(due: dict[str, float]) -> None:
+        calls.append(1)
+        raise RuntimeError("database is locked")
+
+    monkeypatch.setattr(api.daemon, "_sweeps_due", failing)
+    api.daemon.start()
+    try:
+        deadline = time.monotonic() + 20
+        while len(calls) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(calls) >= 2 and api.daemon._scheduler.is_alive() and api.daemon.ready
+        events = [json.loads(line)["event"] for line in api.settings.audit_path.read_text().splitlines()]
+        assert "schedule_failed" in events
+    finally:
+        api.daemon.stop(5)

@@ -338,10 +338,42 @@ def test_secret_overrides_are_never_stored_and_must_be_given_again(h: Harness) -
     )
     (run,) = h.state.runs()
     assert run["params"] == {"where": "y"} and run["secret_params"] == ["token"]
-    assert "s3cret-override-value" not in (h.tmp_path / "state.sqlite3").read_bytes().decode("latin-1")
+    for stored in h.tmp_path.glob("state.sqlite3*"):  # the database and its WAL, where new writes sit
+        assert b"s3cret-override-value" not in stored.read_bytes(), stored
     with pytest.raises(Conflict, match="secret param"):
         executor.decide_pending(run["run_id"], approve=True, approver="alice")
     decision = executor.decide_pending(
         run["run_id"], approve=True, approver="alice", secret_params={"token": "s3cret-override-value"}
     )
     assert decision.decision == "applied"
+
+
+def test_a_lock_lost_mid_apply_stops_before_the_next_change(h: Harness) -> None:
+    settings = Settings(state_dir=h.tmp_path, default_cooldown=0, lock_ttl=0.3)
+
+    def steal() -> None:
+        if fake_effects.applied == ["thing:a"]:
+            thief = StateStore(h.tmp_path / "state.sqlite3")
+            with thief._write() as db:
+                db.execute("UPDATE locks SET run_id = 'thief' WHERE target = 'thing:b'")
+
+    fake_effects.DURING.append(steal)
+    try:
+        _, rem = h.run({"with": {"targets": ["thing:a", "thing:b"], "sleep": 0.5}}, settings=settings)
+    finally:
+        fake_effects.DURING.clear()
+    assert fake_effects.applied == ["thing:a"]  # thing:b, no longer this run's to change, is left alone
+    assert rem.outcome == "apply_failed" and "lock was lost" in (rem.escalation or "")
+
+
+def test_a_person_slow_to_approve_does_not_hold_the_lock(h: Harness) -> None:
+    settings = Settings(state_dir=h.tmp_path, default_cooldown=0, lock_ttl=0.2)
+
+    def slow_person(step: Any, plan: Any) -> bool:
+        time.sleep(0.5)  # the lock expired meanwhile (it is not renewed while a person decides) ...
+        assert StateStore(h.tmp_path / "state.sqlite3").lock(["thing:a"], "other-run", ttl=60) is None
+        return True  # ... and another run took it
+
+    _, rem = h.run({"approval": "manual"}, settings=settings, approve=slow_person)
+    assert rem.decision == "denied" and "while waiting for approval" in rem.decision_reason
+    assert fake_effects.applied == []
