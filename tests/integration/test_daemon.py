@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from sandbox import faults, stack
-from tests.integration.conftest import REPO
+from tests.integration.conftest import REPO, cli
 
 pytestmark = pytest.mark.integration
 TOKEN = "example-token"  # the intake token, as in the reference deliveries
@@ -389,14 +389,7 @@ def test_kill_9_mid_run_leaves_it_interrupted_never_resumed(dc, daemon_env: dict
         audit = (Path(daemon_env["RUNBOOK_STATE_DIR"]) / "audit.jsonl").read_text()
         assert f'"run_id":"{run_id}"' in audit and "run_interrupted" in audit
         assert '"event":"apply_started"' not in audit
-        cli = subprocess.run(
-            [sys.executable, "-m", "agent.cli", "runs", "--status", "interrupted"],
-            env=daemon_env,
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-        )
-        assert run_id in cli.stdout
+        assert run_id in cli(daemon_env, "runs", "--status", "interrupted").stdout
     finally:
         d.stop()
 
@@ -465,26 +458,15 @@ def test_pending_approval_over_the_api_and_the_cli(dc, daemon_env: dict[str, str
         # The same from a terminal on the host, against the same state store while the daemon runs.
         client.delete("bull:rbtest-manual:meta")
         second = d.wait_run(d.alert("ProviderDown", fingerprint="second")["run_id"])
-        cli = [sys.executable, "-m", "agent.cli"]
-        listed = subprocess.run([*cli, "runs"], env=daemon_env, cwd=REPO, capture_output=True, text=True).stdout
+        listed = cli(daemon_env, "runs").stdout
         assert f"{second['run_id']}" in listed and "pending: pause" in listed
-        approved = subprocess.run(
-            [*cli, "approve", second["run_id"], "--runbooks", str(runbooks)],
-            env=daemon_env,
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-        )
+        approved = cli(daemon_env, "approve", second["run_id"], "--runbooks", str(runbooks))
         assert approved.returncode == 0 and "pause: applied" in approved.stdout, approved.stderr
         assert client.hget("bull:rbtest-manual:meta", "paused") == "1"
         client.delete("bull:rbtest-manual:meta")
         third = d.wait_run(d.alert("ProviderDown", fingerprint="third")["run_id"])
-        rejected = subprocess.run(
-            [*cli, "reject", third["run_id"], "--reason", "provider is back", "--runbooks", str(runbooks)],
-            env=daemon_env,
-            cwd=REPO,
-            capture_output=True,
-            text=True,
+        rejected = cli(
+            daemon_env, "reject", third["run_id"], "--reason", "provider is back", "--runbooks", str(runbooks)
         )
         assert "pause: rejected" in rejected.stdout
         assert d.client.get(f"/v1/runs/{third['run_id']}").json()["report"]["remediations"][0]["decision"] == "rejected"
@@ -553,14 +535,7 @@ def test_shipped_alertmanager_receiver_config_is_valid() -> None:
 
 def test_daemon_refuses_to_start_without_a_token(daemon_env: dict[str, str]) -> None:
     env = {k: v for k, v in daemon_env.items() if not k.startswith("RUNBOOK_API_TOKEN")}
-    result = subprocess.run(
-        [sys.executable, "-m", "agent.cli", "daemon", "--port", str(free_port())],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    result = cli(env, "daemon", "--port", str(free_port()), timeout=30)
     assert result.returncode == 2 and "needs an API token" in result.stderr
 
 
@@ -571,13 +546,7 @@ def test_a_dry_run_daemon_never_applies_an_approval(dc, daemon_env: dict[str, st
     client.delete("bull:rbtest-manual:meta")
     runbooks = write_runbooks(tmp_path, MANUAL)
     # A live run from a terminal leaves a pending approval in the state both share.
-    live = subprocess.run(
-        [sys.executable, "-m", "agent.cli", "run", "manual-pause", "--json", "--runbooks", str(runbooks)],
-        env=daemon_env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-    )
+    live = cli(daemon_env, "run", "manual-pause", "--json", "--runbooks", str(runbooks))
     report = json.loads(live.stdout)
     assert report["remediations"][0]["decision"] == "pending"
     d = Daemon(daemon_env, runbooks, "--dry-run").start()
@@ -653,23 +622,11 @@ def test_a_torn_audit_log_answers_503_until_repaired(dc, daemon_env: dict[str, s
         # Alertmanager retries a 5xx, never a 4xx; and the log's path is not the sender's business.
         assert refused.status_code == 503 and str(audit) not in refused.text
         assert httpx.get(d.url + "/readyz").status_code == 503
-        repaired = subprocess.run(
-            [sys.executable, "-m", "agent.cli", "audit", "repair"],
-            env=daemon_env,
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-        )
+        repaired = cli(daemon_env, "audit", "repair")
         assert repaired.returncode == 0 and "removed a torn tail of 26 bytes" in repaired.stdout, repaired.stderr
         assert httpx.get(d.url + "/readyz").status_code == 200
         assert d.intake.post("/v1/alerts", json={"name": "Harmless", "fingerprint": "after-repair"}).status_code == 202
-        verified = subprocess.run(
-            [sys.executable, "-m", "agent.cli", "audit", "verify"],
-            env=daemon_env,
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-        )
+        verified = cli(daemon_env, "audit", "verify")
         assert verified.returncode == 0, verified.stderr
     finally:
         d.stop()

@@ -46,6 +46,8 @@ class Dripper:
                 conn, _ = self.server.accept()
             except TimeoutError:
                 continue
+            except OSError:  # closed: the test is over
+                return
             threading.Thread(target=self._drip, args=(conn,), daemon=True).start()
 
     def _drip(self, conn: socket.socket) -> None:

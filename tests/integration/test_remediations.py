@@ -18,7 +18,7 @@ import pytest
 import redis
 
 from sandbox import faults, stack
-from tests.integration.conftest import REPO, run_runbook
+from tests.integration.conftest import REPO, cli, run_runbook
 
 pytestmark = pytest.mark.integration
 DSN = stack.AGENT_ENV["DATABASE_URL"]
@@ -142,13 +142,7 @@ def test_restore_is_bound_to_the_approved_file(dc, agent_env, tmp_path: Path, or
     run_id, planned = report["run_id"], report["remediations"][0]["plan"]["fingerprint"]
     _corrupt()
     _pg_dump(backups / "good.dump", "--format=custom")  # the file approved is replaced (now holds "corrupted")
-    approve = subprocess.run(
-        [sys.executable, "-m", "agent.cli", "approve", run_id, "--plan", planned, "--runbooks", str(runbooks)],
-        env=agent_env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-    )
+    approve = cli(agent_env, "approve", run_id, "--plan", planned, "--runbooks", str(runbooks))
     assert approve.returncode == 1 and "plan changed" in approve.stderr, approve.stdout + approve.stderr
     assert _items() == ["corrupted"]
 
@@ -296,14 +290,7 @@ def test_manual_remediation_asks_on_a_terminal(dc, agent_env, tmp_path: Path, re
     assert "rejected" in out and client.hget("bull:email:meta", "paused") is None
     _code, out = run_in_terminal(argv, env, "y")
     assert "applied" in out and client.hget("bull:email:meta", "paused") == "1"
-    records = subprocess.run(
-        [sys.executable, "-m", "agent.cli", "audit", "show", "--json"],
-        env=agent_env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    records = cli(agent_env, "audit", "show", "--json").stdout
     approvals = [json.loads(line) for line in records.splitlines() if '"event": "approval"' in line]
     assert approvals and approvals[-1]["approver"].startswith("root@")
 
@@ -311,20 +298,15 @@ def test_manual_remediation_asks_on_a_terminal(dc, agent_env, tmp_path: Path, re
 def test_pause_switch_denies_until_resumed(dc, agent_env, tmp_path: Path, restore) -> None:
     runbooks = write_runbook(tmp_path, QUEUE.format(verb="pause"))
 
-    def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "agent.cli", *args], env=agent_env, cwd=REPO, capture_output=True, text=True
-        )
-
-    assert cli("pause", "--reason", "deploy freeze").returncode == 0
-    assert "PAUSED by root@" in cli("status").stdout
+    assert cli(agent_env, "pause", "--reason", "deploy freeze").returncode == 0
+    assert "PAUSED by root@" in cli(agent_env, "status").stdout
     _, report = run(agent_env, runbooks, "queue-pause")
     rem = report["remediations"][0]
     assert rem["decision"] == "denied" and rem["decision_reason"].endswith(": deploy freeze")
-    assert cli("resume").returncode == 0
+    assert cli(agent_env, "resume").returncode == 0
     _code, report = run(agent_env, runbooks, "queue-pause")
     assert report["remediations"][0]["decision"] == "applied"
-    events = [json.loads(line)["event"] for line in cli("audit", "show", "--json").stdout.splitlines()]
+    events = [json.loads(line)["event"] for line in cli(agent_env, "audit", "show", "--json").stdout.splitlines()]
     assert "paused" in events and "resumed" in events
 
 
