@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
@@ -107,6 +108,7 @@ class IncomingAlert(BaseModel):
     labels: dict[str, str]
     annotations: dict[str, str]
     fingerprint: str
+    starts_at: float | None = None  # when the alerting system says it began (Alertmanager's startsAt)
 
     @property
     def name(self) -> str:
@@ -120,10 +122,33 @@ class IncomingAlert(BaseModel):
         labels: dict[str, str],
         annotations: dict[str, str],
         fingerprint: str | None,
+        starts_at: str | None = None,
     ) -> IncomingAlert:
         if not fingerprint:
             fingerprint = hashlib.sha256(json.dumps(labels, sort_keys=True).encode()).hexdigest()[:16]
-        return cls(source=source, status=status, labels=labels, annotations=annotations, fingerprint=fingerprint)
+        return cls(
+            source=source,
+            status=status,
+            labels=labels,
+            annotations=annotations,
+            fingerprint=fingerprint,
+            starts_at=_epoch(starts_at),
+        )
+
+
+def _epoch(stamp: str | None) -> float | None:
+    """RFC 3339 (Alertmanager's startsAt, nanoseconds and all) as a Unix time; None if absent or unusable."""
+    if not stamp or stamp.startswith("0001-"):
+        return None
+    head, dot, rest = stamp.partition(".")
+    if dot:  # Python takes at most microseconds: cut the fraction to 6 digits, keep the zone
+        zone = rest.lstrip("0123456789")
+        digits = rest[: len(rest) - len(zone)][:6]
+        stamp = f"{head}.{digits}{zone}" if digits else f"{head}{zone}"
+    try:
+        return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
 
 
 def matches(trigger: dict[str, str], labels: dict[str, str]) -> bool:

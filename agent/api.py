@@ -191,6 +191,31 @@ class PauseRequest(BaseModel):
     reason: str = Field("", max_length=500, description="Shown with every denial while paused.")
 
 
+class ReasonRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field("", max_length=500, description="Why (recorded and told).")
+
+
+class AssignRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    commander: str = Field(min_length=1, max_length=200, description="The incident commander.")
+
+
+class NoteRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    text: str = Field(min_length=1, max_length=4000)
+
+
+class SeverityRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    severity: Literal["SEV-1", "SEV-2", "SEV-3", "SEV-4"]
+    reason: str = Field("", max_length=500)
+
+
 class ResetRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -384,7 +409,7 @@ def create_app(daemon: Daemon, security: ApiSecurity) -> FastAPI:
         return accept(
             sender,
             [
-                IncomingAlert.build("alertmanager", a.status, a.labels, a.annotations, a.fingerprint)
+                IncomingAlert.build("alertmanager", a.status, a.labels, a.annotations, a.fingerprint, a.startsAt)
                 for a in payload.alerts
             ],
         )
@@ -426,6 +451,7 @@ def create_app(daemon: Daemon, security: ApiSecurity) -> FastAPI:
         result = daemon.executor.decide_pending(
             run_id, approve=True, approver=person, remediation=decision.remediation, fingerprint=decision.fingerprint
         )
+        daemon.incidents.after_decision(run_id, result, person)
         return result.to_json()
 
     @app.post("/v1/runs/{run_id}/reject")
@@ -434,7 +460,59 @@ def create_app(daemon: Daemon, security: ApiSecurity) -> FastAPI:
         result = daemon.executor.decide_pending(
             run_id, approve=False, approver=person, remediation=decision.remediation, reason=decision.reason
         )
+        daemon.incidents.after_decision(run_id, result, person)
         return result.to_json()
+
+    # --- incidents ----------------------------------------------------------------------------------------
+
+    @app.get("/v1/incidents")
+    def incidents(
+        _: Person,
+        status: Literal["open", "investigating", "identified", "monitoring", "resolved"] | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        """Incidents, newest first."""
+        rows = daemon.incidents.store.find(status=status, limit=max(1, min(limit, 1000)))
+        return [daemon.redactor.data(r.to_json()) for r in rows]
+
+    def incident_shown(incident_id: int) -> dict[str, Any]:
+        shown: dict[str, Any] = daemon.redactor.data(daemon.incidents.describe(incident_id))
+        return shown
+
+    @app.get("/v1/incidents/{incident_id}")
+    def incident(incident_id: int, _: Person) -> dict[str, Any]:
+        """An incident: the record, time to each target, who was paged when, notifications, timeline."""
+        return incident_shown(incident_id)
+
+    @app.post("/v1/incidents/{incident_id}/ack")
+    def incident_ack(incident_id: int, person: Person) -> dict[str, Any]:
+        """Acknowledge (stops the acknowledgement ladder of the escalation path)."""
+        daemon.incidents.acknowledge(incident_id, person)
+        return incident_shown(incident_id)
+
+    @app.post("/v1/incidents/{incident_id}/assign")
+    def incident_assign(incident_id: int, body: AssignRequest, person: Person) -> dict[str, Any]:
+        """Assign the incident commander."""
+        daemon.incidents.assign(incident_id, body.commander, person)
+        return incident_shown(incident_id)
+
+    @app.post("/v1/incidents/{incident_id}/note")
+    def incident_note(incident_id: int, body: NoteRequest, person: Person) -> dict[str, Any]:
+        """Add a note to the timeline."""
+        daemon.incidents.note(incident_id, body.text, person)
+        return incident_shown(incident_id)
+
+    @app.post("/v1/incidents/{incident_id}/severity")
+    def incident_severity(incident_id: int, body: SeverityRequest, person: Person) -> dict[str, Any]:
+        """Change the severity (recorded and told)."""
+        daemon.incidents.set_severity(incident_id, body.severity, person, body.reason)
+        return incident_shown(incident_id)
+
+    @app.post("/v1/incidents/{incident_id}/resolve")
+    def incident_resolve(incident_id: int, body: ReasonRequest, person: Person) -> dict[str, Any]:
+        """Resolve (stops every escalation)."""
+        daemon.incidents.resolve(incident_id, person, body.reason)
+        return incident_shown(incident_id)
 
     def admin_audit(person: str) -> Any:
         return daemon.audit.bind(actor=person, mode="admin")

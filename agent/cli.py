@@ -8,12 +8,12 @@ import os
 import socket
 import sys
 from collections.abc import Callable, Sequence
-from functools import wraps
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
+from agent.cli_errors import errors_as_one_line as _errors_as_one_line
 from agent.config import Settings, load_settings
 from agent.exceptions import AuditError, ConfigError, RunbookError, UnknownRunbook
 from agent.redaction import Redactor
@@ -30,6 +30,7 @@ class _State:
         self.verbose = verbose
         self.config = config
         self._settings: Settings | None = None
+        self._incident_policy: Any = None
         self.redactor = Redactor()
         self.redactor.add_from_env(os.environ)
 
@@ -55,43 +56,23 @@ class _State:
 
         return load_runbooks(self.runbooks_dirs(given), template_env=self.settings.template_env)
 
+    @property
+    def actor(self) -> str:
+        return _actor()
+
+    @property
+    def incident_policy(self) -> Any:
+        """The incident half of the policy file (the guide's targets without one); its secrets masked."""
+        if self._incident_policy is None:
+            from agent.policy import load_incident_policy
+
+            self._incident_policy = load_incident_policy(self.settings.policy_file)
+            self.redactor.add(*self._incident_policy.secrets)
+        return self._incident_policy
+
     def echo(self, text: str, *, err: bool = False) -> None:
         """One line for a person: secrets masked, control characters from outside text escaped."""
         click.echo(printable(self.redactor.text(text)), err=err)
-
-
-def _errors_as_one_line(func: F) -> F:
-    """Print a RunbookError as one redacted line with its exit code; tracebacks (redacted too) only with
-    --verbose."""
-
-    @wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        state: _State = click.get_current_context().find_object(_State)  # type: ignore[assignment]
-        try:
-            return func(*args, **kwargs)
-        except (click.exceptions.Exit, click.ClickException):
-            raise
-        except RunbookError as exc:
-            _traceback(state)
-            for line in exc.message.splitlines():
-                state.echo(line, err=True)
-            sys.exit(exc.exit_code)
-        except Exception as exc:
-            _traceback(state)
-            state.echo(f"runbook: internal error: {type(exc).__name__}: {exc}", err=True)
-            if not state.verbose:
-                click.echo("run again with --verbose for the traceback", err=True)
-            sys.exit(3)
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _traceback(state: _State) -> None:
-    if state.verbose:
-        import traceback
-
-        for line in traceback.format_exc().splitlines():
-            state.echo(line, err=True)
 
 
 _runbooks_option = click.option(
@@ -248,14 +229,24 @@ def run(
             )
     finally:
         store.close()
+    from agent.cli_incidents import deliver, incident_after_run
+
+    record, incidents = incident_after_run(state, runbooks, report)
     if as_json:
-        click.echo(json.dumps(state.redactor.data(report.to_json()), indent=2))
+        data = report.to_json()
+        data["incident"] = record.id if record else None
+        click.echo(json.dumps(state.redactor.data(data), indent=2))
     else:
         printer.report(report)
+        if record is not None:
+            state.echo(
+                f"\nIncident INC-{record.id} ({record.severity}): {record.status} - runbook incident show {record.id}"
+            )
     if report.audit_error:
         state.echo(f"runbook: warning: {report.audit_error}", err=True)
     for escalation in report.escalations:
         state.echo(f"runbook: ESCALATE {report.runbook} {escalation}", err=True)
+    deliver(state, incidents)
     sys.exit(report.exit_status.exit_code)
 
 
@@ -446,6 +437,7 @@ def daemon(
     from agent.server import ACCEPT_BATCH, connection_budget, guarded_protocol, quiet_accept_errors
 
     security = _security(token_file, hmac_secret_file, decision_tokens_file, public_metrics)
+    incident_policy = state.incident_policy
     state.redactor.add(
         security.intake_token,
         *security.decision_tokens.values(),
@@ -458,6 +450,7 @@ def daemon(
         settings,
         state.redactor,
         policy=load_policy(settings.policy_file, settings.environment),
+        incident_policy=incident_policy,
         dry_run=dry_run,
         workers=workers,
         queue_size=queue_size,
@@ -550,8 +543,9 @@ def _decide(
 
     settings = state.settings
     store = StateStore(settings.state_path)
+    runbooks = state.load(runbooks_dirs)
     executor = Executor(
-        state.load(runbooks_dirs),
+        runbooks,
         settings,
         state.redactor,
         AuditLog(settings.audit_path, state.redactor),
@@ -571,6 +565,9 @@ def _decide(
     state.echo(f"{decision.id}: {decision.decision}{outcome} ({decision.decision_reason})")
     if decision.escalation:
         state.echo(f"runbook: ESCALATE {decision.id}: {decision.escalation}", err=True)
+    from agent.cli_incidents import incident_after_decision
+
+    incident_after_decision(state, runbooks, run_id, decision)
 
 
 @cli.command()
@@ -671,6 +668,16 @@ def audit_repair(state: _State, file: Path | None) -> None:
         f"{path}: removed a torn tail of {result.removed_bytes} bytes (kept in {result.saved_to});"
         f" sealed by record {result.seq}"
     )
+
+
+def _register() -> None:
+    from agent.cli_incidents import incident, postmortem
+
+    cli.add_command(incident)
+    cli.add_command(postmortem)
+
+
+_register()
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -8,22 +8,37 @@ import queue
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from agent.alerts import IncomingAlert, alert_params, route, target_key
 from agent.audit import AuditLog
 from agent.config import Settings
-from agent.exceptions import AuditError
+from agent.exceptions import AuditError, RunbookError
 from agent.executor import Executor
+from agent.incidents import IncidentPolicy, Incidents, RunOrigin, incident_target
 from agent.loader import RunbookSet
 from agent.metrics import Metrics
+from agent.notify.outbox import Courier
 from agent.policy import EnvironmentPolicy
 from agent.redaction import Redactor
 from agent.retention import prune
 from agent.state import StateStore
 
 __all__ = ["Daemon", "Disposition", "QueueFull"]
+
+
+@dataclass(frozen=True)
+class _Queued:
+    """A run waiting for a worker, and where it came from (for its incident)."""
+
+    run_id: str
+    runbook: str
+    params: dict[str, str]
+    actor: str
+    target: str
+    origin: RunOrigin
 
 
 class QueueFull(Exception):
@@ -52,6 +67,7 @@ class Daemon:
         redactor: Redactor,
         *,
         policy: EnvironmentPolicy,
+        incident_policy: IncidentPolicy | None = None,
         dry_run: bool = False,
         workers: int = 2,
         queue_size: int = 100,
@@ -71,7 +87,9 @@ class Daemon:
             runbooks, settings, redactor, self.audit, policy=policy, state=self.state, dry_run=dry_run
         )
         self.stopping = threading.Event()
-        self._queue: queue.Queue[tuple[str, str, dict[str, str], str, str]] = queue.Queue(maxsize=queue_size)
+        self.incidents = Incidents(self.state, self.audit, incident_policy or IncidentPolicy(), redactor, runbooks)
+        self.courier = Courier(self.incidents.outbox, dict(self.incidents.policy.channels), self.audit, redactor)
+        self._queue: queue.Queue[_Queued] = queue.Queue(maxsize=queue_size)
         self._workers = [threading.Thread(target=self._work, name=f"run-{i}", daemon=True) for i in range(workers)]
         self._scheduler = threading.Thread(target=self._schedule, name="scheduler", daemon=True)
         # Routing, dedup and queueing happen one payload at a time, so two copies cannot both start a run
@@ -91,6 +109,7 @@ class Daemon:
         for worker in self._workers:
             worker.start()
         self._scheduler.start()
+        self.courier.start()
 
     def stop(self, deadline: float = 30.0) -> None:
         """Start nothing new; let in-flight checks finish (up to the deadline); queued runs are interrupted."""
@@ -98,13 +117,14 @@ class Daemon:
         end = time.monotonic() + deadline
         while True:
             try:
-                run_id = self._queue.get_nowait()[0]
+                run_id = self._queue.get_nowait().run_id
             except queue.Empty:
                 break
             self.state.set_run(run_id, "interrupted", result="interrupted")
             self.audit.record("run_interrupted", run_id=run_id, reason="daemon stopped before it began")
         for worker in self._workers:
             worker.join(max(0.0, end - time.monotonic()))
+        self.courier.stop()
         for run in self.state.runs(status="running"):
             if run["run_id"] in self._running:
                 self.state.set_run(run["run_id"], "interrupted", result="interrupted")
@@ -162,7 +182,10 @@ class Daemon:
                 resolved,
             )
             for run in new_runs:
-                self._queue.put_nowait((run["run_id"], run["runbook"], run["params"], run["actor"], run["target"]))
+                self._queue.put_nowait(
+                    _Queued(run["run_id"], run["runbook"], run["params"], run["actor"], run["target"], run["origin"])
+                )
+        self._tell_incidents(alerts, results)
         for alert, result in zip(alerts, results, strict=True):
             self.metrics.alerts_received.labels(source=alert.source).inc()
             if result.outcome == "deduplicated":
@@ -234,14 +257,16 @@ class Daemon:
             decided[(name, target)] = result("deduplicated", recent, why)
             return decided[(name, target)]
         run_id = uuid.uuid4().hex[:12]
+        actor = f"alert:{alert.name}:{alert.fingerprint}"
         new_runs.append(
             {
                 "run_id": run_id,
                 "runbook": name,
                 "target": target,
                 "mode": "dry-run" if self.dry_run else "live",
-                "actor": f"alert:{alert.name}:{alert.fingerprint}",
+                "actor": actor,
                 "params": params,
+                "origin": RunOrigin(actor, alert.name, alert.labels.get("severity"), alert.starts_at),
             }
         )
         decided[(name, target)] = result("deduplicated", run_id, "a run for this incident is in progress")
@@ -258,6 +283,8 @@ class Daemon:
                     self.prune()
                     next_prune = time.monotonic() + 3600
                 self._sweeps_due(due)
+                # The escalation path and the severity targets run on this clock too.
+                self.incidents.tick()
             except Exception as exc:
                 # A failed pass (the audit log torn, the state store busy) is tried again next second:
                 # a dead scheduler would end sweeps and retention for good.
@@ -285,7 +312,7 @@ class Daemon:
                     params={},
                     status="queued",
                 )
-                self._queue.put_nowait((run_id, loaded.spec.id, {}, "schedule", "-"))
+                self._queue.put_nowait(_Queued(run_id, loaded.spec.id, {}, "schedule", "-", RunOrigin("schedule")))
 
     def prune(self) -> dict[str, int]:
         """Retention: the state store keeps alerts and runs for the configured times (the audit log,
@@ -297,23 +324,60 @@ class Daemon:
     def _work(self) -> None:
         while not self.stopping.is_set():
             try:
-                run_id, runbook_id, params, actor, target = self._queue.get(timeout=0.5)
+                queued = self._queue.get(timeout=0.5)
             except queue.Empty:
                 continue
-            self._running.add(run_id)
+            self._running.add(queued.run_id)
             try:
                 report = self.executor.run(
-                    runbook_id,
-                    overrides=params,
+                    queued.runbook,
+                    overrides=queued.params,
                     dry_run=self.dry_run,
-                    actor=actor,
-                    run_id=run_id,
-                    target=target,
+                    actor=queued.actor,
+                    run_id=queued.run_id,
+                    target=queued.target,
                     stop=self.stopping,
                 )
                 self.metrics.observe(report)
             except Exception as exc:
-                self.audit.record("run_failed", run_id=run_id, error=self.redactor.text(f"{type(exc).__name__}: {exc}"))
-                self.metrics.runs.labels(runbook=runbook_id, status="ERROR").inc()
+                with contextlib.suppress(AuditError):
+                    error = self.redactor.text(f"{type(exc).__name__}: {exc}")
+                    self.audit.record("run_failed", run_id=queued.run_id, error=error)
+                self.metrics.runs.labels(runbook=queued.runbook, status="ERROR").inc()
+                continue
             finally:
-                self._running.discard(run_id)
+                self._running.discard(queued.run_id)
+            self._guarded(self.incidents.after_run, report, queued.origin)
+
+    def _guarded(self, work: Callable[..., object], *args: Any) -> None:
+        """Incident bookkeeping never takes a worker or the intake down with it: a failure is recorded."""
+        try:
+            work(*args)
+        except Exception as exc:
+            with contextlib.suppress(AuditError):
+                self.audit.record("incident_update_failed", error=self.redactor.text(f"{type(exc).__name__}: {exc}"))
+
+    def _tell_incidents(self, alerts: list[IncomingAlert], results: list[Disposition]) -> None:
+        """Resolved alerts resolve their incident; alerts that joined one are noted on its timeline."""
+        joined: dict[tuple[str, str], dict[str, int]] = {}
+        for alert, result in zip(alerts, results, strict=True):
+            if result.runbook is None or result.outcome not in ("resolved", "deduplicated"):
+                continue
+            target = self._incident_target(result.runbook, alert)
+            if result.outcome == "resolved":
+                actor = f"alert:{alert.name}:{alert.fingerprint}"
+                self._guarded(self.incidents.alert_resolved, result.runbook, target, actor)
+            else:
+                names = joined.setdefault((result.runbook, target), {})
+                names[alert.name] = names.get(alert.name, 0) + 1
+        for (runbook, target), names in joined.items():
+            self._guarded(self.incidents.alerts_joined, runbook, target, names)
+
+    def _incident_target(self, runbook_id: str, alert: IncomingAlert) -> str:
+        loaded = self.runbooks.runbooks[runbook_id]
+        mapped = alert_params(loaded, alert)
+        try:
+            params = self.executor.resolve_params(loaded, mapped.params).values
+        except RunbookError:
+            params = dict(mapped.params)
+        return incident_target(loaded.spec, params)

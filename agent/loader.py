@@ -13,11 +13,10 @@ from pydantic import BaseModel, ValidationError
 from agent.exceptions import RunbookValidationError
 from agent.registry import Registry, UnknownPlugin
 from agent.schema import Runbook
+from agent.sources import Loc, Problems, YamlSource, reason
 from agent.templating import TemplateError, Templates, is_template
 
 __all__ = ["LoadedRunbook", "RunbookSet", "load_runbooks"]
-
-Loc = tuple[str | int, ...]
 
 
 @dataclass(frozen=True)
@@ -36,92 +35,8 @@ class RunbookSet:
         return sorted(self.runbooks)
 
 
-class _Source:
-    """One YAML file: its data and, for any field path, the line it stands on."""
-
-    def __init__(self, path: Path, text: str) -> None:
-        self.path = path
-        loader = yaml.SafeLoader(text)
-        try:
-            self.node = loader.get_single_node()
-            self.data = loader.construct_document(self.node) if self.node is not None else None
-        finally:
-            loader.dispose()
-
-    def line(self, loc: Loc) -> int:
-        node = self.node
-        if node is None:
-            return 1
-        for part in loc:
-            child = None
-            if isinstance(node, yaml.MappingNode):
-                for key, value in node.value:
-                    if key.value == part:
-                        child = value
-                        break
-            elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
-                child = node.value[part]
-            if child is None:
-                break
-            node = child
-        return int(node.start_mark.line) + 1
-
-
-def _field(loc: Loc) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "(top level)"
-
-
-# pydantic's wording turned into "expected X" for the errors a runbook author meets.
-_EXPECTED = {
-    "int_parsing": "expected a whole number",
-    "int_type": "expected a whole number",
-    "int_from_float": "expected a whole number",
-    "float_parsing": "expected a number",
-    "float_type": "expected a number",
-    "bool_parsing": "expected true or false",
-    "bool_type": "expected true or false",
-    "string_type": "expected a string",
-    "list_type": "expected a list",
-    "dict_type": "expected a mapping",
-    "model_type": "expected a mapping",
-    "missing": "required field is missing",
-    "extra_forbidden": "unknown field",
-}
-
-
-def _reason(error: Any) -> str:
-    kind = error["type"]
-    if kind in ("missing", "extra_forbidden"):
-        return _EXPECTED[kind]
-    got = error.get("input")
-    shown = repr(got) if not isinstance(got, dict | list) else type(got).__name__
-    if kind in _EXPECTED:
-        return f"{_EXPECTED[kind]}, got {shown}"
-    msg = str(error["msg"]).removeprefix("Value error, ")
-    if kind == "literal_error":
-        return f"{msg[0].lower()}{msg[1:]}, got {shown}"
-    if kind == "string_pattern_mismatch":
-        return f"{msg}, got {shown}"
-    return msg[0].lower() + msg[1:] if msg else kind
-
-
-class _Problems:
-    def __init__(self) -> None:
-        self.items: list[str] = []
-
-    def add(self, source: _Source, loc: Loc, reason: str) -> None:
-        self.items.append(f"{source.path}:{source.line(loc)}: {_field(loc)}: {reason}")
-
-    def from_validation(self, source: _Source, exc: ValidationError, prefix: Loc = ()) -> None:
-        for error in exc.errors():
-            self.add(source, prefix + tuple(error["loc"]), _reason(error))
-
-
 def _validate_with(
-    source: _Source, problems: _Problems, model: type[BaseModel], values: dict[str, Any], loc: Loc
+    source: YamlSource, problems: Problems, model: type[BaseModel], values: dict[str, Any], loc: Loc
 ) -> None:
     """Check a step's `with` against the plugin's params model. Templated values are only known at run
     time, so their type errors are left to the run; unknown and missing keys are caught now."""
@@ -134,7 +49,7 @@ def _validate_with(
                 continue
             if key is None and any(is_template(v) for v in values.values()):
                 continue  # a whole-model rule over values not known until the run
-            problems.add(source, loc + tuple(error["loc"]), _reason(error))
+            problems.add(source, loc + tuple(error["loc"]), reason(error))
 
 
 def _walk_templates(value: Any, loc: Loc) -> Iterable[tuple[Loc, str]]:
@@ -149,11 +64,11 @@ def _walk_templates(value: Any, loc: Loc) -> Iterable[tuple[Loc, str]]:
 
 
 def _check_runbook(
-    source: _Source,
+    source: YamlSource,
     spec: Runbook,
     registry: Registry,
     templates: Templates,
-    problems: _Problems,
+    problems: Problems,
     env: Sequence[str] | None,
 ) -> None:
     params = list(spec.params)
@@ -226,7 +141,7 @@ def load_runbooks(
     `template_env` names the environment variables templates may read (`env.NAME`); None: any."""
     registry = registry or Registry()
     templates = Templates()
-    problems = _Problems()
+    problems = Problems()
     runbooks: dict[str, LoadedRunbook] = {}
     files = _files(paths)
     for path in files:
@@ -236,7 +151,7 @@ def load_runbooks(
             problems.items.append(f"{path}:1: (file): cannot read: {exc}")
             continue
         try:
-            source = _Source(path, text)
+            source = YamlSource(path, text)
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             line = mark.line + 1 if mark is not None else 1

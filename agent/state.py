@@ -59,6 +59,30 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX IF NOT EXISTS alerts_received ON alerts (received)",
         "CREATE INDEX IF NOT EXISTS runs_created ON runs (created)",
     ),
+    # 3: incidents, their timeline, the escalation levels reached, and the notification outbox.
+    (
+        """CREATE TABLE incidents (
+            id INTEGER PRIMARY KEY AUTOINCREMENT, title TEXT NOT NULL, runbook TEXT, target TEXT NOT NULL,
+            service TEXT NOT NULL, severity TEXT NOT NULL, impact TEXT NOT NULL, status TEXT NOT NULL,
+            commander TEXT, source TEXT NOT NULL, detected REAL NOT NULL, declared REAL NOT NULL,
+            acknowledged REAL, identified REAL, mitigated REAL, resolved REAL, response_missed REAL,
+            resolution_missed REAL, updated REAL NOT NULL)""",
+        "CREATE INDEX incidents_key ON incidents (runbook, target, declared)",
+        "CREATE INDEX incidents_status ON incidents (status)",
+        """CREATE TABLE incident_events (
+            id INTEGER PRIMARY KEY, incident_id INTEGER NOT NULL, at REAL NOT NULL, kind TEXT NOT NULL,
+            actor TEXT NOT NULL, run_id TEXT, detail TEXT NOT NULL)""",
+        "CREATE INDEX incident_events_incident ON incident_events (incident_id, at)",
+        """CREATE TABLE escalations (
+            incident_id INTEGER NOT NULL, level INTEGER NOT NULL, round INTEGER NOT NULL, at REAL NOT NULL,
+            PRIMARY KEY (incident_id, level, round))""",
+        """CREATE TABLE outbox (
+            id INTEGER PRIMARY KEY, incident_id INTEGER, event_key TEXT NOT NULL, channel TEXT NOT NULL,
+            event TEXT NOT NULL, subject TEXT NOT NULL, body TEXT NOT NULL, created REAL NOT NULL,
+            status TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, next_attempt REAL NOT NULL,
+            last_error TEXT, sent REAL, UNIQUE (event_key, channel))""",
+        "CREATE INDEX outbox_due ON outbox (status, channel, next_attempt)",
+    ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -135,6 +159,16 @@ class StateStore:
 
     def close(self) -> None:
         self._db.close()
+
+    @contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (BEGIN IMMEDIATE): for the stores built on this one (incidents, outbox)."""
+        with self._write() as db:
+            yield db
+
+    def query(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
+        """Rows of a read, materialised under the store's lock."""
+        return list(self._read(sql, args).fetchall())
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:

@@ -199,13 +199,26 @@ def replicas(ctx: CheckContext, params: ReplicasParams) -> Outcome:
     return Outcome(Status.OK, f"{count} of service {params.service} running", {"running": names}, metrics)
 
 
-def _started_at(container: Any) -> datetime | None:
-    raw = container.attrs["State"].get("StartedAt") or ""
+def _state_time(container: Any, name: str) -> datetime | None:
+    raw = container.attrs["State"].get(name) or ""
     # Docker gives nanoseconds ("...T13:34:33.123456789Z"); datetime takes microseconds.
     match = re.match(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d{1,6})?\d*Z$", raw)
     if not match or raw.startswith("0001-"):
         return None
     return datetime.fromisoformat(match.group(1) + (match.group(2) or "") + "+00:00")
+
+
+def _this_run_began(container: Any) -> datetime | None:
+    """Where the current process's log lines begin. After a restart: when the previous process ended
+    (FinishedAt, before StartedAt) — every line after it is the new process's. Otherwise a little before
+    StartedAt: a process's first lines can come before the engine stamps its start."""
+    started = _state_time(container, "StartedAt")
+    finished = _state_time(container, "FinishedAt")
+    if started is None:
+        return None
+    if finished is not None and finished <= started:
+        return finished
+    return started - timedelta(seconds=1)
 
 
 def _log_lines(ctx: CheckContext, target: Target, since: float, across_restarts: bool) -> list[tuple[str, str]]:
@@ -215,10 +228,12 @@ def _log_lines(ctx: CheckContext, target: Target, since: float, across_restarts:
     lines: list[tuple[str, str]] = []
     for container in containers(ctx, target):
         start = window_start
-        started = None if across_restarts else _started_at(container)
-        if started is not None and started > start:
-            start = started
-        raw = container.logs(stdout=True, stderr=True, since=start, timestamps=False, tail=MAX_LOG_LINES)
+        began = None if across_restarts else _this_run_began(container)
+        if began is not None and began > start:
+            start = began
+        # A float: docker-py turns a datetime into whole seconds, which would take in the lines of the
+        # second before a restart (from the process that was failing).
+        raw = container.logs(stdout=True, stderr=True, since=start.timestamp(), timestamps=False, tail=MAX_LOG_LINES)
         lines.extend((container.name, line) for line in raw.decode("utf-8", "replace").splitlines())
     return lines
 

@@ -1,5 +1,6 @@
 """`make demo`: the sandbox up, a real fault, the runbook diagnosing it (dry run beside it), fixing and
-verifying it, and the audit trail of that run."""
+verifying it, the audit trail of that run, the incident it opened and resolved with the messages the team's
+chat got (a local receiver), and the post-mortem draft."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from sandbox import faults, stack
@@ -29,14 +32,52 @@ def runbook(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]
 
 
 def last_run_id(audit: Path) -> str:
-    lines = audit.read_text().splitlines()
-    return str(json.loads(lines[-1])["run_id"])
+    finished = [json.loads(line) for line in audit.read_text().splitlines() if '"event":"run_finished"' in line]
+    return str(finished[-1]["run_id"])
+
+
+class ChatReceiver:
+    """A local stand-in for the team's chat: takes the Slack-style webhook posts the agent sends."""
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+        texts = self.texts
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                texts.append(json.loads(body).get("text", ""))
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/chat"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
 
 def main() -> int:
     dc = stack.client()
     state = Path(tempfile.mkdtemp(prefix="runbook-demo-"))
-    env = {**os.environ, **stack.AGENT_ENV, "RUNBOOK_STATE_DIR": str(state), "NO_COLOR": "1"}
+    chat = ChatReceiver()
+    policy = state / "policy.yaml"
+    policy.write_text(
+        "channels:\n"
+        f"  team-chat: {{type: slack, url: '{chat.url}'}}\n"
+        "notify: [team-chat]\n"
+        "escalation:\n"
+        "  - {name: On-Call Engineer, notify: [team-chat], until: acknowledged}\n"
+    )
+    env = {
+        **os.environ,
+        **stack.AGENT_ENV,
+        "RUNBOOK_STATE_DIR": str(state),
+        "RUNBOOK_POLICY": str(policy),
+        "NO_COLOR": "1",
+    }
     banner("1. The sandbox is healthy: app-down reports OK")
     runbook("run", "app-down", env=env)
 
@@ -57,7 +98,18 @@ def main() -> int:
 
     banner("6. Limits, locks and breakers in force")
     runbook("status", env=env)
-    print(f"\naudit log and state kept in {state}")
+
+    banner("7. The incident the runs opened and resolved, and what the team's chat was told")
+    runbook("incident", "list", "--status", "all", env=env)
+    runbook("incident", "show", "1", env=env)
+    for number, text in enumerate(chat.texts, 1):
+        print(f"--- message {number} to team-chat ---\n{text}")
+
+    banner("8. The post-mortem draft (Markdown and an SVG timeline), from the incident and the audit log")
+    draft = state / "INC-1-postmortem.md"
+    runbook("postmortem", "1", "-o", str(draft), env=env)
+    print("\n".join(draft.read_text().splitlines()[:24]) + "\n...")
+    print(f"\naudit log, state and the post-mortem kept in {state}")
     return 0
 
 

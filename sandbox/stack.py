@@ -94,8 +94,14 @@ SERVICES: dict[str, dict[str, Any]] = {
         "command": ["python3", "/opt/sandbox/worker.py"],
         "environment": _APP_ENV,
     },
+    # The users: 2 requests a second to the app's user route, logged as a load balancer would.
+    "traffic": {
+        "image": IMAGE,
+        "command": ["python3", "/opt/sandbox/traffic.py"],
+        "environment": {"TARGET": "http://app:8080/", "RATE": "2"},
+    },
 }
-ORDER = ["db", "redis", "app", "worker"]
+ORDER = ["db", "redis", "app", "worker", "traffic"]
 
 
 def client() -> docker.DockerClient:

@@ -1,4 +1,6 @@
-"""The sandbox app: /health uses the database and Redis, / answers (or fails by FAIL_RATIO), access log on stderr.
+"""The sandbox app: /health uses the database and Redis; the user route / uses the database too (so a
+database outage fails users' requests: the guide's "500 errors on all requests") and fails by FAIL_RATIO
+(a bad deploy); access log on stderr.
 
 Like many real apps it keeps one database connection and never reconnects once it has broken:
 after the database restarts, only restarting the app helps (the guide's "refresh connections")."""
@@ -58,6 +60,11 @@ class Handler(BaseHTTPRequestHandler):
                 return self._send(500, "redis unavailable")
             return self._send(200, "ok version=" + VERSION)
         if url.path == "/":
+            try:
+                db_check()
+            except Exception as exc:
+                print(f"ERROR Database connection error: {str(exc).strip().splitlines()[0]}", flush=True)
+                return self._send(500, "database unavailable")
             with _lock:
                 _requests += 1
                 failing = (_requests % 100) < FAIL_RATIO * 100

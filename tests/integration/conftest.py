@@ -25,6 +25,7 @@ from agent.registry import Registry
 from agent.schema import Runbook
 from agent.templating import Templates
 from sandbox import faults, stack
+from tests.integration.harness import DECIDER, TOKEN, Daemon
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -168,3 +169,20 @@ def starts(dc: docker.DockerClient, name: str, since: float) -> int:
         since=f"{since:.9f}", until=int(time.time()) + 1, filters={"container": name, "event": "start"}, decode=True
     )
     return sum(1 for _ in events)
+
+
+# --- the daemon as a real process (tests/integration/harness.py) --------------------------------------
+
+
+@pytest.fixture
+def daemon_env(agent_env: dict[str, str], tmp_path: Path) -> dict[str, str]:
+    people = tmp_path / "decision-tokens"
+    people.write_text(f"alice: {DECIDER}\n")
+    return {**agent_env, "RUNBOOK_API_TOKEN": TOKEN, "RUNBOOK_DECISION_TOKENS_FILE": str(people)}
+
+
+@pytest.fixture
+def daemon(daemon_env: dict[str, str]) -> Iterator[Daemon]:
+    d = Daemon(daemon_env, REPO / "runbooks").start()
+    yield d
+    d.stop()

@@ -11,10 +11,8 @@ import signal
 import socket
 import subprocess
 import sys
-import textwrap
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,97 +21,11 @@ import pytest
 
 from sandbox import faults, stack
 from tests.integration.conftest import REPO, cli
+from tests.integration.harness import TOKEN, Daemon, alertmanager, free_port, write_runbooks
 
 pytestmark = pytest.mark.integration
-TOKEN = "example-token"  # the intake token, as in the reference deliveries
-DECIDER = "alice-decision-token"  # alice's decision credential: reads runs, approves
 # Real deliveries of Alertmanager 0.25 (copied from the reference material): contract fixtures.
 FIXTURES = REPO / "tests" / "fixtures" / "alertmanager-webhooks.jsonl"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Daemon:
-    def __init__(self, env: dict[str, str], runbooks: Path, *extra: str, preexec: Any = None) -> None:
-        self.env, self.runbooks, self.extra, self.preexec = env, runbooks, extra, preexec
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen[str] | None = None
-        # Alerts come with the intake token; reads and decisions with a person's credential.
-        self.intake = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
-        self.client = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {DECIDER}"}, timeout=60)
-
-    def start(self) -> Daemon:
-        argv = [sys.executable, "-m", "agent.cli", "daemon", "--port", str(self.port), "--runbooks", str(self.runbooks)]
-        self.proc = subprocess.Popen(
-            [*argv, *self.extra],
-            env=self.env,
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            preexec_fn=self.preexec,
-        )
-        assert faults.wait_for(self._up, timeout=30), self.proc.stdout.read() if self.proc.poll() is not None else ""
-        return self
-
-    def _up(self) -> bool:
-        try:
-            return httpx.get(self.url + "/readyz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def alert(self, name: str, labels: dict[str, str] | None = None, **extra: Any) -> dict[str, Any]:
-        response = self.intake.post("/v1/alerts", json={"name": name, "labels": labels or {}, **extra})
-        assert response.status_code == 202, response.text
-        return response.json()["results"][0]
-
-    def wait_run(self, run_id: str, timeout: float = 120) -> dict[str, Any]:
-        holder: dict[str, Any] = {}
-
-        def done() -> bool:
-            holder["run"] = self.client.get(f"/v1/runs/{run_id}").json()
-            return holder["run"]["status"] in ("finished", "interrupted")
-
-        assert faults.wait_for(done, timeout=timeout), holder.get("run")
-        return holder["run"]
-
-    def runs(self) -> list[dict[str, Any]]:
-        return self.client.get("/v1/runs", params={"limit": 1000}).json()
-
-
-@pytest.fixture
-def daemon_env(agent_env: dict[str, str], tmp_path: Path) -> dict[str, str]:
-    people = tmp_path / "decision-tokens"
-    people.write_text(f"alice: {DECIDER}\n")
-    return {**agent_env, "RUNBOOK_API_TOKEN": TOKEN, "RUNBOOK_DECISION_TOKENS_FILE": str(people)}
-
-
-@pytest.fixture
-def daemon(daemon_env: dict[str, str]) -> Iterator[Daemon]:
-    d = Daemon(daemon_env, REPO / "runbooks").start()
-    yield d
-    d.stop()
-
-
-def write_runbooks(tmp_path: Path, text: str) -> Path:
-    directory = tmp_path / "daemon-runbooks"
-    directory.mkdir(exist_ok=True)
-    (directory / "rb.yaml").write_text(textwrap.dedent(text))
-    return directory
 
 
 def test_reference_deliveries_are_accepted_and_deduplicated(dc, daemon: Daemon) -> None:
@@ -282,54 +194,10 @@ def test_alert_flood_for_a_failing_target_remediates_once(dc, daemon: Daemon, re
 
 
 def test_real_alertmanager_delivers_and_the_runbook_fixes(dc, daemon: Daemon, tmp_path: Path, restore) -> None:
-    port = free_port()
-    config = tmp_path / "alertmanager.yml"
-    config.write_text(
-        textwrap.dedent(f"""
-        route:
-          receiver: runbook
-          group_by: [alertname, service]
-          group_wait: 1s
-          group_interval: 2s
-          repeat_interval: 1h
-        receivers:
-          - name: runbook
-            webhook_configs:
-              - url: {daemon.url}/v1/alerts/alertmanager
-                send_resolved: true
-                http_config:
-                  authorization:
-                    credentials: {TOKEN}
-    """)
-    )
-    am = subprocess.Popen(
-        [
-            "prometheus-alertmanager",
-            f"--config.file={config}",
-            f"--storage.path={tmp_path / 'am-data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--cluster.listen-address=",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        assert faults.wait_for(lambda: _http_ok(f"http://127.0.0.1:{port}/-/ready"), timeout=30)
+    with alertmanager(tmp_path, daemon.url) as am:
         faults.kill_app(dc)
         since = time.time()
-        subprocess.run(
-            [
-                "amtool",
-                "alert",
-                "add",
-                "alertname=AppDown",
-                "service=app",
-                "severity=critical",
-                f"--alertmanager.url=http://127.0.0.1:{port}",
-            ],
-            check=True,
-            capture_output=True,
-        )
+        am.fire("alertname=AppDown", "service=app", "severity=critical")
 
         def app_run() -> list[dict[str, Any]]:
             return [r for r in daemon.runs() if r["runbook"] == "app-down" and r["created"] >= since]
@@ -339,16 +207,6 @@ def test_real_alertmanager_delivers_and_the_runbook_fixes(dc, daemon: Daemon, tm
         assert run["actor"].startswith("alert:AppDown:")
         assert run["report"]["remediations"][0]["outcome"] == "resolved"
         assert faults.traffic(2, "/health") == [200, 200]
-    finally:
-        am.terminate()
-        am.wait(10)
-
-
-def _http_ok(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 SLOW = """

@@ -271,3 +271,61 @@ def test_the_scheduler_survives_a_failing_pass(api: Api, monkeypatch: pytest.Mon
         assert "schedule_failed" in events
     finally:
         api.daemon.stop(5)
+
+
+def _failing(runbook: str = "svc-down", service: str = "app") -> Any:
+    from datetime import UTC, datetime
+
+    from agent.models import CheckResult, RunReport
+    from agent.status import Status
+
+    return RunReport(
+        run_id="run-1",
+        runbook=runbook,
+        title="A service is down",
+        severity="SEV-2",
+        mode="live",
+        actor="alert:SvcDown:x",
+        started_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        status=Status.CRITICAL,
+        params={"service": service},
+        checks=[CheckResult("load", "host.load", Status.CRITICAL, "load high", 3.0, code="load_high")],
+    )
+
+
+def test_incidents_over_the_api(api: Api) -> None:
+    from agent.incidents import RunOrigin
+
+    record = api.daemon.incidents.after_run(_failing(), RunOrigin("alert:SvcDown:x"))
+    assert record is not None
+    assert api.get("/v1/incidents", token=INTAKE).status_code == 403  # the intake token reads nothing
+    (listed,) = api.get("/v1/incidents").json()
+    assert (listed["id"], listed["status"]) == (record.id, "identified")
+    base = f"/v1/incidents/{record.id}"
+    assert api.post(base + "/ack", {}, token=ALICE).json()["incident"]["commander"] == "api:alice"
+    assert api.post(base + "/assign", {"commander": "bob"}, token=ALICE).json()["incident"]["commander"] == "bob"
+    api.post(base + "/note", {"text": "looking at the load"}, token=ALICE)
+    raised = api.post(base + "/severity", {"severity": "SEV-1", "reason": "all users"}, token=ALICE).json()
+    assert raised["incident"]["severity"] == "SEV-1" and raised["targets"]["resolution"]["limit_s"] == 3600
+    assert api.post(base + "/severity", {"severity": "SEV-9"}, token=ALICE).status_code == 422
+    done = api.post(base + "/resolve", {"reason": "load is down"}, token=ALICE).json()
+    assert done["incident"]["status"] == "resolved"
+    assert api.post(base + "/ack", {}, token=ALICE).status_code == 409  # resolved: nothing to acknowledge
+    kinds = [e["kind"] for e in api.get(base).json()["events"]]
+    assert kinds[-5:] == ["acknowledged", "assigned", "note", "severity", "status"]
+    assert api.get("/v1/incidents/999").status_code == 404
+
+
+def test_alerts_join_the_incident_and_a_resolved_alert_resolves_it(api: Api) -> None:
+    from agent.incidents import RunOrigin
+
+    record = api.daemon.incidents.after_run(_failing(), RunOrigin("alert:SvcDown:x"))
+    assert record is not None
+    started = api.post("/v1/alerts/alertmanager", am([firing(1, service="app")])).json()["results"][0]
+    assert started["outcome"] == "run_started"  # the run is queued (no worker here): more copies join it
+    api.post("/v1/alerts/alertmanager", am([firing(i, service="app") for i in range(2, 40)]))
+    events = api.daemon.incidents.store.events(record.id, ("alerts",))
+    assert events and events[0].detail["count"] == 38  # one timeline entry for a whole delivery
+    resolved = {"status": "resolved", "labels": {"alertname": "SvcDown", "service": "app"}, "fingerprint": "fp1"}
+    api.post("/v1/alerts/alertmanager", {"status": "resolved", "receiver": "runbook", "alerts": [resolved]})
+    assert api.daemon.incidents.get(record.id).status == "resolved"

@@ -1,0 +1,97 @@
+"""YAML files whose every problem is reported as `file:line: field: reason` (runbooks, policy files)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+__all__ = ["Loc", "Problems", "YamlSource", "field_path", "reason"]
+
+Loc = tuple[str | int, ...]
+
+
+class YamlSource:
+    """One YAML file: its data and, for any field path, the line it stands on."""
+
+    def __init__(self, path: Path, text: str) -> None:
+        self.path = path
+        loader = yaml.SafeLoader(text)
+        try:
+            self.node = loader.get_single_node()
+            self.data = loader.construct_document(self.node) if self.node is not None else None
+        finally:
+            loader.dispose()
+
+    def line(self, loc: Loc) -> int:
+        node = self.node
+        if node is None:
+            return 1
+        for part in loc:
+            child = None
+            if isinstance(node, yaml.MappingNode):
+                for key, value in node.value:
+                    if key.value == part:
+                        child = value
+                        break
+            elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+                child = node.value[part]
+            if child is None:
+                break
+            node = child
+        return int(node.start_mark.line) + 1
+
+
+def field_path(loc: Loc) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+# pydantic's wording turned into "expected X" for the errors a runbook author meets.
+_EXPECTED = {
+    "int_parsing": "expected a whole number",
+    "int_type": "expected a whole number",
+    "int_from_float": "expected a whole number",
+    "float_parsing": "expected a number",
+    "float_type": "expected a number",
+    "bool_parsing": "expected true or false",
+    "bool_type": "expected true or false",
+    "string_type": "expected a string",
+    "list_type": "expected a list",
+    "dict_type": "expected a mapping",
+    "model_type": "expected a mapping",
+    "missing": "required field is missing",
+    "extra_forbidden": "unknown field",
+}
+
+
+def reason(error: Any) -> str:
+    kind = error["type"]
+    if kind in ("missing", "extra_forbidden"):
+        return _EXPECTED[kind]
+    got = error.get("input")
+    shown = repr(got) if not isinstance(got, dict | list) else type(got).__name__
+    if kind in _EXPECTED:
+        return f"{_EXPECTED[kind]}, got {shown}"
+    msg = str(error["msg"]).removeprefix("Value error, ")
+    if kind == "literal_error":
+        return f"{msg[0].lower()}{msg[1:]}, got {shown}"
+    if kind == "string_pattern_mismatch":
+        return f"{msg}, got {shown}"
+    return msg[0].lower() + msg[1:] if msg else kind
+
+
+class Problems:
+    def __init__(self) -> None:
+        self.items: list[str] = []
+
+    def add(self, source: YamlSource, loc: Loc, reason: str) -> None:
+        self.items.append(f"{source.path}:{source.line(loc)}: {field_path(loc)}: {reason}")
+
+    def from_validation(self, source: YamlSource, exc: ValidationError, prefix: Loc = ()) -> None:
+        for error in exc.errors():
+            self.add(source, prefix + tuple(error["loc"]), reason(error))
