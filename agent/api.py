@@ -451,7 +451,7 @@ def create_app(daemon: Daemon, security: ApiSecurity) -> FastAPI:
         result = daemon.executor.decide_pending(
             run_id, approve=True, approver=person, remediation=decision.remediation, fingerprint=decision.fingerprint
         )
-        daemon.incidents.after_decision(run_id, result, person)
+        daemon.guarded(daemon.incidents.after_decision, run_id, result, person)
         return result.to_json()
 
     @app.post("/v1/runs/{run_id}/reject")
@@ -460,7 +460,7 @@ def create_app(daemon: Daemon, security: ApiSecurity) -> FastAPI:
         result = daemon.executor.decide_pending(
             run_id, approve=False, approver=person, remediation=decision.remediation, reason=decision.reason
         )
-        daemon.incidents.after_decision(run_id, result, person)
+        daemon.guarded(daemon.incidents.after_decision, run_id, result, person)
         return result.to_json()
 
     # --- incidents ----------------------------------------------------------------------------------------

@@ -231,10 +231,12 @@ def run(
         store.close()
     from agent.cli_incidents import deliver, incident_after_run
 
-    record, incidents = incident_after_run(state, runbooks, report)
+    record, incidents, trouble = incident_after_run(state, runbooks, report)
     if as_json:
         data = report.to_json()
         data["incident"] = record.id if record else None
+        if trouble:
+            data["incident_error"] = trouble
         click.echo(json.dumps(state.redactor.data(data), indent=2))
     else:
         printer.report(report)
@@ -244,6 +246,8 @@ def run(
             )
     if report.audit_error:
         state.echo(f"runbook: warning: {report.audit_error}", err=True)
+    if trouble:
+        state.echo(f"runbook: warning: the incident was not updated: {trouble}", err=True)
     for escalation in report.escalations:
         state.echo(f"runbook: ESCALATE {report.runbook} {escalation}", err=True)
     deliver(state, incidents)

@@ -3,6 +3,7 @@ hooks by which a run or a decision from the CLI tells its incident. Heavy import
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -12,6 +13,7 @@ from typing import Any
 import click
 
 from agent.cli_errors import errors_as_one_line
+from agent.exceptions import RunbookError
 
 __all__ = ["deliver", "incident", "incident_after_decision", "incident_after_run", "postmortem"]
 
@@ -21,7 +23,6 @@ NOTIFY_WITHIN = 5.0  # seconds the CLI spends delivering before it exits (the re
 
 def _incidents(state: Any, runbooks: Any = None) -> Any:
     from agent.audit import AuditLog
-    from agent.exceptions import RunbookError
     from agent.incidents import Incidents
     from agent.state import StateStore
 
@@ -53,24 +54,52 @@ def _deliver(state: Any, incidents: Any) -> None:
         state.echo(note, err=True)
 
 
-def incident_after_run(state: Any, runbooks: Any, report: Any) -> tuple[Any, Any]:
-    """The incident a CLI run opened or updated (or None), and the service to deliver its messages with."""
+def _trouble(state: Any, exc: Exception, **about: Any) -> str:
+    """An incident step that failed: audited when it can be, and said in one line. A run's report and exit
+    status, or a decision already recorded, stand either way."""
+    from agent.audit import AuditLog
+
+    text: str = state.redactor.text(str(exc) if isinstance(exc, RunbookError) else f"{type(exc).__name__}: {exc}")
+    with contextlib.suppress(Exception):  # the audit log's own trouble is reported by the run itself
+        AuditLog(state.settings.audit_path, state.redactor, actor=state.actor, mode="incident").record(
+            "incident_update_failed", error=text, **about
+        )
+    return text
+
+
+def incident_after_run(state: Any, runbooks: Any, report: Any) -> tuple[Any, Any, str | None]:
+    """The incident a CLI run opened or updated (or None), the service to deliver its messages with, and what
+    went wrong if the incident could not be updated (the run's report is printed either way)."""
     from agent.incidents import RunOrigin
 
-    incidents = _incidents(state, runbooks)
-    return incidents.after_run(report, RunOrigin(state.actor)), incidents
+    try:
+        incidents = _incidents(state, runbooks)
+        return incidents.after_run(report, RunOrigin(state.actor)), incidents, None
+    except Exception as exc:
+        return None, None, _trouble(state, exc, run_id=report.run_id, runbook=report.runbook)
 
 
 def deliver(state: Any, incidents: Any) -> None:
-    _deliver(state, incidents)
+    """Deliver after a run or a decision: trouble here is a warning, never the command's outcome."""
+    if incidents is None:
+        return
+    try:
+        _deliver(state, incidents)
+    except Exception as exc:
+        state.echo(f"runbook: warning: notifications not delivered: {_trouble(state, exc)}", err=True)
 
 
 def incident_after_decision(state: Any, runbooks: Any, run_id: str, decision: Any) -> None:
-    incidents = _incidents(state, runbooks)
-    record = incidents.after_decision(run_id, decision, state.actor)
+    try:
+        incidents = _incidents(state, runbooks)
+        record = incidents.after_decision(run_id, decision, state.actor)
+    except Exception as exc:
+        trouble = _trouble(state, exc, run_id=run_id)
+        state.echo(f"runbook: warning: the incident was not updated: {trouble}", err=True)
+        return
     if record is not None:
         state.echo(f"Incident INC-{record.id}: {record.status}")
-        _deliver(state, incidents)
+        deliver(state, incidents)
 
 
 def _id(value: str) -> int:

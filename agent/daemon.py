@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from agent.alerts import IncomingAlert, alert_params, route, target_key
@@ -20,11 +21,13 @@ from agent.executor import Executor
 from agent.incidents import IncidentPolicy, Incidents, RunOrigin, incident_target
 from agent.loader import RunbookSet
 from agent.metrics import Metrics
+from agent.models import CheckResult, RunReport
 from agent.notify.outbox import Courier
 from agent.policy import EnvironmentPolicy
 from agent.redaction import Redactor
 from agent.retention import prune
 from agent.state import StateStore
+from agent.status import Status
 
 __all__ = ["Daemon", "Disposition", "QueueFull"]
 
@@ -162,30 +165,12 @@ class Daemon:
             except AuditError as exc:
                 self.audit_error = exc.message
                 raise
-            self.state.record_intake(
-                [
-                    {
-                        "source": a.source,
-                        "fingerprint": a.fingerprint,
-                        "status": a.status,
-                        "name": a.name,
-                        "labels": a.labels,
-                        "annotations": a.annotations,
-                        "runbook": r.runbook,
-                        "target": r.target,
-                        "disposition": r.outcome,
-                        "run_id": r.run_id,
-                    }
-                    for a, r in zip(alerts, results, strict=True)
-                ],
-                new_runs,
-                resolved,
-            )
+            with self.state.write():  # the alerts and what they do to incidents: one transaction
+                self._record(alerts, results, new_runs, resolved)
             for run in new_runs:
                 self._queue.put_nowait(
                     _Queued(run["run_id"], run["runbook"], run["params"], run["actor"], run["target"], run["origin"])
                 )
-        self._tell_incidents(alerts, results)
         for alert, result in zip(alerts, results, strict=True):
             self.metrics.alerts_received.labels(source=alert.source).inc()
             if result.outcome == "deduplicated":
@@ -193,6 +178,36 @@ class Daemon:
             elif result.outcome in ("no_runbook", "refused"):
                 self.metrics.alerts_unrouted.inc()
         return results
+
+    def _record(
+        self,
+        alerts: list[IncomingAlert],
+        results: list[Disposition],
+        new_runs: list[dict[str, Any]],
+        resolved: list[tuple[str, str]],
+    ) -> None:
+        self.state.record_intake(
+            [
+                {
+                    "source": a.source,
+                    "fingerprint": a.fingerprint,
+                    "status": a.status,
+                    "name": a.name,
+                    "labels": a.labels,
+                    "annotations": a.annotations,
+                    "runbook": r.runbook,
+                    "target": r.target,
+                    "disposition": r.outcome,
+                    "run_id": r.run_id,
+                }
+                for a, r in zip(alerts, results, strict=True)
+            ],
+            new_runs,
+            resolved,
+        )
+        # Inside the same transaction: each incident update its own savepoint, so one that fails (recorded,
+        # never raised) leaves the alerts recorded and every other incident updated.
+        self._tell_incidents(alerts, results)
 
     @staticmethod
     def _summary(alerts: list[IncomingAlert], results: list[Disposition]) -> dict[str, Any]:
@@ -328,6 +343,7 @@ class Daemon:
             except queue.Empty:
                 continue
             self._running.add(queued.run_id)
+            started = datetime.now(UTC).isoformat(timespec="seconds")
             try:
                 report = self.executor.run(
                     queued.runbook,
@@ -344,12 +360,33 @@ class Daemon:
                     error = self.redactor.text(f"{type(exc).__name__}: {exc}")
                     self.audit.record("run_failed", run_id=queued.run_id, error=error)
                 self.metrics.runs.labels(runbook=queued.runbook, status="ERROR").inc()
-                continue
+                # A run that could not finish has found nothing OK: the incident hears of it as UNKNOWN.
+                report = self._unfinished(queued, started, error)
             finally:
                 self._running.discard(queued.run_id)
-            self._guarded(self.incidents.after_run, report, queued.origin)
+            self.guarded(self.incidents.after_run, report, queued.origin)
 
-    def _guarded(self, work: Callable[..., object], *args: Any) -> None:
+    def _unfinished(self, queued: _Queued, started: str, error: str) -> RunReport:
+        """The report of a run that raised before it finished: UNKNOWN, with the error as its one finding."""
+        loaded = self.runbooks.runbooks.get(queued.runbook)
+        params: dict[str, Any] = dict(queued.params)
+        if loaded is not None:
+            with contextlib.suppress(Exception):
+                params = self.executor.resolve_params(loaded, queued.params).values
+        return RunReport(
+            run_id=queued.run_id,
+            runbook=queued.runbook,
+            title=loaded.spec.title if loaded else queued.runbook,
+            severity=loaded.spec.severity if loaded else "SEV-2",
+            mode="dry-run" if self.dry_run else "live",
+            actor=queued.actor,
+            started_at=started,
+            status=Status.UNKNOWN,
+            params=params,
+            checks=[CheckResult("run", "runbook", Status.UNKNOWN, f"the run did not finish: {error}"[:300], 0.0)],
+        )
+
+    def guarded(self, work: Callable[..., object], *args: Any) -> None:
         """Incident bookkeeping never takes a worker or the intake down with it: a failure is recorded."""
         try:
             work(*args)
@@ -360,18 +397,22 @@ class Daemon:
     def _tell_incidents(self, alerts: list[IncomingAlert], results: list[Disposition]) -> None:
         """Resolved alerts resolve their incident; alerts that joined one are noted on its timeline."""
         joined: dict[tuple[str, str], dict[str, int]] = {}
+        targets: dict[tuple[str, str], str] = {}  # one payload's alerts for one target: resolved once
         for alert, result in zip(alerts, results, strict=True):
             if result.runbook is None or result.outcome not in ("resolved", "deduplicated"):
                 continue
-            target = self._incident_target(result.runbook, alert)
+            key = (result.runbook, result.target or "-")
+            if key not in targets:
+                targets[key] = self._incident_target(result.runbook, alert)
+            target = targets[key]
             if result.outcome == "resolved":
                 actor = f"alert:{alert.name}:{alert.fingerprint}"
-                self._guarded(self.incidents.alert_resolved, result.runbook, target, actor)
+                self.guarded(self.incidents.alert_resolved, result.runbook, target, actor)
             else:
                 names = joined.setdefault((result.runbook, target), {})
                 names[alert.name] = names.get(alert.name, 0) + 1
         for (runbook, target), names in joined.items():
-            self._guarded(self.incidents.alerts_joined, runbook, target, names)
+            self.guarded(self.incidents.alerts_joined, runbook, target, names)
 
     def _incident_target(self, runbook_id: str, alert: IncomingAlert) -> str:
         loaded = self.runbooks.runbooks[runbook_id]

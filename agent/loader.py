@@ -161,6 +161,9 @@ def load_runbooks(
         if not isinstance(source.data, dict):
             problems.add(source, (), "expected a mapping with id, title, severity and checks")
             continue
+        if source.duplicates:
+            source.add_duplicates(problems)
+            continue
         try:
             spec = Runbook.model_validate(source.data)
         except ValidationError as exc:

@@ -82,8 +82,11 @@ def _load(path: Path) -> _File:
     data = source.data if source.data is not None else {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}:1: (top level): expected a mapping (environments, escalation, channels ...)")
+    if source.duplicates:
+        source.add_duplicates(problems)
+        raise ConfigError("\n".join(problems.items))
     try:
-        parsed = _File.model_validate(data)
+        parsed = _File.model_validate(data, context={"base": path.parent})
     except ValidationError as exc:
         problems.from_validation(source, exc)
         raise ConfigError("\n".join(problems.items)) from None

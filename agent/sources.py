@@ -24,6 +24,15 @@ class YamlSource:
             self.data = loader.construct_document(self.node) if self.node is not None else None
         finally:
             loader.dispose()
+        self.duplicates = _duplicate_keys(self.node)
+
+    def add_duplicates(self, problems: Problems) -> None:
+        """A key given twice in one mapping: YAML keeps the last one silently, which is never what was meant
+        in a runbook or a policy (two `approval:` lines, one of them `auto`)."""
+        for loc, line in self.duplicates:
+            problems.items.append(
+                f"{self.path}:{line}: {field_path(loc)}: duplicate key (the earlier value would be ignored)"
+            )
 
     def line(self, loc: Loc) -> int:
         node = self.node
@@ -42,6 +51,29 @@ class YamlSource:
                 break
             node = child
         return int(node.start_mark.line) + 1
+
+
+def _duplicate_keys(root: yaml.Node | None) -> list[tuple[Loc, int]]:
+    found: list[tuple[Loc, int]] = []
+    seen_nodes: set[int] = set()  # an alias is the same node again: walked once
+    stack: list[tuple[yaml.Node, Loc]] = [(root, ())] if root is not None else []
+    while stack:
+        node, loc = stack.pop()
+        if id(node) in seen_nodes:
+            continue
+        seen_nodes.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            keys: set[str] = set()
+            for key, value in node.value:
+                name = str(key.value) if isinstance(key, yaml.ScalarNode) else ""
+                if name and name != "<<":
+                    if name in keys:
+                        found.append(((*loc, name), int(key.start_mark.line) + 1))
+                    keys.add(name)
+                stack.append((value, (*loc, name)))
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend((item, (*loc, i)) for i, item in enumerate(node.value))
+    return sorted(found, key=lambda f: f[1])
 
 
 def field_path(loc: Loc) -> str:

@@ -66,21 +66,23 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             service TEXT NOT NULL, severity TEXT NOT NULL, impact TEXT NOT NULL, status TEXT NOT NULL,
             commander TEXT, source TEXT NOT NULL, detected REAL NOT NULL, declared REAL NOT NULL,
             acknowledged REAL, identified REAL, mitigated REAL, resolved REAL, response_missed REAL,
-            resolution_missed REAL, updated REAL NOT NULL)""",
+            resolution_missed REAL, episode REAL NOT NULL, life INTEGER NOT NULL, updated REAL NOT NULL)""",
         "CREATE INDEX incidents_key ON incidents (runbook, target, declared)",
         "CREATE INDEX incidents_status ON incidents (status)",
+        # One open incident per runbook and target, whatever the number of processes or threads.
+        "CREATE UNIQUE INDEX incidents_one_open ON incidents (runbook, target) WHERE status <> 'resolved'",
         """CREATE TABLE incident_events (
             id INTEGER PRIMARY KEY, incident_id INTEGER NOT NULL, at REAL NOT NULL, kind TEXT NOT NULL,
             actor TEXT NOT NULL, run_id TEXT, detail TEXT NOT NULL)""",
         "CREATE INDEX incident_events_incident ON incident_events (incident_id, at)",
         """CREATE TABLE escalations (
-            incident_id INTEGER NOT NULL, level INTEGER NOT NULL, round INTEGER NOT NULL, at REAL NOT NULL,
-            PRIMARY KEY (incident_id, level, round))""",
+            incident_id INTEGER NOT NULL, life INTEGER NOT NULL, level INTEGER NOT NULL, round INTEGER NOT NULL,
+            at REAL NOT NULL, PRIMARY KEY (incident_id, life, level, round))""",
         """CREATE TABLE outbox (
             id INTEGER PRIMARY KEY, incident_id INTEGER, event_key TEXT NOT NULL, channel TEXT NOT NULL,
             event TEXT NOT NULL, subject TEXT NOT NULL, body TEXT NOT NULL, created REAL NOT NULL,
             status TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, next_attempt REAL NOT NULL,
-            last_error TEXT, sent REAL, UNIQUE (event_key, channel))""",
+            last_error TEXT, sent REAL, claim TEXT, UNIQUE (event_key, channel))""",
         "CREATE INDEX outbox_due ON outbox (status, channel, next_attempt)",
     ),
 )
@@ -139,6 +141,7 @@ class StateStore:
         self._db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
         # One connection shared by the daemon's threads: every use goes through this lock.
         self._lock = threading.RLock()
+        self._savepoints = 0  # the depth of nested writes (each a savepoint)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA busy_timeout=30000")
         self._migrate()
@@ -173,6 +176,22 @@ class StateStore:
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
+            if self._db.in_transaction:
+                # Nested in a write of this same thread (the lock is ours): part of that transaction, under a
+                # savepoint, so a nested write that fails leaves nothing half-written in the outer one.
+                self._savepoints += 1
+                name = f"nested_{self._savepoints}"
+                self._db.execute(f"SAVEPOINT {name}")
+                try:
+                    yield self._db
+                except BaseException:
+                    self._db.execute(f"ROLLBACK TO {name}")
+                    self._db.execute(f"RELEASE {name}")
+                    raise
+                finally:
+                    self._savepoints -= 1
+                self._db.execute(f"RELEASE {name}")
+                return
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
@@ -494,8 +513,9 @@ class StateStore:
 
     def prune(self, *, alerts_before: float, runs_before: float, actions_before: float) -> dict[str, int]:
         """Delete what is past its retention: alerts, finished runs (with their pending approvals), actions
-        older than any limit window, and expired locks, breakers and incident marks. The audit log, the
-        record, is never pruned here."""
+        older than any limit window, expired locks, breakers and incident marks, resolved incidents (with
+        their timeline, pages and messages) and delivered messages. The audit log, the record, is never
+        pruned here."""
         now = time.time()
         with self._write() as db:
             counts = {
@@ -514,5 +534,25 @@ class StateStore:
                 "incident_marks": db.execute(
                     "DELETE FROM flags WHERE name LIKE 'resolved:%' AND at < ?", (runs_before,)
                 ).rowcount,
+                # Incidents resolved before the runs' cutoff go with their timeline, pages and messages;
+                # messages delivered (or given up on) go with the alerts' cutoff. Open ones stay.
+                "notifications": db.execute(
+                    "DELETE FROM outbox WHERE (status <> 'pending' AND created < ?) OR incident_id IN"
+                    " (SELECT id FROM incidents WHERE status = 'resolved' AND resolved < ?)",
+                    (alerts_before, runs_before),
+                ).rowcount,
             }
+            counts["incident_events"] = db.execute(
+                "DELETE FROM incident_events WHERE incident_id IN"
+                " (SELECT id FROM incidents WHERE status = 'resolved' AND resolved < ?)",
+                (runs_before,),
+            ).rowcount
+            db.execute(
+                "DELETE FROM escalations WHERE incident_id IN"
+                " (SELECT id FROM incidents WHERE status = 'resolved' AND resolved < ?)",
+                (runs_before,),
+            )
+            counts["incidents"] = db.execute(
+                "DELETE FROM incidents WHERE status = 'resolved' AND resolved < ?", (runs_before,)
+            ).rowcount
         return counts

@@ -4,6 +4,7 @@ into one is escaped for the channel it goes to (chat, email, terminal), the temp
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -112,7 +113,14 @@ class MessageBook:
                 )
 
     def render(self, name: str, view: Mapping[str, Any], flavor: Flavor = "terminal") -> str:
-        return str(self._compiled[(flavor, name)].render(**view)).strip()
+        """A template filled in. A team's own template that fails on some incident (it indexes a list that
+        is empty, say) falls back to the guide's: a message is never lost to a template."""
+        try:
+            return str(self._compiled[(flavor, name)].render(**view)).strip()
+        except Exception:
+            if self._sources[name] in (STATUS_PAGE, INTERNAL):
+                raise
+            return _guide().render(name, view, flavor)
 
     def notification(self, kind: str, view: Mapping[str, Any], detail: Mapping[str, Any], flavor: Flavor) -> Rendered:
         """The message for one incident event: a headline for what happened, and the guide's updates."""
@@ -126,6 +134,12 @@ class MessageBook:
             body = f"{headline}\n\n{internal}"
         subject = f"[{view['severity']}] {ref} {kind.replace('_', ' ')}: {for_email(view['title'])}"
         return Rendered(subject[:200], body)
+
+
+@functools.cache
+def _guide() -> MessageBook:
+    """The guide's own templates, made once: what a failing custom template falls back to."""
+    return MessageBook()
 
 
 def _names(source: str) -> set[str]:

@@ -60,10 +60,16 @@ class IncidentSettings(_Strict):
     )
 
     def target(self, severity: str) -> SeverityTarget:
-        for name, target in self.severities.items():
+        """The targets in force: what the policy gives, the guide's for what it leaves out (overriding a
+        response time keeps the guide's resolution time)."""
+        guide = GUIDE_TARGETS[severity]
+        for name, given in self.severities.items():
             if name == severity:
-                return target
-        return GUIDE_TARGETS[severity]
+                return SeverityTarget(
+                    response=given.response if "response" in given.model_fields_set else guide.response,
+                    resolution=given.resolution if "resolution" in given.model_fields_set else guide.resolution,
+                )
+        return guide
 
 
 # What an escalation level's `when:` may look at.

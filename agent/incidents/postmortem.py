@@ -4,6 +4,7 @@ chain is verified first and the document says what it found, a broken chain at t
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -59,7 +60,7 @@ def _markdown(
     svg_name: str,
 ) -> str:
     ref = info["reference"]
-    out: list[str] = [f"# Incident Post-Mortem: {ref} {incident.title}", ""]
+    out: list[str] = [f"# Incident Post-Mortem: {ref} {_md(incident.title)}", ""]
     if chain is None:
         out += ["> **The audit log was not found**: this draft rests on the state store alone.", ""]
     elif not chain.ok:
@@ -77,8 +78,8 @@ def _markdown(
     end = incident.resolved or datetime.now(UTC).timestamp()
     out += ["## Summary", ""]
     summary = (
-        f"{incident.severity} incident on {incident.service} ({incident.runbook or 'declared by a person'}):"
-        f" {incident.title}. Detected {_hms(incident.detected)}"
+        f"{incident.severity} incident on {_md(incident.service)} ({incident.runbook or 'declared by a person'}):"
+        f" {_md(incident.title)}. Detected {_hms(incident.detected)}"
         + (
             f", resolved {_hms(incident.resolved)} after {end - incident.detected:.0f} s."
             if incident.resolved
@@ -86,11 +87,11 @@ def _markdown(
         )
     )
     if first_cause:
-        summary += f" Cause found by `{first_cause['id']}`: {first_cause.get('summary')}."
+        summary += f" Cause found by `{first_cause['id']}`: {_md(first_cause.get('summary'))}."
     if applied:
         summary += (
             " Fixed by "
-            + ", ".join(f"{e['detail']['remediation']} ({e['detail'].get('outcome')})" for e in applied)
+            + ", ".join(f"{_md(e['detail']['remediation'])} ({_md(e['detail'].get('outcome'))})" for e in applied)
             + "."
         )
     out += [summary, ""]
@@ -101,26 +102,28 @@ def _markdown(
         (incident.declared, f"Incident declared ({incident.severity})"),
     ]
     if incident.acknowledged:
-        timeline.append((incident.acknowledged, f"Acknowledged ({incident.commander or 'unassigned'})"))
+        timeline.append((incident.acknowledged, f"Acknowledged ({_md(incident.commander or 'unassigned')})"))
     if incident.identified:
-        cause = f": `{first_cause['id']}` {first_cause.get('summary')}" if first_cause else ""
+        cause = f": `{first_cause['id']}` {_md(first_cause.get('summary'))}" if first_cause else ""
         timeline.append((incident.identified, "Root cause identified" + cause))
     # When each fix was applied and verified: the audit log's times (the incident record's are when the
     # run that made them ended).
     for r in records:
         if r.get("event") == "apply_finished":
             how = "applied" if r.get("ok") else "failed to apply"
-            timeline.append((_ts(r), f"Fix {how}: {r.get('remediation')}"))
+            timeline.append((_ts(r), f"Fix {how}: {_md(r.get('remediation'))}"))
         elif r.get("event") == "verify":
             how = "verified" if r.get("resolved") else "not verified"
-            timeline.append((_ts(r), f"Fix {how}: {r.get('remediation')}"))
+            timeline.append((_ts(r), f"Fix {how}: {_md(r.get('remediation'))}"))
     for e in events:
         if e["kind"] == "applied" and not records:
-            timeline.append((e["at"], f"Fix applied: {e['detail']['remediation']} ({e['detail'].get('outcome')})"))
+            detail = e["detail"]
+            timeline.append((e["at"], f"Fix applied: {_md(detail['remediation'])} ({_md(detail.get('outcome'))})"))
         elif e["kind"] == "failed":
-            timeline.append((e["at"], f"Fix did not take: {e['detail']['remediation']} ({e['detail'].get('reason')})"))
+            detail = e["detail"]
+            timeline.append((e["at"], f"Fix did not take: {_md(detail['remediation'])} ({_md(detail.get('reason'))})"))
         elif e["kind"] == "escalated":
-            timeline.append((e["at"], f"Escalated to {e['detail']['level_name']}"))
+            timeline.append((e["at"], f"Escalated to {_md(e['detail']['level_name'])}"))
         elif e["kind"] == "severity":
             timeline.append((e["at"], f"Severity {e['detail']['from']} -> {e['detail']['to']}"))
         elif e["kind"] == "target_missed":
@@ -129,7 +132,8 @@ def _markdown(
         timeline.append((incident.mitigated, "Fix verified"))
     if incident.resolved:
         timeline.append((incident.resolved, "Incident resolved"))
-    out += [f"- {_hms(at)} - {_one_line(text)}" for at, text in sorted(timeline, key=lambda t: t[0])]
+    # Every outside value in these lines was escaped where it was put in.
+    out += [f"- {_hms(at)} - {text}" for at, text in sorted(timeline, key=lambda t: t[0])]
     out += ["", f"![Timeline of {ref}]({svg_name})", ""]
 
     out += [
@@ -148,11 +152,9 @@ def _markdown(
                 continue
             seen.add(r["id"])
             code = f" [{r['code']}]" if r.get("code") else ""
-            out.append(
-                f"- `{r['id']}` ({r.get('check')}): {r.get('status')} - {_one_line(str(r.get('summary')))}{code}"
-            )
+            out.append(f"- `{r['id']}` ({r.get('check')}): {r.get('status')} - {_md(r.get('summary'))}{code}")
     else:
-        out.append(f"[No check saw the cause. {incident.impact}]")
+        out.append(f"[No check saw the cause. {_md(incident.impact)}]")
     out += ["", "[Detailed explanation of what caused the incident]", ""]
 
     out += ["## Resolution", ""]
@@ -160,14 +162,12 @@ def _markdown(
     for e in resolution:
         d = e["detail"]
         out.append(
-            f"- {d['remediation']} ({d.get('do')}): {e['kind']}"
-            + (f" -> {d.get('outcome')}" if d.get("outcome") else "")
+            f"- {_md(d['remediation'])} ({_md(d.get('do'))}): {e['kind']}"
+            + (f" -> {_md(d.get('outcome'))}" if d.get("outcome") else "")
         )
-        out += [f"  - {_one_line(change)}" for change in d.get("changes", [])]
+        out += [f"  - {_md(change)}" for change in d.get("changes", [])]
         for check in d.get("verify") or []:
-            out.append(
-                f"  - verified: `{check.get('id')}` {check.get('status')} {_one_line(str(check.get('summary')))}"
-            )
+            out.append(f"  - verified: `{check.get('id')}` {check.get('status')} {_md(check.get('summary'))}")
     if not resolution:
         out.append("[How the incident was resolved]")
     out.append("")
@@ -187,7 +187,7 @@ def _markdown(
     items += [f"Missed the {e['detail']['target']} target" for e in events if e["kind"] == "target_missed"]
     items += [f"Runbook advice: {a}" for a in incidents._advice(incident)]
     items += ["Update runbooks"]
-    out += [f"{i}. [ ] {_one_line(item)} - Assigned to: [Name] - Due: [Date]" for i, item in enumerate(items, 1)]
+    out += [f"{i}. [ ] {_md(item)} - Assigned to: [Name] - Due: [Date]" for i, item in enumerate(items, 1)]
     out += [
         "",
         "## Lessons Learned",
@@ -200,21 +200,26 @@ def _markdown(
     ]
     if sent:
         out += ["## Notifications sent", ""]
-        out += [f"- {_hms(n['sent'])} {n['event']} to {n['channel']}" for n in sent]
+        out += [f"- {_hms(n['sent'])} {n['event']} to {_md(n['channel'])}" for n in sent]
         out.append("")
     return "\n".join(out)
 
 
 def _alert_of(events: list[dict[str, Any]]) -> str:
     alert = next((e["detail"].get("alert") for e in events if e["kind"] == "run" and e["detail"].get("alert")), None)
-    return f" (alert {alert})" if alert else ""
+    return f" (alert {_md(alert)})" if alert else ""
 
 
-def _one_line(text: str) -> str:
-    # Markdown from outside text: one line, no HTML, no raw links to follow.
+_MARKDOWN = re.compile(r"([\\`*_{}\[\]()#+!|~>])")  # one character class: linear
+
+
+def _md(value: object) -> str:
+    """An outside value put into the Markdown: one line, no HTML, no link to follow, no Markdown of its own
+    (a title cannot add a heading, a link or an image to the post-mortem)."""
     from agent.notify.escape import for_email
 
-    return for_email(text).replace("<", "&lt;").replace(">", "&gt;")[:300]
+    text = for_email(str(value))[:300].replace("&", "&amp;").replace("<", "&lt;")
+    return _MARKDOWN.sub(r"\\\1", text)
 
 
 def _requests_failed(records: list[dict[str, Any]]) -> str:

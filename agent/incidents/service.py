@@ -4,8 +4,10 @@ the outbox. It is fed results (reports, decisions, alerts), never reaches into t
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -24,7 +26,7 @@ from agent.redaction import Redactor
 from agent.schema import Runbook
 from agent.state import StateStore
 from agent.status import Status
-from agent.templating import Templates
+from agent.templating import TemplateError, Templates
 
 __all__ = ["Incidents", "RunOrigin", "incident_target"]
 
@@ -50,6 +52,55 @@ def incident_target(spec: Runbook, params: dict[str, Any]) -> str:
 
 def _when(ts: float | None) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if ts else "-"
+
+
+def _run_detail(report: RunReport, origin: RunOrigin) -> dict[str, Any]:
+    return {
+        "runbook": report.runbook,
+        "status": report.status.value,
+        "final_status": report.final_status.value if report.final_status else None,
+        "mode": report.mode,
+        "failing": [f"{c.id}: {c.summary}"[:300] for c in report.checks if c.status is not Status.OK][:20],
+        "alert": origin.alert_name,
+    }
+
+
+def _blank(
+    *,
+    title: str,
+    runbook: str | None,
+    target: str,
+    service: str,
+    severity: str,
+    impact: str,
+    source: str,
+    detected: float,
+    now: float,
+) -> Incident:
+    """A new incident, declared now."""
+    return Incident(
+        id=0,
+        title=title,
+        runbook=runbook,
+        target=target,
+        service=service,
+        severity=severity,
+        impact=impact,
+        status="investigating",
+        commander=None,
+        source=source,
+        detected=detected,
+        declared=now,
+        acknowledged=None,
+        identified=None,
+        mitigated=None,
+        resolved=None,
+        response_missed=None,
+        resolution_missed=None,
+        episode=now,
+        life=0,
+        updated=now,
+    )
 
 
 @dataclass
@@ -90,6 +141,14 @@ class _Change:
             self.event("status", actor, {"from": self.incident.status, "to": status, "why": why})
             self.set(status=status)
             self.status_why = why
+
+
+@dataclass
+class _Decided:
+    """A change decided inside its transaction, and whether it opens the incident."""
+
+    change: _Change
+    opened: bool = False
 
 
 class Incidents:
@@ -157,76 +216,78 @@ class Incidents:
         return list(self.runbooks.runbooks[incident.runbook].spec.advice)
 
     # --- what runs, decisions and alerts tell -----------------------------------------------------------
+    #
+    # Every change is decided inside the write transaction it is written in: what it is decided from is read
+    # there, so two processes (the CLI and the daemon) or two threads never both open an incident, page a
+    # level twice, or undo what the other just did.
 
     def after_run(self, report: RunReport, origin: RunOrigin) -> Incident | None:
         """Open, update or resolve the incident a run is about. A run that finds nothing wrong only
         resolves one that was open."""
-        spec = self.runbooks.runbooks[report.runbook].spec if self.runbooks else None
+        spec = (
+            self.runbooks.runbooks[report.runbook].spec
+            if self.runbooks and report.runbook in self.runbooks.runbooks
+            else None
+        )
         target = incident_target(spec, report.params) if spec else "-"
         failing = report.exit_status is not Status.OK
         found_wrong = report.status is not Status.OK or failing
-        now = time.time()
-        incident = self.store.open_for(report.runbook, target)
-        if incident is None and not found_wrong:
-            return None
-        opened = reopened = False
-        if incident is None:
-            previous = self.store.resolved_since(report.runbook, target, now - self.policy.incidents.reopen_window)
-            if previous is not None:
-                incident, reopened = previous, True
+
+        def decide() -> _Decided | None:
+            now = time.time()
+            incident = self.store.open_for(report.runbook, target)
+            if incident is None and not found_wrong:
+                return None
+            opened = False
+            if incident is None:
+                previous = self.store.resolved_since(report.runbook, target, now - self.policy.incidents.reopen_window)
+                if previous is not None:
+                    change = _Change(previous)
+                    self._reopen(change, origin.actor, f"run {report.run_id} found {report.runbook} failing again", now)
+                else:
+                    change, opened = _Change(self._new(report, spec, target, origin, now)), True
             else:
-                incident = self._new(report, spec, target, origin, now)
-                opened = True
-        change = _Change(incident)
-        if reopened:
-            change.set(status="investigating", resolved=None, mitigated=None)
-            change.event("reopened", origin.actor, {"why": f"run {report.run_id} found it failing again"})
-            change.notify("reopened", {"why": f"{report.runbook} is failing again"})
-        change.event(
-            "run",
-            origin.actor,
-            {
-                "runbook": report.runbook,
-                "status": report.status.value,
-                "final_status": report.final_status.value if report.final_status else None,
-                "mode": report.mode,
-                "failing": [f"{c.id}: {c.summary}"[:300] for c in report.checks if c.status is not Status.OK][:20],
-                "alert": origin.alert_name,
-            },
-            run_id=report.run_id,
-        )
-        self._raise_severity(change, origin)
-        self._from_report(change, report, origin.actor)
-        if not failing:
-            why = f"run {report.run_id}: every check OK" + (" after the fix" if report.final_status else "")
-            self._resolve(change, origin.actor, why)
-        return self._commit(change, opened=opened, actor=origin.actor, opened_by=origin.actor)
+                change = _Change(incident)
+            change.event("run", origin.actor, _run_detail(report, origin), run_id=report.run_id)
+            self._raise_severity(change, origin)
+            self._from_report(change, report, origin.actor)
+            if not failing:
+                why = f"run {report.run_id}: every check OK" + (" after the fix" if report.final_status else "")
+                self._resolve(change, origin.actor, why)
+            return _Decided(change, opened)
+
+        return self._write(decide, origin.actor)
 
     def _new(self, report: RunReport, spec: Runbook | None, target: str, origin: RunOrigin, now: float) -> Incident:
         started = datetime.fromisoformat(report.started_at).timestamp()
         service = ", ".join(part.split("=", 1)[-1] for part in target.split(",")) if target != "-" else report.runbook
         impact = "; ".join(spec.symptoms[:3]) if spec and spec.symptoms else report.title
-        return Incident(
-            id=0,
+        return _blank(
             title=report.title,
             runbook=report.runbook,
             target=target,
             service=service,
             severity=report.severity,
             impact=impact,
-            status="investigating",
-            commander=None,
             source="run",
             detected=min(origin.detected or started, started),
-            declared=now,
-            acknowledged=None,
-            identified=None,
-            mitigated=None,
+            now=now,
+        )
+
+    def _reopen(self, change: _Change, actor: str, why: str, now: float) -> None:
+        """A new life for a resolved incident: its escalation path and targets start again from now."""
+        change.set(
+            status="investigating",
             resolved=None,
+            mitigated=None,
+            acknowledged=None,
             response_missed=None,
             resolution_missed=None,
-            updated=now,
+            episode=now,
+            life=change.incident.life + 1,
         )
+        change.event("reopened", actor, {"why": why})
+        change.notify("reopened", {"why": why})
 
     def _raise_severity(self, change: _Change, origin: RunOrigin) -> None:
         label = (origin.severity_label or "").strip()
@@ -258,6 +319,9 @@ class Incidents:
     def _from_decision(self, change: _Change, decision: RemediationDecision, run_id: str, actor: str) -> None:
         changes = [str(c.get("summary", ""))[:300] for c in (decision.plan or {}).get("changes", [])][:20]
         detail: dict[str, Any] = {"remediation": decision.id, "do": decision.do, "changes": changes}
+        # On a resolved incident (a person approved after it resolved), the timeline hears of it; its status
+        # stays: a new problem is a new run's to find.
+        moves = change.incident.is_open
         if decision.decision == "pending" and decision.plan:
             detail.update(fingerprint=decision.plan["fingerprint"], run_id=run_id)
             change.event("pending", actor, detail, run_id=run_id)
@@ -267,14 +331,16 @@ class Incidents:
             if decision.outcome in ("applied", "resolved"):
                 change.event("applied", actor, detail, run_id=run_id)
                 change.notify("applied", detail)
-                change.status("monitoring", actor, f"{decision.id} applied, verifying")
-                if decision.outcome == "resolved" and change.incident.mitigated is None:
-                    change.set(mitigated=time.time())
+                if moves:
+                    change.status("monitoring", actor, f"{decision.id} applied, verifying")
+                    if decision.outcome == "resolved" and change.incident.mitigated is None:
+                        change.set(mitigated=time.time())
             else:
                 detail["reason"] = decision.escalation or decision.outcome
                 change.event("failed", actor, detail, run_id=run_id)
                 change.notify("failed", detail)
-                change.status("identified", actor, f"{decision.id}: {decision.outcome}")
+                if moves:
+                    change.status("identified", actor, f"{decision.id}: {decision.outcome}")
         elif decision.decision in ("denied", "rejected", "plan_failed") and decision.would_apply:
             detail.update(reason=decision.decision_reason, outcome=decision.decision)
             change.event("decided" if decision.decision == "rejected" else "failed", actor, detail, run_id=run_id)
@@ -286,32 +352,45 @@ class Incidents:
 
     def after_decision(self, run_id: str, decision: RemediationDecision, actor: str) -> Incident | None:
         """A person decided a pending remediation (CLI or API): the incident hears how it went."""
-        incident = self.store.of_run(run_id)
-        if incident is None:
-            return None
-        change = _Change(incident)
-        self._from_decision(change, decision, run_id, actor)
-        if decision.outcome == "resolved":
-            self._resolve(change, actor, f"{decision.id} applied and verified")
-        return self._commit(change, actor=actor)
+
+        def decide() -> _Decided | None:
+            incident = self.store.of_run(run_id)
+            if incident is None:
+                return None
+            change = _Change(incident)
+            self._from_decision(change, decision, run_id, actor)
+            if decision.outcome == "resolved":
+                self._resolve(change, actor, f"{decision.id} applied and verified")
+            return _Decided(change)
+
+        return self._write(decide, actor)
 
     def alert_resolved(self, runbook: str, target: str, actor: str) -> Incident | None:
-        incident = self.store.open_for(runbook, target)
-        if incident is None:
-            return None
-        change = _Change(incident)
-        self._resolve(change, actor, "the alert resolved")
-        return self._commit(change, actor=actor)
+        def decide() -> _Decided | None:
+            incident = self.store.open_for(runbook, target)
+            if incident is None:
+                return None
+            change = _Change(incident)
+            self._resolve(change, actor, "the alert resolved")
+            return _Decided(change)
+
+        return self._write(decide, actor)
 
     def alerts_joined(self, runbook: str, target: str, names: dict[str, int]) -> None:
-        """Alerts that joined an incident already handled: one timeline entry per delivery, however many."""
-        incident = self.store.open_for(runbook, target)
-        if incident is not None:
+        """Alerts that joined an incident already handled: noted on its timeline at most once a minute
+        (Alertmanager re-sends a firing group every group_interval), with how many came."""
+
+        def decide() -> _Decided | None:
+            incident = self.store.open_for(runbook, target)
+            if incident is None or self.store.last_event_at(incident.id, "alerts") > time.time() - 60:
+                return None
             change = _Change(incident)
             change.event(
                 "alerts", "alertmanager", {"alerts": dict(list(names.items())[:20]), "count": sum(names.values())}
             )
-            self._commit(change, actor="alertmanager")
+            return _Decided(change)
+
+        self._write(decide, "alertmanager")
 
     # --- what people do -----------------------------------------------------------------------------------
 
@@ -320,66 +399,79 @@ class Incidents:
     ) -> Incident:
         """What no check sees (the guide's "User reports", "Support tickets")."""
         now = time.time()
-        incident = Incident(
-            id=0,
+        incident = _blank(
             title=title,
             runbook=None,
             target=f"person:{now:.6f}",
             service=service or title,
             severity=severity,
             impact=impact or title,
-            status="investigating",
-            commander=None,
             source="person",
             detected=now,
-            declared=now,
-            acknowledged=None,
-            identified=None,
-            mitigated=None,
-            resolved=None,
-            response_missed=None,
-            resolution_missed=None,
-            updated=now,
+            now=now,
         )
-        committed = self._commit(_Change(incident), opened=True, actor=actor, opened_by=actor)
-        assert committed is not None
-        return committed
+        return self._person(lambda: _Decided(_Change(incident), opened=True), actor)
 
     def acknowledge(self, incident_id: int, actor: str) -> Incident:
-        change = _Change(self._open(incident_id))
-        if change.incident.acknowledged is None:
-            change.set(acknowledged=time.time())
-            change.event("acknowledged", actor, {"by": actor})
-            change.notify("acknowledged", {"by": actor})
-            if change.incident.commander is None:
-                change.set(commander=actor)
-        return self._committed(change, actor)
+        def decide() -> _Decided:
+            change = _Change(self._open(incident_id))
+            if change.incident.acknowledged is None:
+                change.set(acknowledged=time.time())
+                change.event("acknowledged", actor, {"by": actor})
+                change.notify("acknowledged", {"by": actor})
+                if change.incident.commander is None:
+                    change.set(commander=actor)
+            return _Decided(change)
+
+        return self._person(decide, actor)
 
     def assign(self, incident_id: int, commander: str, actor: str) -> Incident:
-        change = _Change(self._open(incident_id))
-        change.set(commander=commander)
-        change.event("assigned", actor, {"commander": commander})
-        change.notify("assigned", {"commander": commander})
-        return self._committed(change, actor)
+        def decide() -> _Decided:
+            change = _Change(self._open(incident_id))
+            change.set(commander=commander)
+            change.event("assigned", actor, {"commander": commander})
+            change.notify("assigned", {"commander": commander})
+            return _Decided(change)
+
+        return self._person(decide, actor)
 
     def note(self, incident_id: int, text: str, actor: str) -> Incident:
-        change = _Change(self.get(incident_id))
-        change.event("note", actor, {"text": text[:4000]})
-        return self._committed(change, actor)
+        def decide() -> _Decided:
+            change = _Change(self.get(incident_id))
+            change.event("note", actor, {"text": text[:4000]})
+            return _Decided(change)
+
+        return self._person(decide, actor)
 
     def set_severity(self, incident_id: int, severity: str, actor: str, why: str = "") -> Incident:
-        change = _Change(self._open(incident_id))
-        if severity != change.incident.severity:
-            detail = {"from": change.incident.severity, "to": severity, "why": why or "set by a person", "by": actor}
-            change.event("severity", actor, detail)
-            change.notify("severity", detail)
-            change.set(severity=severity)
-        return self._committed(change, actor)
+        def decide() -> _Decided:
+            change = _Change(self._open(incident_id))
+            if severity != change.incident.severity:
+                detail = {
+                    "from": change.incident.severity,
+                    "to": severity,
+                    "why": why or "set by a person",
+                    "by": actor,
+                }
+                change.event("severity", actor, detail)
+                change.notify("severity", detail)
+                change.set(severity=severity)
+            return _Decided(change)
+
+        return self._person(decide, actor)
 
     def resolve(self, incident_id: int, actor: str, why: str = "") -> Incident:
-        change = _Change(self._open(incident_id))
-        self._resolve(change, actor, why or f"resolved by {actor}")
-        return self._committed(change, actor)
+        def decide() -> _Decided:
+            change = _Change(self._open(incident_id))
+            self._resolve(change, actor, why or f"resolved by {actor}")
+            return _Decided(change)
+
+        return self._person(decide, actor)
+
+    def _person(self, decide: Callable[[], _Decided], actor: str) -> Incident:
+        written = self._write(decide, actor)
+        assert written is not None
+        return written
 
     def _open(self, incident_id: int) -> Incident:
         incident = self.get(incident_id)
@@ -396,14 +488,25 @@ class Incidents:
     # --- the clock: escalation and targets --------------------------------------------------------------
 
     def tick(self, now: float | None = None) -> None:
-        """Reach the escalation levels that are due and record missed targets, for every open incident."""
-        now = now or time.time()
-        for incident in self.store.find(status="open", limit=1000):
-            change = _Change(incident)
-            self._targets(change, now)
-            self._escalate(change, now)
-            if change.events or change.notices:
-                self._commit(change, actor="escalation")
+        """Reach the escalation levels that are due and record missed targets, for every open incident
+        (oldest first). One incident's trouble (a condition that cannot be evaluated) holds up no other."""
+        for listed in self.store.find(status="open", limit=10_000, oldest_first=True):
+
+            def decide(incident_id: int = listed.id) -> _Decided | None:
+                incident = self.store.get(incident_id)
+                if incident is None or not incident.is_open:
+                    return None  # resolved meanwhile: nothing more to page about
+                change = _Change(incident)
+                at = now or time.time()
+                self._targets(change, at)
+                self._escalate(change, at)
+                return _Decided(change) if change.events or change.notices else None
+
+            try:
+                self._write(decide, "escalation")
+            except Exception as exc:
+                with contextlib.suppress(Exception):
+                    self.audit.record("escalation_failed", incident=listed.id, error=f"{type(exc).__name__}: {exc}")
 
     def _targets(self, change: _Change, now: float) -> None:
         incident = change.incident
@@ -412,7 +515,7 @@ class Incidents:
             ("response", target.response, incident.acknowledged, incident.response_missed),
             ("resolution", target.resolution, incident.resolved, incident.resolution_missed),
         ):
-            if limit is not None and done is None and missed is None and now > incident.declared + limit:
+            if limit is not None and done is None and missed is None and now > incident.episode + limit:
                 change.set(**{f"{name}_missed": now})
                 detail = {"target": name, "limit": f"{limit:g}s"}
                 change.event("target_missed", "escalation", detail)
@@ -420,21 +523,21 @@ class Incidents:
 
     def _escalate(self, change: _Change, now: float) -> None:
         incident = change.incident
-        reached = {(level, round_) for level, round_, _ in self.store.escalations(incident.id)}
+        reached = {(level, round_) for level, round_, _ in self.store.escalations(incident.id, incident.life)}
         facts = {
             "severity": incident.severity,
             "status": incident.status,
             "acknowledged": incident.acknowledged is not None,
             "response_missed": incident.response_missed is not None,
             "resolution_missed": incident.resolution_missed is not None,
-            "age": now - incident.declared,
-            "runbook": incident.runbook,
+            "age": now - incident.episode,
+            "runbook": incident.runbook or "",
         }
         for number, level in enumerate(self.policy.escalation, start=1):
             if level.until == "acknowledged" and incident.acknowledged is not None:
                 continue
-            waited = now - incident.declared - level.after
-            if waited < 0 or (level.when and not self._templates.evaluate(level.when, facts)):
+            waited = now - incident.episode - level.after
+            if waited < 0 or not self._holds(change, number, level.when, facts):
                 continue
             round_ = int(waited // level.repeat) if level.repeat else 0
             if (number, round_) in reached:
@@ -446,50 +549,61 @@ class Incidents:
             change.event("escalated", "escalation", detail)
             change.notify("escalated", detail)
 
-    # --- writing: one transaction, audited first ---------------------------------------------------------
+    def _holds(self, change: _Change, number: int, when: str | None, facts: dict[str, Any]) -> bool:
+        """A level's condition; one that cannot be evaluated does not hold, and says so once."""
+        if not when:
+            return True
+        try:
+            return bool(self._templates.evaluate(when, facts))
+        except TemplateError as exc:
+            if not self.store.has_event(change.incident.id, "policy_error", f"level {number}"):
+                change.event("policy_error", "escalation", {"what": f"level {number}", "error": str(exc)})
+            return False
 
-    def _committed(self, change: _Change, actor: str) -> Incident:
-        committed = self._commit(change, actor=actor)
-        assert committed is not None
-        return committed
+    # --- writing: one transaction, audited -------------------------------------------------------------------
 
-    def _commit(
-        self, change: _Change, *, actor: str, opened: bool = False, opened_by: str | None = None
-    ) -> Incident | None:
-        """Write the change — the incident, its events, the levels reached and the messages — in one
-        transaction, with its audit record: if that record cannot be written, nothing is."""
+    def _write(self, decide: Callable[[], _Decided | None], actor: str) -> Incident | None:
+        """Decide and write in one write transaction, with the audit record: if that record cannot be
+        written, nothing is."""
+        with self.state.write() as db:
+            decided = decide()
+            if decided is None:
+                return None
+            return self._commit(db, decided, actor)
+
+    def _commit(self, db: sqlite3.Connection, decided: _Decided, actor: str) -> Incident | None:
+        change, opened = decided.change, decided.opened
         if not opened and not change.values and not change.events and not change.notices:
             return change.incident
-        with self.state.write() as db:
-            if opened:
-                values = {k: v for k, v in change.incident.to_json().items() if k not in ("id", "updated")}
-                incident_id = self.store.insert(db, values)
-                change.incident = Incident(**{**change.incident.to_json(), "id": incident_id})
-                who = opened_by or actor
-                change.events.insert(0, ("opened", who, {"by": who}, None, change.incident.declared))
-                change.notices.insert(0, ("opened", {"by": who}))
-                # The first levels of the escalation path are due at once: paged in the same write.
-                self._escalate(change, time.time())
-            elif change.values:
-                self.store.update(db, change.incident.id, change.values)
-            incident = change.incident
-            self.audit.record(
-                "incident_opened" if opened else "incident_updated",
-                actor=actor,
-                incident=incident.id,
-                runbook=incident.runbook,
-                target=incident.target,
-                severity=incident.severity,
-                status=incident.status,
-                changed=sorted(change.values),
-                events=[e[0] for e in change.events],
-            )
-            event_ids = [
-                self.store.add_event(db, incident.id, kind, who, self.redactor.data(detail), run_id=run_id, at=at)
-                for kind, who, detail, run_id, at in change.events
-            ]
-            change.settle(opened)
-            self._queue(db, change, event_ids[-1] if event_ids else 0)
+        if opened:
+            values = {k: v for k, v in change.incident.to_json().items() if k not in ("id", "updated")}
+            incident_id = self.store.insert(db, values)
+            change.incident = Incident(**{**change.incident.to_json(), "id": incident_id})
+            change.events.insert(0, ("opened", actor, {"by": actor}, None, change.incident.declared))
+            change.notices.insert(0, ("opened", {"by": actor}))
+        elif change.values:
+            self.store.update(db, change.incident.id, change.values)
+        if opened or "life" in change.values:
+            # A new incident's (or a reopened one's) first levels are due at once: paged in the same write.
+            self._escalate(change, time.time())
+        incident = change.incident
+        self.audit.record(
+            "incident_opened" if opened else "incident_updated",
+            actor=actor,
+            incident=incident.id,
+            runbook=incident.runbook,
+            target=incident.target,
+            severity=incident.severity,
+            status=incident.status,
+            changed=sorted(change.values),
+            events=[e[0] for e in change.events],
+        )
+        event_ids = [
+            self.store.add_event(db, incident.id, kind, who, self.redactor.data(detail), run_id=run_id, at=at)
+            for kind, who, detail, run_id, at in change.events
+        ]
+        change.settle(opened)
+        self._queue(db, change, event_ids[-1] if event_ids else 0)
         return self.store.get(incident.id)
 
     def _queue(self, db: sqlite3.Connection, change: _Change, last_event: int) -> None:
@@ -497,8 +611,8 @@ class Incidents:
         audience = set(self.policy.notify)
         for kind, detail in change.notices:
             if kind == "escalated":
-                self.store.add_escalation(db, incident.id, detail["level"], detail["round"])
-        for level, _, _ in self.store.escalations(incident.id):
+                self.store.add_escalation(db, incident.id, incident.life, detail["level"], detail["round"])
+        for level, _, _ in self.store.escalations(incident.id, incident.life):
             audience.update(self.policy.escalation[level - 1].notify if level <= len(self.policy.escalation) else [])
         if not audience:
             return
@@ -511,7 +625,7 @@ class Incidents:
             )
             key = f"{incident.id}:{last_event}:{number}:{kind}"
             if kind == "escalated":
-                key = f"{incident.id}:escalated:{detail['level']}:{detail['round']}"
+                key = f"{incident.id}:escalated:{incident.life}:{detail['level']}:{detail['round']}"
                 targets = set(detail["notify"]) | set(self.policy.notify)
             else:
                 targets = audience
@@ -553,10 +667,10 @@ class Incidents:
             if limit is None:
                 targets[name] = {"limit_s": None, "state": "best effort"}
                 continue
-            due = incident.declared + limit
+            due = incident.episode + limit
             if done is not None:
                 state = "met" if done <= due else "missed"
-                targets[name] = {"limit_s": limit, "state": state, "took_s": round(done - incident.declared, 1)}
+                targets[name] = {"limit_s": limit, "state": state, "took_s": round(done - incident.episode, 1)}
             else:
                 state = "missed" if now > due else "running"
                 targets[name] = {"limit_s": limit, "state": state, "left_s": round(due - now, 1)}
@@ -569,7 +683,7 @@ class Incidents:
                 "at": at,
                 "channels": levels[level - 1].notify if level <= len(levels) else [],
             }
-            for level, round_, at in self.store.escalations(incident.id)
+            for level, round_, at in self.store.escalations(incident.id, None)
         ]
         notifications = [
             {

@@ -37,6 +37,8 @@ class Incident:
     resolved: float | None
     response_missed: float | None
     resolution_missed: float | None
+    episode: float  # when this life of the incident began: declared, or reopened
+    life: int  # 0, then one more each time it is reopened
     updated: float
 
     @property
@@ -77,15 +79,16 @@ class IncidentStore:
         rows = self.state.query(f"SELECT {_COLUMNS} FROM incidents WHERE id = ?", (incident_id,))
         return Incident(*rows[0]) if rows else None
 
-    def find(self, *, status: str | None = None, limit: int = 100) -> list[Incident]:
+    def find(self, *, status: str | None = None, limit: int = 100, oldest_first: bool = False) -> list[Incident]:
         if status == "open":
             where, args = f"status IN ({', '.join('?' * len(OPEN))})", tuple(OPEN)
         elif status:
             where, args = "status = ?", (status,)
         else:
             where, args = "1 = 1", ()
+        order = "ASC" if oldest_first else "DESC"
         rows = self.state.query(
-            f"SELECT {_COLUMNS} FROM incidents WHERE {where} ORDER BY declared DESC LIMIT ?", (*args, limit)
+            f"SELECT {_COLUMNS} FROM incidents WHERE {where} ORDER BY declared {order} LIMIT ?", (*args, limit)
         )
         return [Incident(*r) for r in rows]
 
@@ -122,12 +125,28 @@ class IncidentStore:
         )
         return [Event(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6])) for r in rows]
 
-    def escalations(self, incident_id: int) -> list[tuple[int, int, float]]:
-        """(level, round, at) of the levels reached, in order."""
+    def escalations(self, incident_id: int, life: int | None) -> list[tuple[int, int, float]]:
+        """(level, round, at) of the levels reached in one life of the incident (None: in all), in order."""
         rows = self.state.query(
-            "SELECT level, round, at FROM escalations WHERE incident_id = ? ORDER BY at, level, round", (incident_id,)
+            "SELECT level, round, at FROM escalations WHERE incident_id = ? AND (? IS NULL OR life = ?)"
+            " ORDER BY at, level, round",
+            (incident_id, life, life),
         )
         return [(r[0], r[1], r[2]) for r in rows]
+
+    def last_event_at(self, incident_id: int, kind: str) -> float:
+        rows = self.state.query(
+            "SELECT max(at) FROM incident_events WHERE incident_id = ? AND kind = ?", (incident_id, kind)
+        )
+        return float(rows[0][0] or 0.0)
+
+    def has_event(self, incident_id: int, kind: str, what: str) -> bool:
+        rows = self.state.query(
+            "SELECT 1 FROM incident_events WHERE incident_id = ? AND kind = ? AND json_extract(detail, '$.what') = ?"
+            " LIMIT 1",
+            (incident_id, kind, what),
+        )
+        return bool(rows)
 
     # --- writes (inside the caller's transaction) ------------------------------------------------------
 
@@ -164,10 +183,10 @@ class IncidentStore:
         return int(cur.lastrowid or 0)
 
     @staticmethod
-    def add_escalation(db: sqlite3.Connection, incident_id: int, level: int, round_: int) -> bool:
+    def add_escalation(db: sqlite3.Connection, incident_id: int, life: int, level: int, round_: int) -> bool:
         """Record a level reached; False if it already was (so nobody is paged twice, even after a crash)."""
         cur = db.execute(
-            "INSERT OR IGNORE INTO escalations (incident_id, level, round, at) VALUES (?, ?, ?, ?)",
-            (incident_id, level, round_, time.time()),
+            "INSERT OR IGNORE INTO escalations (incident_id, life, level, round, at) VALUES (?, ?, ?, ?, ?)",
+            (incident_id, life, level, round_, time.time()),
         )
         return cur.rowcount > 0

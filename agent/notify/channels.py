@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator, model_validator
 
 __all__ = ["Channel", "DeliveryError", "EmailChannel", "Message", "SlackChannel", "WebhookChannel", "send"]
 
@@ -61,6 +61,16 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     timeout: float = Field(TIMEOUT, gt=0, le=60, description="Seconds one attempt may take.")
+
+    @field_validator("url_file", "secret_file", "password_file", "ca_file", mode="after", check_fields=False)
+    @classmethod
+    def _beside_the_policy(cls, path: Path | None, info: ValidationInfo) -> Path | None:
+        """A relative path is read beside the policy file that names it, whatever directory the daemon or
+        the CLI was started from."""
+        base = (info.context or {}).get("base")
+        if path is None or path.is_absolute() or base is None:
+            return path
+        return Path(base) / path
 
 
 class SlackChannel(_Strict):

@@ -9,6 +9,7 @@ import dataclasses
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -19,10 +20,16 @@ from agent.notify.channels import TIMEOUT, DeliveryError, Message, send
 from agent.redaction import Redactor
 from agent.state import StateStore
 
-__all__ = ["Courier", "Outbox", "Queued"]
+__all__ = ["Claimed", "Courier", "Outbox", "Queued"]
 
 MAX_ATTEMPTS = 12  # with the backoff below, about an hour and a half of trying
-_LEASE = 3 * TIMEOUT  # a claimed message is another process's to send for this long
+PASS = 50  # messages one pass delivers per channel before looking at the stop flag again
+
+
+def lease(timeout: float) -> float:
+    """How long a claimed message is another process's to send: an attempt's connect, exchange and close
+    may each take the channel's timeout; the margin covers writing the outcome on a busy machine."""
+    return 3 * timeout + 10
 
 
 def backoff(attempts: int) -> float:
@@ -46,6 +53,14 @@ class Queued:
 
     def _replace_attempts(self, attempts: int) -> Queued:
         return dataclasses.replace(self, attempts=attempts)
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A message taken for sending, and the token that says this process holds it."""
+
+    message: Queued
+    token: str
 
 
 _COLUMNS = "id, incident_id, event_key, channel, event, subject, body, status, attempts, last_error, created, sent"
@@ -74,36 +89,52 @@ class Outbox:
             (incident_id, event_key, channel, event, subject, body, now, now),
         )
 
-    def claim(self, channel: str, limit: int = 10) -> list[Queued]:
-        """Take due messages of a channel for sending: leased, so two processes never send one at once."""
+    def claim(self, channel: str, lease: float) -> Claimed | None:
+        """Take the channel's next due message for sending, leased for `lease` seconds under a fresh claim
+        token: one at a time, so a slow channel's lease never runs out on messages still waiting their
+        turn; two processes never send one message at once."""
         now = time.time()
-        claimed: list[Queued] = []
+        token = uuid.uuid4().hex
         with self.state.write() as db:
-            rows = db.execute(
+            row = db.execute(
                 f"SELECT {_COLUMNS} FROM outbox WHERE channel = ? AND status = 'pending' AND next_attempt <= ?"
-                " ORDER BY id LIMIT ?",
-                (channel, now, limit),
-            ).fetchall()
-            for row in rows:
-                db.execute(
-                    "UPDATE outbox SET attempts = attempts + 1, next_attempt = ? WHERE id = ?", (now + _LEASE, row[0])
-                )
-                claimed.append(Queued(*row)._replace_attempts(row[8] + 1))
-        return claimed
-
-    def sent(self, message_id: int) -> None:
-        with self.state.write() as db:
+                " ORDER BY id LIMIT 1",
+                (channel, now),
+            ).fetchone()
+            if row is None:
+                return None
             db.execute(
-                "UPDATE outbox SET status = 'sent', sent = ?, last_error = NULL WHERE id = ?", (time.time(), message_id)
+                "UPDATE outbox SET attempts = attempts + 1, next_attempt = ?, claim = ? WHERE id = ?",
+                (now + lease, token, row[0]),
             )
+        return Claimed(Queued(*row)._replace_attempts(row[8] + 1), token)
 
-    def failed(self, message: Queued, error: str) -> bool:
-        """Record a failed attempt; True if it will be tried again."""
+    def sent(self, claimed: Claimed) -> bool:
+        """Record a delivery; False if the lease had run out and another process holds the message now
+        (it will be sent again: delivery is at least once, with the same key for the receiver to drop)."""
+        with self.state.write() as db:
+            cursor = db.execute(
+                "UPDATE outbox SET status = 'sent', sent = ?, last_error = NULL, claim = NULL"
+                " WHERE id = ? AND claim = ?",
+                (time.time(), claimed.message.id, claimed.token),
+            )
+        return cursor.rowcount == 1
+
+    def failed(self, claimed: Claimed, error: str) -> bool:
+        """Record a failed attempt; True if it will be tried again. Another process's claim is left alone."""
+        message = claimed.message
         again = message.attempts < MAX_ATTEMPTS
         with self.state.write() as db:
             db.execute(
-                "UPDATE outbox SET status = ?, last_error = ?, next_attempt = ? WHERE id = ?",
-                ("pending" if again else "failed", error, time.time() + backoff(message.attempts), message.id),
+                "UPDATE outbox SET status = ?, last_error = ?, next_attempt = ?, claim = NULL"
+                " WHERE id = ? AND claim = ?",
+                (
+                    "pending" if again else "failed",
+                    error,
+                    time.time() + backoff(message.attempts),
+                    message.id,
+                    claimed.token,
+                ),
             )
         return again
 
@@ -135,10 +166,16 @@ class Courier:
         self._threads: list[threading.Thread] = []
 
     def deliver(self, channel: str) -> tuple[int, int]:
-        """One pass over a channel's due messages: (sent, failed)."""
+        """One pass over a channel's due messages, one claimed at a time: (sent, failed)."""
         sent = failed = 0
         config = self.channels.get(channel)
-        for message in self.outbox.claim(channel):
+        for _ in range(PASS):
+            if self._stop.is_set():
+                break
+            claimed = self.outbox.claim(channel, lease(config.timeout if config is not None else TIMEOUT))
+            if claimed is None:
+                break
+            message = claimed.message
             error: str | None = None
             again = False
             if config is None:
@@ -154,10 +191,10 @@ class Courier:
                 except Exception as exc:  # a bug in a sender is a failed attempt, never a dead courier
                     error = f"{type(exc).__name__}: {exc}"
             if error is None:
-                self.outbox.sent(message.id)
+                self.outbox.sent(claimed)
                 sent += 1
             else:
-                again = self.outbox.failed(message, self.redactor.text(error))
+                again = self.outbox.failed(claimed, self.redactor.text(error))
                 failed += 1
             self._audit(message, error, again=again)
         return sent, failed

@@ -32,6 +32,7 @@ class HttpReceiver:
                         "headers": dict(self.headers),
                         "body": body,
                         "json": json.loads(body or b"null"),
+                        "at": time.time(),  # when the answer went back
                     }
                 )
                 self.send_response(receiver.status)

@@ -8,6 +8,8 @@ import hmac
 import json
 import socket
 import time
+from datetime import datetime
+from email import message_from_string
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +58,28 @@ def test_email_over_starttls_with_auth(smtp: SmtpReceiver) -> None:
     assert "Subject: [SEV-1] INC-1 opened" in received["data"] and "text/plain" in received["data"]
     with pytest.raises(DeliveryError, match="SMTP 535"):
         send(email(smtp, "wrong-password"), Message("opened", "s", "b"))
+
+
+def test_email_of_hostile_text_links_nowhere(smtp: SmtpReceiver, tmp_path: Path) -> None:
+    channel = email(smtp, smtp.password).model_dump(by_alias=True, mode="json")
+    channel["password"] = smtp.password
+    policy = IncidentPolicy.model_validate({"channels": {"mail": channel}, "notify": ["mail"]})
+    incidents = Incidents(
+        StateStore(tmp_path / "s.sqlite3"), AuditLog(tmp_path / "a.jsonl", Redactor()), policy, Redactor()
+    )
+    incidents.open_by_person(
+        title="Reset at https://evil.example/login or www.evil.example",
+        severity="SEV-2",
+        impact="mail bob@evil.example; see evil.example.com",
+        actor="alice",
+    )
+    assert Courier(incidents.outbox, dict(policy.channels), incidents.audit, Redactor()).deliver("mail") == (1, 0)
+    (received,) = smtp.messages
+    mail = message_from_string(received["data"])
+    body = mail.get_payload(decode=True).decode()
+    for raw in ("https://", "www.evil", "evil.example", "bob@evil.example"):
+        assert raw not in body and raw not in str(mail["Subject"]), raw
+    assert "hxxps://evil[.]example/login" in body and "evil[.]example[.]com" in body  # still there to read
 
 
 def test_slack_webhook_payload_pings_no_one(tmp_path: Path) -> None:
@@ -123,7 +147,7 @@ def test_a_dead_channel_delays_no_other_and_is_retried(tmp_path: Path) -> None:
             "good": {"type": "webhook", "url": good.url},
             "broken": {"type": "webhook", "url": broken.url},
             "refused": {"type": "webhook", "url": f"http://127.0.0.1:{closed_port()}/hook"},
-            "hanging": {"type": "webhook", "url": hanging.url, "timeout": 1},
+            "hanging": {"type": "webhook", "url": hanging.url, "timeout": 3},
         }
         policy = IncidentPolicy.model_validate({"channels": channels, "notify": list(channels)})
         audit_path = tmp_path / "a.jsonl"
@@ -154,12 +178,21 @@ def test_a_dead_channel_delays_no_other_and_is_retried(tmp_path: Path) -> None:
         assert all(by_channel[c].status == "pending" for c in ("broken", "refused", "hanging"))  # to be retried
         attempts = [r for r in read_records(audit_path) if r["event"] == "notification_attempt"]
         assert {(r["channel"], r["outcome"]) for r in attempts} >= {("good", "sent"), ("broken", "retrying")}
+        # Not held up: both of the good channel's messages were answered before the hanging channel gave up
+        # on its first (a 3 s timeout; one courier for all channels would have sent them after it).
+        hung = min(
+            datetime.fromisoformat(r["ts"].replace("Z", "+00:00")).timestamp()
+            for r in attempts
+            if r["channel"] == "hanging"
+        )
+        assert max(p["at"] for p in good.posts) < hung
         # Retried once it is due again (the receiver now answers): delivered, and only once.
         broken.status = 200
         with incidents.state.write() as db:
             db.execute("UPDATE outbox SET next_attempt = 0 WHERE channel = 'broken'")
-        assert courier.deliver("broken") == (2, 0)
-        assert courier.deliver("broken") == (0, 0) and len(broken.posts) == 4  # the failed tries, then those sent
+        again = Courier(incidents.outbox, dict(policy.channels), incidents.audit, Redactor())  # a stopped one stays so
+        assert again.deliver("broken") == (2, 0)
+        assert again.deliver("broken") == (0, 0) and len(broken.posts) == 4  # the failed tries, then those sent
         assert len(good.posts) == 2  # never sent twice
 
 

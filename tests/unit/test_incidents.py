@@ -223,7 +223,7 @@ def test_the_escalation_path_on_the_clock(tmp_path: Path) -> None:
     t0 = incident.declared
 
     def levels() -> list[tuple[int, int]]:
-        return [(level, round_) for level, round_, _ in w.incidents.store.escalations(incident.id)]
+        return [(level, round_) for level, round_, _ in w.incidents.store.escalations(incident.id, None)]
 
     assert levels() == [(1, 0)]  # on-call at once, in the same write that opened it
     w.incidents.tick(t0 + 1)
@@ -272,8 +272,8 @@ def test_links_in_outside_text_are_defanged() -> None:
     from agent.notify.escape import for_chat, for_email
 
     assert (
-        for_email("see https://evil.example/x and www.evil.example")
-        == "see hxxps://evil.example/x and www[.]evil.example"
+        for_email("see https://evil.example/x and www.evil.example, mail bob@evil.com; v1.2 stays")
+        == "see hxxps://evil[.]example/x and www[.]evil[.]example, mail bob@evil[.]com; v1.2 stays"
     )
     assert for_chat("[click](http://evil.example)") == "`[click](hxxp://evil.example)`"
     assert for_chat("`break` <http://x|y>") == "`'break' \u2039hxxp://x|y\u203a`"
@@ -314,6 +314,21 @@ def test_the_policy_file_says_where_it_is_wrong(tmp_path: Path) -> None:
     path.write_text("escalation:\n  - {name: X, notify: [nowhere]}\n")
     with pytest.raises(ConfigError, match=rf"{path}:2: escalation\[0\].notify: unknown channel nowhere"):
         load_incident_policy(path)
+    path.write_text("notify: []\nincidents:\n  reopen_window: 1h\n  reopen_window: 2h\n")
+    with pytest.raises(ConfigError, match=rf"{path}:4: incidents.reopen_window: duplicate key"):
+        load_incident_policy(path)
+
+
+def test_a_secret_file_is_read_beside_the_policy_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from agent.policy import load_incident_policy
+
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets" / "chat-url").write_text("http://127.0.0.1:9/hooks/secret-token\n")
+    path = tmp_path / "policy.yaml"
+    path.write_text("channels:\n  chat: {type: slack, url_file: secrets/chat-url}\n")
+    monkeypatch.chdir("/")  # not where the policy file is
+    chat = load_incident_policy(path).channels["chat"]
+    assert chat.url.get_secret_value() == "http://127.0.0.1:9/hooks/secret-token"
 
 
 def test_a_postmortem_states_a_broken_audit_chain_at_the_top(w: World) -> None:
@@ -332,3 +347,116 @@ def test_a_postmortem_states_a_broken_audit_chain_at_the_top(w: World) -> None:
     w.audit_path.write_text("".join(lines[1:]))  # a record removed
     broken = draft_postmortem(w.incidents, incident.id, w.audit_path, "t.svg")
     assert broken.markdown.splitlines()[2].startswith("> **The audit log does NOT verify")
+
+
+def test_a_late_approval_does_not_reopen_a_resolved_incident(w: World) -> None:
+    pending = RemediationDecision(
+        "rollback", "docker.rollback", "manual", True, "w", decision="pending", plan={"fingerprint": "f", "changes": []}
+    )
+    incident = w.incidents.after_run(report(remediations=[pending], run_id="late1"), ALERT)
+    assert incident is not None
+    w.incidents.alert_resolved("app-down", "app_service=app", "alert:x")
+    applied = RemediationDecision(
+        "rollback", "docker.rollback", "manual", True, "w", decision="applied", applied=True, outcome="applied"
+    )
+    after = w.incidents.after_decision("late1", applied, "alice")
+    assert after is not None and after.status == "resolved" and not after.is_open
+    assert "applied" in w.kinds(incident.id)  # the timeline still hears of it
+
+
+def test_a_reopened_incident_pages_again_from_the_start(tmp_path: Path) -> None:
+    pol = policy(escalation=[{"name": "On-Call Engineer", "notify": ["pager"], "until": "acknowledged"}])
+    w = World(tmp_path, pol)
+    incident = w.incidents.after_run(report(), ALERT)
+    assert incident is not None
+    w.incidents.acknowledge(incident.id, "bob")
+    w.incidents.resolve(incident.id, "bob")
+    again = w.incidents.after_run(report(), ALERT)
+    assert again is not None and again.id == incident.id and again.life == 1
+    assert again.acknowledged is None and again.episode > incident.declared
+    pages = sorted({m.event_key for m in w.incidents.outbox.of_incident(incident.id) if m.event == "escalated"})
+    assert pages == [f"{incident.id}:escalated:0:1:0", f"{incident.id}:escalated:1:1:0"]
+
+
+def test_overriding_one_target_keeps_the_guides_other() -> None:
+    settings = IncidentPolicy.model_validate({"incidents": {"severities": {"SEV-1": {"response": "1m"}}}}).incidents
+    assert (settings.target("SEV-1").response, settings.target("SEV-1").resolution) == (60.0, 3600.0)
+    assert settings.target("SEV-2").resolution == 4 * 3600.0
+
+
+def test_a_failing_condition_or_template_never_loses_the_incident(tmp_path: Path) -> None:
+    pol = policy(
+        escalation=[
+            {"name": "Team", "notify": ["team"], "when": "age / 0 > 1"},
+            {"name": "Pager", "notify": ["pager"]},
+        ],
+        templates={"internal": "{{ actions[0] }}"},
+    )
+    w = World(tmp_path, pol)
+    incident = w.incidents.open_by_person(title="Login", severity="SEV-2", impact="x", actor="alice")
+    w.incidents.tick()
+    w.incidents.tick()
+    assert [lv for lv, _, _ in w.incidents.store.escalations(incident.id, None)] == [2]  # the other level pages
+    assert w.kinds(incident.id).count("policy_error") == 1  # said once, not every tick
+    opened = w.incidents.outbox.of_incident(incident.id)[0]
+    assert "[SEV-2] Incident: Login" in opened.body  # the guide's template stood in
+
+
+def test_two_processes_never_open_twin_incidents(tmp_path: Path) -> None:
+    import threading
+
+    worlds = [World(tmp_path) for _ in range(2)]  # two stores on one file: the CLI and the daemon
+    results: list[Any] = []
+    barrier = threading.Barrier(2)
+
+    def run(world: World) -> None:
+        barrier.wait()
+        for _ in range(10):
+            results.append(world.incidents.after_run(report(), ALERT))
+
+    threads = [threading.Thread(target=run, args=(world,)) for world in worlds]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len({r.id for r in results}) == 1
+    assert len(worlds[0].incidents.store.find(status=None)) == 1
+
+
+def test_retention_takes_resolved_incidents_whole_and_keeps_open_ones(w: World) -> None:
+    gone = w.incidents.after_run(report(), ALERT)
+    assert gone is not None
+    w.incidents.resolve(gone.id, "bob")
+    kept = w.incidents.after_run(report(service="<!channel> @here"), ALERT)
+    assert kept is not None and kept.id != gone.id
+    later = time.time() + 1
+    counts = w.state.prune(alerts_before=0, runs_before=later, actions_before=0)
+    assert counts["incidents"] == 1 and counts["incident_events"] > 0 and counts["notifications"] > 0
+    assert w.incidents.store.get(gone.id) is None and w.incidents.outbox.of_incident(gone.id) == []
+    assert w.incidents.store.escalations(gone.id, None) == []
+    assert w.incidents.store.get(kept.id) is not None and w.kinds(kept.id)[0] == "opened"
+    assert w.incidents.outbox.of_incident(kept.id)  # undelivered messages of an open incident stay
+
+
+def test_a_nested_write_that_fails_leaves_the_outer_one_whole(tmp_path: Path) -> None:
+    state = StateStore(tmp_path / "s.sqlite3")
+    with state.write() as db:
+        db.execute("INSERT INTO flags (name, value, at, actor) VALUES ('outer', 'x', 0, 't')")
+        with pytest.raises(RuntimeError), state.write() as inner:
+            inner.execute("INSERT INTO flags (name, value, at, actor) VALUES ('inner', 'x', 0, 't')")
+            raise RuntimeError("the nested update failed")
+        with state.write() as inner:
+            inner.execute("INSERT INTO flags (name, value, at, actor) VALUES ('after', 'x', 0, 't')")
+    assert sorted(r[0] for r in state.query("SELECT name FROM flags")) == ["after", "outer"]
+
+
+def test_a_postmortem_keeps_outside_text_from_making_markdown(w: World) -> None:
+    from agent.incidents.postmortem import draft_postmortem
+
+    hostile = "x\n# Owned [click](https://evil.example) ![img](https://evil.example/p.png) <b>hi</b>"
+    incident = w.incidents.open_by_person(title=hostile, severity="SEV-3", impact=hostile, actor="alice")
+    w.incidents.acknowledge(incident.id, "[me](https://evil.example)")
+    md = draft_postmortem(w.incidents, incident.id, w.audit_path, "t.svg").markdown
+    assert md.count("](") == 1 and f"![Timeline of INC-{incident.id}](t.svg)" in md  # no link but its own
+    assert "\n# Owned" not in md and "<b>" not in md and "https://" not in md
+    assert r"\[click\]" in md and r"evil\[.\]example" in md  # still there to read (as Markdown shows it)

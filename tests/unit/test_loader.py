@@ -109,6 +109,16 @@ def test_duplicate_runbook_ids_across_files(write_runbook: WriteRunbook) -> None
     assert problems([first.parent]) == [f"{second}:1: id: duplicate runbook id 'demo' (also in {first})"]
 
 
+def test_a_key_given_twice_is_an_error_not_a_silent_override(write_runbook: WriteRunbook) -> None:
+    text = GOOD.replace(
+        "    do: docker.restart\n", "    do: docker.restart\n    approval: manual\n    approval: auto\n"
+    )
+    path = write_runbook("demo.yaml", text)
+    assert problems([path]) == [
+        f"{path}:19: remediations[0].approval: duplicate key (the earlier value would be ignored)"
+    ]
+
+
 def test_yaml_syntax_error_has_a_line(write_runbook: WriteRunbook) -> None:
     path = write_runbook("demo.yaml", "id: demo\ntitle: [unclosed\nseverity: SEV-1\n")
     (problem,) = problems([path])
