@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 
 .DEFAULT_GOAL := help
-.PHONY: help install docker sandbox sandbox-down lint unit integration test demo clean
+.PHONY: help install docker sandbox sandbox-down lint unit integration test demo bench clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -43,5 +43,9 @@ test: lint sandbox ## Everything CI runs: lint, unit and integration tests
 demo: sandbox ## The sandbox, a real fault, the runbook that diagnoses it, the audit trail
 	$(PY) -m sandbox.demo
 
+bench: sandbox ## Benchmarks: runbook against the by-hand and Ansible peers, one run; writes bench/results.json
+	bash bench/ensure-peers.sh
+	$(PY) -m bench.run
+
 clean: sandbox-down ## Remove the sandbox and the virtualenv
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-ansible .pytest_cache .mypy_cache .ruff_cache

@@ -27,6 +27,7 @@ from agent import admin
 from agent.alerts import AlertmanagerPayload, GenericAlert, IncomingAlert
 from agent.daemon import Daemon, QueueFull
 from agent.exceptions import AuditError, Conflict, NotFound, RunbookError
+from agent.server import over_unix_socket
 
 __all__ = ["ApiSecurity", "create_app"]
 
@@ -83,6 +84,8 @@ class _Gate:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = dict(scope.get("headers") or [])
+        if str(scope.get("path", "")).startswith("/local/") and not over_unix_socket(scope):
+            return await self._answer(send, 404, "Not Found")  # the local socket's routes exist only there
         if str(scope.get("path", "")).startswith("/v1/") and not self.guard.known(headers.get(b"authorization", b"")):
             self.guard.metrics.requests_rejected.labels(reason="unauthenticated").inc()
             return await self._answer(send, 401, "missing or invalid bearer token")

@@ -5,19 +5,21 @@ from __future__ import annotations
 import getpass
 import json
 import os
-import socket
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from agent.cli_errors import errors_as_one_line as _errors_as_one_line
-from agent.config import Settings, load_settings
 from agent.exceptions import AuditError, ConfigError, RunbookError, UnknownRunbook
+from agent.paths import ENV_NAMES, default_state_dir, env_digest, files_digest
 from agent.redaction import Redactor
 from agent.terminal import printable
+
+if TYPE_CHECKING:  # pydantic and yaml load only for commands that read the config, never for --help
+    from agent.config import Settings
 
 __all__ = ["main"]
 
@@ -37,17 +39,41 @@ class _State:
     @property
     def settings(self) -> Settings:
         if self._settings is None:
+            from agent.config import load_settings
+
             self._settings = load_settings(self.config)
             for url in (self._settings.database_url, self._settings.redis_url, self._settings.docker_host):
                 if url:
                     self.redactor.add(url)
         return self._settings
 
+    @property
+    def config_file(self) -> Path | None:
+        return self.config or (Path(os.environ["RUNBOOK_CONFIG"]) if os.environ.get("RUNBOOK_CONFIG") else None)
+
+    def _setting(self, env: str, field: str) -> Any:
+        """A setting read the cheap way when no config file is in play (the environment is all there is),
+        so that a command handed to the local daemon never imports the settings' validation."""
+        if self._settings is None and self.config_file is None:
+            return os.environ.get(env) or None
+        return getattr(self.settings, field)
+
+    @property
+    def state_dir(self) -> Path:
+        configured = self._setting("RUNBOOK_STATE_DIR", "state_dir")
+        return Path(configured) if configured else default_state_dir()
+
+    @property
+    def policy_file(self) -> Path | None:
+        configured = self._setting("RUNBOOK_POLICY", "policy_file")
+        return Path(configured) if configured else None
+
     def runbooks_dirs(self, given: Sequence[Path]) -> list[Path]:
         if given:
             return list(given)
-        if self.settings.runbooks_dir:
-            return [self.settings.runbooks_dir]
+        configured = self._setting("RUNBOOK_DIR", "runbooks_dir")
+        if configured:
+            return [Path(configured)]
         local = Path("runbooks")
         return [local if local.is_dir() else _PACKAGED_RUNBOOKS]
 
@@ -195,13 +221,20 @@ def run(
     Manual remediations show their exact plan and ask y/N on a terminal; --yes approves; with neither
     they are recorded as pending. --dry-run runs every check and shows every plan, and changes nothing.
     """
+    overrides = _parse_params(params, param_file)
+    handed = _hand_over(state, runbook_id, overrides, dry_run=dry_run, as_json=as_json, yes=yes, given=runbooks_dirs)
+    if handed is not None:
+        sys.stdout.write(handed.stdout)
+        sys.stdout.flush()
+        sys.stderr.write(handed.stderr)
+        sys.exit(handed.exit_code)
+
     from agent.audit import AuditLog
     from agent.executor import Executor
-    from agent.output import Printer
+    from agent.output import Printer, after_run
     from agent.policy import load_policy
     from agent.state import StateStore
 
-    overrides = _parse_params(params, param_file)
     runbooks = state.load(runbooks_dirs)
     if runbook_id not in runbooks.runbooks:
         raise UnknownRunbook(f"unknown runbook {runbook_id!r} (known: {', '.join(runbooks.ids())})")
@@ -232,30 +265,52 @@ def run(
     from agent.cli_incidents import deliver, incident_after_run
 
     record, incidents, trouble = incident_after_run(state, runbooks, report)
-    if as_json:
-        data = report.to_json()
-        data["incident"] = record.id if record else None
-        if trouble:
-            data["incident_error"] = trouble
-        click.echo(json.dumps(state.redactor.data(data), indent=2))
-    else:
-        printer.report(report)
-        if record is not None:
-            state.echo(
-                f"\nIncident INC-{record.id} ({record.severity}): {record.status} - runbook incident show {record.id}"
-            )
-    if report.audit_error:
-        state.echo(f"runbook: warning: {report.audit_error}", err=True)
-    if trouble:
-        state.echo(f"runbook: warning: the incident was not updated: {trouble}", err=True)
-    for escalation in report.escalations:
-        state.echo(f"runbook: ESCALATE {report.runbook} {escalation}", err=True)
+    after_run(report, record, trouble, as_json=as_json, printer=printer, raw=click.echo, echo=state.echo)
     deliver(state, incidents)
     sys.exit(report.exit_status.exit_code)
 
 
+def _hand_over(
+    state: _State,
+    runbook_id: str,
+    overrides: dict[str, str],
+    *,
+    dry_run: bool,
+    as_json: bool,
+    yes: bool,
+    given: Sequence[Path],
+) -> Any:
+    """The run done by the local daemon (see agent.handoff), or None to run it here. A run that may ask a
+    person to approve a plan at this terminal stays here, where the question is asked mid-run."""
+    if os.environ.get("RUNBOOK_NO_DAEMON"):
+        return None
+    if not (dry_run or yes or as_json or not (sys.stdin.isatty() and sys.stdout.isatty())):
+        return None
+    from agent.handoff import HandoffLost, hand_over, terminal
+
+    request = {
+        "runbook": runbook_id,
+        "params": overrides,
+        "dry_run": dry_run,
+        "yes": yes,
+        "json": as_json,
+        "actor": _actor(),
+        "runbooks": [str(p.resolve()) for p in state.runbooks_dirs(given)],
+        "env_names": list(ENV_NAMES),
+        "env_digest": env_digest(os.environ, ENV_NAMES),
+        "files_digest": files_digest([state.config_file, state.policy_file]),
+        **terminal(),
+    }
+    try:
+        return hand_over(state.state_dir, request)
+    except HandoffLost as exc:
+        lost = RunbookError(f"{exc}; see `runbook runs` for what it did")
+        lost.exit_code = 3  # UNKNOWN: the run may have found or changed anything
+        raise lost from None
+
+
 def _actor() -> str:
-    return f"{getpass.getuser()}@{socket.gethostname()}"
+    return f"{getpass.getuser()}@{os.uname().nodename}"  # gethostname(2), without importing socket
 
 
 def _store(state: _State) -> Any:
@@ -339,7 +394,14 @@ def status(state: _State) -> None:
         state.echo(f"pending approval: run {run_id} {remediation} (plan {fingerprint})")
 
 
-def _security(token_file: Path | None, hmac_file: Path | None, decision_file: Path | None, public_metrics: bool) -> Any:
+def _security(
+    token_file: Path | None,
+    hmac_file: Path | None,
+    decision_file: Path | None,
+    public_metrics: bool,
+    alert_rate: float = 500.0,
+    alert_burst: float = 20_000.0,
+) -> Any:
     from pydantic import ValidationError
 
     from agent.api import ApiSecurity
@@ -380,6 +442,8 @@ def _security(token_file: Path | None, hmac_file: Path | None, decision_file: Pa
             decision_tokens=people,
             hmac_secret=secret(hmac_file, "RUNBOOK_HMAC_SECRET"),
             public_metrics=public_metrics,
+            alert_rate=alert_rate,
+            alert_burst=alert_burst,
         )
     except ValidationError as exc:
         raise ConfigError(f"daemon credentials: {exc.errors()[0]['msg'].removeprefix('Value error, ')}") from None
@@ -407,6 +471,13 @@ def _security(token_file: Path | None, hmac_file: Path | None, decision_file: Pa
 @click.option(
     "--request-timeout", default=30.0, show_default=True, help="Seconds for a request to arrive whole (slow senders)."
 )
+@click.option(
+    "--alert-rate", default=500.0, show_default=True, type=click.FloatRange(min=1), help="Alerts/s a sender, sustained."
+)
+@click.option("--no-local-socket", is_flag=True, help="Take no runs from `runbook run` on this host.")
+@click.option(
+    "--alert-burst", default=20_000.0, show_default=True, type=click.FloatRange(min=1), help="Alerts a sender at once."
+)
 @_runbooks_option
 @click.pass_obj
 @_errors_as_one_line
@@ -425,9 +496,15 @@ def daemon(
     shutdown_deadline: float,
     max_connections: int,
     request_timeout: float,
+    alert_rate: float,
+    alert_burst: float,
+    no_local_socket: bool,
     runbooks_dirs: tuple[Path, ...],
 ) -> None:
     """Receive alerts (Alertmanager webhooks) and run the matching runbooks within policy."""
+    from agent import memory
+
+    memory.limit_arenas()  # before any thread starts
     import asyncio
     import contextlib
     from collections.abc import AsyncIterator
@@ -437,10 +514,11 @@ def daemon(
 
     from agent.api import create_app
     from agent.daemon import Daemon
+    from agent.local_runs import LocalSocket, add_local_runs
     from agent.policy import load_policy
     from agent.server import ACCEPT_BATCH, connection_budget, guarded_protocol, quiet_accept_errors
 
-    security = _security(token_file, hmac_secret_file, decision_tokens_file, public_metrics)
+    security = _security(token_file, hmac_secret_file, decision_tokens_file, public_metrics, alert_rate, alert_burst)
     incident_policy = state.incident_policy
     state.redactor.add(
         security.intake_token,
@@ -461,6 +539,16 @@ def daemon(
         dedup_window=dedup_window,
     )
     app = create_app(service, security)
+    # `runbook run` on this host hands its runs over this socket (agent.handoff), unless told not to.
+    bound = None
+    if not no_local_socket:
+        bound = LocalSocket.bind(
+            settings.state_dir, state.runbooks_dirs(runbooks_dirs), state.config_file, settings.policy_file
+        )
+        if bound is None:
+            click.echo(f"runbook daemon: another daemon answers on {settings.state_dir / 'daemon.sock'}; not taking it")
+        else:
+            add_local_runs(app, service, bound[0])
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -469,6 +557,8 @@ def daemon(
         yield
         # SIGTERM: uvicorn stops accepting; in-flight checks finish, no new remediation starts.
         service.stop(shutdown_deadline)
+        if bound is not None:  # here: uvicorn raises the signal again once it has served, ending the process
+            bound[0].close()
 
     app.router.lifespan_context = lifespan
     # Connections never take the descriptors the agent itself needs.
@@ -477,7 +567,7 @@ def daemon(
         f"runbook daemon on http://{host}:{port} ({'dry-run' if dry_run else 'live'}, {len(runbooks.ids())} runbooks,"
         f" {len(security.decision_tokens)} decision credentials, at most {connections} connections)"
     )
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=host,
         port=port,
@@ -487,6 +577,12 @@ def daemon(
         timeout_graceful_shutdown=int(shutdown_deadline),
         server_header=False,
     )
+    listeners = [config.bind_socket()] + ([bound[1]] if bound else [])
+    try:
+        uvicorn.Server(config).run(sockets=listeners)
+    finally:
+        if bound is not None:
+            bound[0].close()
 
 
 @cli.command()

@@ -11,6 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from agent.exceptions import ConfigError
+from agent.paths import default_state_dir
 
 __all__ = ["ENV_VARS", "Settings", "load_settings"]
 
@@ -30,8 +31,7 @@ ENV_VARS: dict[str, str] = {
 
 
 def _default_state_dir() -> Path:
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "runbook"
+    return default_state_dir()
 
 
 class Settings(BaseModel):

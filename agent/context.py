@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from agent.config import Settings
 from agent.exceptions import TargetUnreachable
@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from agent.inflight import InFlight
 
 __all__ = ["ApplyContext", "CheckContext", "PlanContext", "RunClients", "Watchdog"]
+
+T = TypeVar("T")
 
 # A check's watchdog: given what to call at its deadline, a context the watched call runs in.
 Watchdog = Callable[[Callable[[], None]], AbstractContextManager[None]]
@@ -36,6 +38,8 @@ class RunClients:
         self._docker_in_flight: InFlight | None = None
         self._redis_in_flight: dict[str, InFlight] = {}
         self._closed = False
+        self._memo: dict[tuple[Any, ...], Any] = {}
+        self._memo_locks: dict[tuple[Any, ...], threading.Lock] = {}
 
     def _get(self, key: tuple[str, str], make: Callable[[], Any]) -> Any:
         # One lock per client being made: a target slow to connect holds up only the checks that need it,
@@ -63,6 +67,21 @@ class RunClients:
             with contextlib.suppress(Exception):
                 client.close()
             raise TargetUnreachable("closed", "the run ended before the connection was made")
+
+    def shared(self, key: tuple[Any, ...], make: Callable[[], T]) -> T:
+        """What several checks of this run read at the same moment (a service's containers, one log
+        window): read once, by the first that asks, while the others wait for it. A run's verification
+        and final pass get new clients, so nothing read before a change is reused after it."""
+        with self._lock:
+            lock = self._memo_locks.setdefault(key, threading.Lock())
+        with lock:
+            with self._lock:
+                if key in self._memo:
+                    return self._memo[key]  # type: ignore[no-any-return]
+            value = make()  # a failure is not kept: the next check asks again, within its own deadline
+            with self._lock:
+                self._memo[key] = value
+            return value
 
     def docker(self) -> Any:
         def make() -> Any:

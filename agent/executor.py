@@ -6,8 +6,9 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, wait
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from agent.apply import DEFAULT_EFFECT_MODULES, Applier
-from agent.audit import AuditLog
+from agent.audit import AuditLog, timestamp
 from agent.config import Settings
 from agent.context import CheckContext, RunClients
 from agent.exceptions import AuditError, Conflict, NotFound, PlanChanged, RunbookError, TargetUnreachable
@@ -102,14 +103,38 @@ class _Audit:
     def __init__(self, log: AuditLog) -> None:
         self.log = log
         self.error: str | None = None
+        self._lock = threading.Lock()
+        self._held: list[tuple[str, dict[str, Any]]] | None = None
 
     def record(self, event: str, **fields: Any) -> None:
         if self.error:
             return
+        with self._lock:
+            if self._held is not None:
+                self._held.append((event, {**fields, "ts": timestamp()}))
+                return
+        self._write([(event, fields)])
+
+    def _write(self, events: list[tuple[str, dict[str, Any]]]) -> None:
         try:
-            self.log.record(event, **fields)
+            self.log.record_many(events)
         except AuditError as exc:
             self.error = exc.message
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        """A diagnosis's records, each stamped when made, written together when it ends (one fsync, not
+        one per check): nothing is decided or applied before they are written, and a run cut short
+        before then is marked interrupted without having acted."""
+        with self._lock:
+            self._held = []
+        try:
+            yield
+        finally:
+            with self._lock:
+                held, self._held = self._held or [], None
+            if held:
+                self._write(held)
 
 
 class Executor:
@@ -253,11 +278,12 @@ class Executor:
             advice=list(spec.advice),
         )
         audit = _Audit(self.audit.bind(run_id=report.run_id, actor=actor, mode=report.mode, runbook=spec.id))
-        audit.record("run_started", severity=spec.severity, params=shown_params)
         start = time.monotonic()
         clients = RunClients(self.settings)
         try:
-            report.checks = self._run_checks(spec.checks, params, clients, audit, progress)
+            with audit.held():
+                audit.record("run_started", severity=spec.severity, params=shown_params)
+                report.checks = self._run_checks(spec.checks, params, clients, audit, progress)
         finally:
             clients.close()
         report.status = worst(c.status for c in report.checks)
@@ -392,14 +418,22 @@ class Executor:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"])
             outcome = Outcome(Status.UNKNOWN, f"bad parameter with.{where}: {first['msg']}", code="bad_params")
-        except TargetUnreachable as exc:
-            outcome = Outcome(Status.CRITICAL, exc.message, code=exc.code)
-        except (TimeoutError, ConnectionError) as exc:
-            outcome = Outcome(Status.CRITICAL, f"target unreachable: {exc}", code="unreachable")
         except Exception as exc:
-            # A bug or bad data in a check is a result, never an aborted run.
-            outcome = Outcome(Status.UNKNOWN, f"check failed: {type(exc).__name__}: {exc}", code="check_error")
+            outcome = self._failed(step, exc, deadline)
         return result(outcome)
+
+    @staticmethod
+    def _failed(step: CheckStep, exc: Exception, deadline: float) -> Outcome:
+        if time.monotonic() >= deadline:
+            # Cut at its deadline by a watchdog: whatever error the cut surfaced as (a closed connection, an
+            # unreachable engine), the cause is the deadline, as when the run stops waiting for the thread.
+            return Outcome(Status.CRITICAL, f"timed out after {step.timeout:g}s", code="timeout")
+        if isinstance(exc, TargetUnreachable):
+            return Outcome(Status.CRITICAL, exc.message, code=exc.code)
+        if isinstance(exc, TimeoutError | ConnectionError):
+            return Outcome(Status.CRITICAL, f"target unreachable: {exc}", code="unreachable")
+        # A bug or bad data in a check is a result, never an aborted run.
+        return Outcome(Status.UNKNOWN, f"check failed: {type(exc).__name__}: {exc}", code="check_error")
 
     # --- remediations ----------------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ class RunbookSet:
     runbooks: dict[str, LoadedRunbook]
     templates: Templates
     registry: Registry
+    digest: str = ""  # of the files as loaded (see `digest`): tells whether they changed since
 
     def ids(self) -> list[str]:
         return sorted(self.runbooks)
@@ -124,6 +126,18 @@ def _check_runbook(
                 problems.add(source, (*loc, "verify", j), f"unknown check {verify!r}")
 
 
+def digest(paths: Sequence[Path]) -> str:
+    """A digest of the runbook files under `paths` (names and contents), cheap enough to take per request."""
+    hasher = hashlib.sha256()
+    for path in _files(paths):
+        try:
+            data = path.read_bytes()
+        except OSError:
+            data = b"\0unreadable"
+        hasher.update(str(path.resolve()).encode() + b"\0" + hashlib.sha256(data).digest())
+    return hasher.hexdigest()
+
+
 def _files(paths: Sequence[Path]) -> list[Path]:
     files: list[Path] = []
     for path in paths:
@@ -144,6 +158,7 @@ def load_runbooks(
     problems = Problems()
     runbooks: dict[str, LoadedRunbook] = {}
     files = _files(paths)
+    loaded_digest = digest(paths)
     for path in files:
         try:
             text = path.read_text(encoding="utf-8")
@@ -178,4 +193,4 @@ def load_runbooks(
         problems.items.append(f"{', '.join(map(str, paths))}: no runbook files (*.yaml) found")
     if problems.items:
         raise RunbookValidationError(problems.items)
-    return RunbookSet(runbooks, templates, registry)
+    return RunbookSet(runbooks, templates, registry, loaded_digest)

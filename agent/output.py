@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -20,7 +20,7 @@ from agent.schema import RemediationStep, Runbook
 from agent.status import Status
 from agent.terminal import printable
 
-__all__ = ["Printer", "audit_line", "show_plugin", "show_runbook"]
+__all__ = ["Printer", "after_run", "audit_line", "show_plugin", "show_runbook"]
 
 _STYLE = {Status.OK: "green", Status.WARNING: "yellow", Status.CRITICAL: "bold red", Status.UNKNOWN: "magenta"}
 
@@ -28,10 +28,13 @@ _STYLE = {Status.OK: "green", Status.WARNING: "yellow", Status.CRITICAL: "bold r
 class Printer:
     """Prints as results arrive. rich decides on colour: only on a terminal, never with NO_COLOR."""
 
-    def __init__(self, redactor: Redactor, *, enabled: bool = True) -> None:
+    def __init__(
+        self, redactor: Redactor, *, enabled: bool = True, console: Console | None = None, spinner: bool = True
+    ) -> None:
         self.redactor = redactor
         self.enabled = enabled
-        self.console = Console(highlight=False, soft_wrap=True, emoji=False)
+        self.console = console or Console(highlight=False, soft_wrap=True, emoji=False)
+        self.spinner = spinner  # off when the output is rendered for another process's terminal
         self._status: Any = None
 
     def _t(self, text: Any) -> str:
@@ -91,7 +94,8 @@ class Printer:
         total = len(spec.checks)
         running: set[str] = set()
         done = 0
-        with self.console.status("", spinner="dots") if self.console.is_terminal else _null() as status:
+        live = self.spinner and self.console.is_terminal
+        with self.console.status("", spinner="dots") if live else _null() as status:
             self._status = status
 
             def update(check_id: str, result: CheckResult | None) -> None:
@@ -217,3 +221,34 @@ def audit_line(record: dict[str, Any]) -> str:
         rest = {**rest, "results": [f"{r.get('change')}: {r.get('outcome')}" for r in rest.get("results", [])]}
     body = " ".join(f"{k}={json.dumps(v, default=str)}" for k, v in rest.items())
     return f"{record.get('ts')} #{record.get('seq')} {record.get('run_id', '-')} {event} {body}"
+
+
+def after_run(
+    report: RunReport,
+    record: Any,
+    trouble: str | None,
+    *,
+    as_json: bool,
+    printer: Printer,
+    raw: Callable[[str], None],
+    echo: Callable[..., None],
+) -> None:
+    """What `runbook run` prints once its run is over, wherever the run happened (in the command itself
+    or in the local daemon it was handed to): the report or its JSON, the incident, and warnings on
+    stderr. `raw` writes a line as is; `echo(text, err=False)` masks secrets and escapes control codes."""
+    if as_json:
+        data = report.to_json()
+        data["incident"] = record.id if record else None
+        if trouble:
+            data["incident_error"] = trouble
+        raw(json.dumps(printer.redactor.data(data), indent=2))
+    else:
+        printer.report(report)
+        if record is not None:
+            echo(f"\nIncident INC-{record.id} ({record.severity}): {record.status} - runbook incident show {record.id}")
+    if report.audit_error:
+        echo(f"runbook: warning: {report.audit_error}", err=True)
+    if trouble:
+        echo(f"runbook: warning: the incident was not updated: {trouble}", err=True)
+    for escalation in report.escalations:
+        echo(f"runbook: ESCALATE {report.runbook} {escalation}", err=True)

@@ -6,13 +6,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import resource
+import socket
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-__all__ = ["ACCEPT_BATCH", "connection_budget", "guarded_protocol", "quiet_accept_errors"]
+__all__ = ["ACCEPT_BATCH", "connection_budget", "guarded_protocol", "over_unix_socket", "quiet_accept_errors"]
 
 _log = logging.getLogger("runbook.server")
 _RESERVED_FDS = 128  # for the state store, the audit log, clients of checks and remediations
@@ -85,6 +87,11 @@ def guarded_protocol(max_connections: int, request_timeout: float) -> type[H11Pr
 
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
+            sock = transport.get_extra_info("socket")
+            if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+                # Served from sockets handed to uvicorn (`sockets=`, for the local Unix socket beside TCP),
+                # connections came without it: each small response waited ~40 ms for a delayed ACK (Nagle).
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._await_request()
             if len(self.connections) > max_connections:
                 self._make_room()
@@ -135,3 +142,10 @@ def guarded_protocol(max_connections: int, request_timeout: float) -> type[H11Pr
             super().connection_lost(exc)
 
     return GuardedH11Protocol
+
+
+def over_unix_socket(scope: Mapping[str, Any]) -> bool:
+    """Whether an ASGI request came over a Unix socket: uvicorn names its server (path, None), a TCP
+    listener's (host, port)."""
+    server = scope.get("server")
+    return isinstance(server, tuple | list) and len(server) == 2 and server[1] is None

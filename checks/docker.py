@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import re
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -16,6 +17,7 @@ from agent.patterns import compile_linear
 from agent.plugins import Outcome, PluginSet
 from agent.schema import Duration
 from agent.status import Status, worst
+from checks import _cgroups
 from checks._thresholds import above
 
 plugins = PluginSet("docker")
@@ -60,17 +62,22 @@ def containers(ctx: CheckContext, target: Target, *, running_only: bool = False)
     """The containers a target names, ordered by compose container number then name."""
     import docker.errors
 
-    client = ctx.clients.docker()
-    if target.container is not None:
-        try:
-            found = [client.containers.get(target.container)]
-        except docker.errors.NotFound:
-            return []
-        return [c for c in found if c.status == "running"] if running_only else found
-    project = target.project or ctx.settings.compose_project
-    filters = {"label": [f"com.docker.compose.project={project}", f"com.docker.compose.service={target.service}"]}
-    found = client.containers.list(all=not running_only, filters=filters)
-    return sorted(found, key=lambda c: (int(c.labels.get("com.docker.compose.container-number", 0) or 0), c.name))
+    def listing() -> list[Any]:
+        client = ctx.clients.docker()
+        if target.container is not None:
+            try:
+                found = [client.containers.get(target.container)]
+            except docker.errors.NotFound:
+                return []
+            return [c for c in found if c.status == "running"] if running_only else found
+        project = target.project or ctx.settings.compose_project
+        labels = [f"com.docker.compose.project={project}", f"com.docker.compose.service={target.service}"]
+        found = client.containers.list(all=not running_only, filters={"label": labels})
+        return sorted(found, key=lambda c: (int(c.labels.get("com.docker.compose.container-number", 0) or 0), c.name))
+
+    # The run's checks of one service share one listing (each container inspected once, not per check).
+    key = ("containers", target.container, target.project, target.service, running_only)
+    return list(ctx.clients.shared(key, listing))
 
 
 def _describe(target: Target) -> str:
@@ -231,10 +238,18 @@ def _log_lines(ctx: CheckContext, target: Target, since: float, across_restarts:
         began = None if across_restarts else _this_run_began(container)
         if began is not None and began > start:
             start = began
-        # A float: docker-py turns a datetime into whole seconds, which would take in the lines of the
-        # second before a restart (from the process that was failing).
-        raw = container.logs(stdout=True, stderr=True, since=start.timestamp(), timestamps=False, tail=MAX_LOG_LINES)
-        lines.extend((container.name, line) for line in raw.decode("utf-8", "replace").splitlines())
+
+        def read(container: Any = container, start: datetime = start) -> list[str]:
+            # A float: docker-py turns a datetime into whole seconds, which would take in the lines of the
+            # second before a restart (from the process that was failing).
+            raw = container.logs(
+                stdout=True, stderr=True, since=start.timestamp(), timestamps=False, tail=MAX_LOG_LINES
+            )
+            return raw.decode("utf-8", "replace").splitlines()
+
+        # Two checks reading the same window of one container (errors, error rate) share one read.
+        key = ("logs", container.id, since, across_restarts)
+        lines.extend((container.name, line) for line in ctx.clients.shared(key, read))
     return lines
 
 
@@ -326,11 +341,38 @@ def error_rate(ctx: CheckContext, params: ErrorRateParams) -> Outcome:
     )
 
 
+CPU_SAMPLE = 0.2  # seconds between two CPU readings: a steady rate, short enough to overlap the other checks
+
+
 class StatsParams(Target):
     cpu_warn_pct: float | None = Field(80.0, description="CPU % (of the host's CPUs) for WARNING.")
     cpu_crit_pct: float | None = Field(95.0, description="CPU % for CRITICAL.")
     mem_warn_pct: float | None = Field(80.0, description="Memory % of the container's limit for WARNING.")
     mem_crit_pct: float | None = Field(95.0, description="Memory % of the limit for CRITICAL.")
+
+
+def _from_cgroups(ctx: CheckContext, found: list[Any]) -> list[tuple[float, float, float]] | None:
+    """(CPU %, memory %, bytes used) per container from their cgroups: two readings CPU_SAMPLE apart,
+    every container's first before anyone's second, while the run's other checks go on."""
+    import psutil
+
+    if not _cgroups.local_engine(ctx.settings.docker_host):
+        return None
+    api = ctx.clients.docker().api
+    host_memory = psutil.virtual_memory().total
+    pids = [int(api.inspect_container(c.id)["State"]["Pid"] or 0) for c in found]
+    first = [_cgroups.read(pid, host_memory) if pid else None for pid in pids]
+    if any(f is None for f in first):
+        return None
+    time.sleep(min(CPU_SAMPLE, ctx.remaining() / 2))
+    rows = []
+    for pid, before in zip(pids, first, strict=True):
+        after = _cgroups.read(pid, host_memory)
+        if after is None or before is None:
+            return None
+        mem_pct = 100.0 * after.memory_used / after.memory_limit if after.memory_limit else 0.0
+        rows.append((_cgroups.cpu_pct(before, after), mem_pct, float(after.memory_used)))
+    return rows
 
 
 def _usage(stats: dict[str, Any]) -> tuple[float, float, float]:
@@ -351,13 +393,17 @@ def _usage(stats: dict[str, Any]) -> tuple[float, float, float]:
 @plugins.check("docker.stats", StatsParams)
 @_within_deadline
 def stats(ctx: CheckContext, params: StatsParams) -> Outcome:
-    """CPU and memory use of a container or service from the engine's stats API (`docker stats`)."""
+    """CPU and memory use of a container or service, as `docker stats` shows them: from the containers'
+    cgroups when the engine is on this host, else from the engine's stats API."""
     found = containers(ctx, params, running_only=True)
     if not found:
         return Outcome(Status.CRITICAL, f"no running container for {_describe(params)}", code="container_missing")
+    usage = _from_cgroups(ctx, found)
+    if usage is None:  # a remote engine, or cgroups not visible here: the engine's own one-second sample
+        api = ctx.clients.docker().api
+        usage = [_usage(api.stats(c.id, stream=False)) for c in found]
     rows = []
-    for container in found:
-        cpu_pct, mem_pct, used = _usage(container.stats(stream=False))
+    for container, (cpu_pct, mem_pct, used) in zip(found, usage, strict=True):
         status = worst(
             [
                 above(cpu_pct, params.cpu_warn_pct, params.cpu_crit_pct),

@@ -8,6 +8,7 @@ import pytest
 
 from agent.config import Settings
 from agent.status import Status
+from checks import _cgroups
 from sandbox import faults, stack
 
 pytestmark = pytest.mark.integration
@@ -98,6 +99,24 @@ def test_stats(probe, throwaway) -> None:
     result = probe("docker.stats", container=hog.name, mem_warn_pct=70, mem_crit_pct=75)
     assert (result.status, result.code) == (Status.CRITICAL, "resource_use_high")
     assert result.metrics["mem_pct"] >= 75
+
+
+def test_stats_measures_cpu_between_two_quick_readings(probe, throwaway, monkeypatch) -> None:
+    # One spinning process: at least a good share of one CPU even on a busy machine (a reading without a
+    # previous one to compare with would show ~0%), measured from its cgroup without the engine's 1 s wait.
+    spinner = throwaway(["python3", "-c", "while True: pass"])
+    time.sleep(1)
+    readings = []
+    read = _cgroups.read
+    monkeypatch.setattr(_cgroups, "read", lambda *a: readings.append(a) or read(*a))
+    result = probe("docker.stats", container=spinner.name, cpu_warn_pct=5, cpu_crit_pct=1000)
+    assert result.metrics["cpu_pct"] > 10, result
+    assert (result.status, result.code) == (Status.WARNING, "resource_use_high")
+    assert len(readings) == 2  # from the kernel's counters, not the engine's one-second sample
+    # Where the cgroups are not ours to read (a remote engine), the engine's stats say the same.
+    monkeypatch.setattr(_cgroups, "local_engine", lambda _: False)
+    result = probe("docker.stats", container=spinner.name, cpu_warn_pct=5, cpu_crit_pct=1000)
+    assert result.metrics["cpu_pct"] > 10 and len(readings) == 2, result
 
 
 def test_sandbox_is_compose_labelled(dc) -> None:

@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from agent.alerts import IncomingAlert
 from agent.api import ApiSecurity, create_app
 from agent.config import Settings
-from agent.daemon import Daemon
+from agent.daemon import Daemon, QueueFull
 from agent.loader import load_runbooks
 from agent.policy import EnvironmentPolicy
 from agent.redaction import Redactor
@@ -329,3 +330,70 @@ def test_alerts_join_the_incident_and_a_resolved_alert_resolves_it(api: Api) -> 
     resolved = {"status": "resolved", "labels": {"alertname": "SvcDown", "service": "app"}, "fingerprint": "fp1"}
     api.post("/v1/alerts/alertmanager", {"status": "resolved", "receiver": "runbook", "alerts": [resolved]})
     assert api.daemon.incidents.get(record.id).status == "resolved"
+
+
+def test_concurrent_deliveries_share_a_commit_and_each_is_durable_before_its_answer(api: Api) -> None:
+    """Group commit: payloads arriving while a batch is written go in the next batch together (one audit
+    fsync, one transaction); each is answered only once its own alerts are committed."""
+    import sqlite3
+    import threading
+
+    daemon = api.daemon
+    batches: list[int] = []
+    record_many = daemon.audit.record_many
+
+    def slow_record_many(events: list[tuple[str, dict[str, Any]]]) -> None:
+        batches.append(len(events))
+        if len(batches) == 1:
+            time.sleep(0.5)  # the first batch's disk is slow: the others pile up behind it
+        record_many(events)
+
+    daemon.audit.record_many = slow_record_many  # type: ignore[method-assign]
+    committed: dict[int, int] = {}
+    senders = 16
+
+    def deliver(i: int) -> None:
+        alert = IncomingAlert.build("generic", "firing", {"alertname": "Noise", "n": str(i)}, {}, f"fp-{i}")
+        (result,) = daemon.receive([alert])
+        assert result.outcome == "no_runbook"
+        # Seen from another connection the moment the answer is given: committed, not just written.
+        with sqlite3.connect(api.settings.state_path) as other:
+            committed[i] = other.execute("SELECT count(*) FROM alerts WHERE fingerprint = ?", (f"fp-{i}",)).fetchone()[
+                0
+            ]
+
+    threads = [threading.Thread(target=deliver, args=(i,)) for i in range(senders)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert committed == dict.fromkeys(range(senders), 1)
+    assert sum(batches) == senders and len(batches) < senders  # some batches held several payloads
+    records = [json.loads(line) for line in api.settings.audit_path.read_text().splitlines()]
+    assert len([r for r in records if r["event"] == "alerts_received"]) == senders  # one record per payload
+
+
+def test_a_refused_payload_in_a_batch_leaves_the_others_recorded(tmp_path: Path) -> None:
+    api = Api(tmp_path, queue_size=1)
+    first = [IncomingAlert.build("generic", "firing", {"alertname": "SvcDown", "service": "app"}, {}, "a")]
+    both = [
+        IncomingAlert.build("generic", "firing", {"alertname": "SvcDown", "service": s}, {}, s) for s in ("worker", "x")
+    ]
+    api.daemon._admit_batch([_arrival(first), refused := _arrival(both), noise := _arrival(_noise())])
+    assert isinstance(refused.error, QueueFull)  # the queue had room for one new run, taken by the first
+    assert noise.results[0].outcome == "no_runbook"
+    assert {r["fingerprint"] for r in _alerts(api)} == {"a", "noise"}  # nothing of the refused payload
+
+
+def _arrival(alerts: list[Any]) -> Any:
+    from agent.daemon import _Arrival
+
+    return _Arrival(alerts)
+
+
+def _noise() -> list[Any]:
+    return [IncomingAlert.build("generic", "firing", {"alertname": "Noise"}, {}, "noise")]
+
+
+def _alerts(api: Api) -> list[dict[str, Any]]:
+    return [{"fingerprint": row[0]} for row in api.daemon.state.query("SELECT fingerprint FROM alerts")]

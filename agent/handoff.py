@@ -1,0 +1,107 @@
+"""`runbook run`, handed to the local daemon: the same run, output, exit code and audit record, without
+importing and connecting everything afresh.
+
+The daemon listens on a Unix socket in the state directory (0700) and checks a token kept beside it
+(0600): only whoever can read that directory can hand it a run. The CLI falls back to running the
+runbook itself whenever the daemon declines before the run starts (another runbooks directory, files
+changed since the daemon loaded them, a live run asked of a dry-run daemon, a bad param) — so the
+local path produces every error message. Once the run has started, it is never started again here: a
+daemon that goes away mid-run leaves an UNKNOWN outcome and the run in `runbook runs`.
+
+Only the standard library: this module is on the path of the cold start it exists to shorten.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agent.paths import DAEMON_SOCKET, DAEMON_TOKEN
+
+__all__ = ["Handed", "HandoffLost", "hand_over"]
+
+CONNECT_TIMEOUT = 1.0
+ROUTE = "/local/v1/run"
+# Answers given before a run starts (credential, request, the daemon's conditions, busy): run it here.
+DECLINED = frozenset({403, 404, 409, 413, 422, 503})
+
+
+@dataclass(frozen=True)
+class Handed:
+    """What the daemon's run printed, and the exit code it ended with."""
+
+    stdout: str
+    stderr: str
+    exit_code: int
+
+
+class HandoffLost(Exception):
+    """The daemon took the run and then did not answer: the run may have happened; never run it again."""
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: Path) -> None:
+        super().__init__("localhost", timeout=CONNECT_TIMEOUT)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(CONNECT_TIMEOUT)
+            sock.connect(str(self._path))
+            sock.settimeout(None)  # a run takes as long as its checks and verifications; so does a local one
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+def hand_over(state_dir: Path, request: dict[str, Any]) -> Handed | None:
+    """The run done by the local daemon, or None when there is none or it declined (run it here)."""
+    path, token_file = state_dir / DAEMON_SOCKET, state_dir / DAEMON_TOKEN
+    try:
+        token = token_file.read_text().strip()
+    except OSError:
+        return None
+    if not token or not path.exists():
+        return None
+    connection = _UnixConnection(path)
+    try:
+        try:
+            connection.connect()
+        except OSError:
+            return None  # a socket left by a daemon killed -9, or one not listening yet
+        body = json.dumps(request).encode()
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        try:
+            connection.request("POST", ROUTE, body=body, headers=headers)
+            response = connection.getresponse()
+            data = response.read()
+        except (OSError, http.client.HTTPException) as exc:
+            raise HandoffLost(f"the local daemon took the run and did not answer: {exc}") from None
+        if response.status in DECLINED:
+            return None  # declined before the run started: the local path says why, in its own words
+        if response.status != 200:
+            raise HandoffLost(f"the local daemon answered HTTP {response.status} once it had the run")
+        try:
+            answer = json.loads(data)
+            return Handed(str(answer["stdout"]), str(answer["stderr"]), int(answer["exit_code"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise HandoffLost(f"the local daemon's answer was not understood: {exc}") from None
+    finally:
+        connection.close()
+
+
+def terminal() -> dict[str, Any]:
+    """How the daemon should render for this terminal (rich's own choices, made here)."""
+    color = os.isatty(1) and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
+    try:
+        width = os.get_terminal_size(1).columns
+    except OSError:
+        width = int(os.environ.get("COLUMNS", "80") or 80)
+    return {"width": max(20, min(width, 1000)), "color": bool(color)}
