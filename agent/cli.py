@@ -280,13 +280,24 @@ def _hand_over(
     yes: bool,
     given: Sequence[Path],
 ) -> Any:
-    """The run done by the local daemon (see agent.handoff), or None to run it here. A run that may ask a
-    person to approve a plan at this terminal stays here, where the question is asked mid-run."""
+    """The run done by the local daemon (see agent.handoff), or None to run it here. When a person at this
+    terminal may be asked to approve a plan, the run is streamed: its lines appear as they come and the
+    question is asked here, mid-run, as in a run done here."""
     if os.environ.get("RUNBOOK_NO_DAEMON"):
         return None
-    if not (dry_run or yes or as_json or not (sys.stdin.isatty() and sys.stdout.isatty())):
-        return None
     from agent.handoff import HandoffLost, hand_over, terminal
+
+    interactive = not (dry_run or yes or as_json) and sys.stdin.isatty() and sys.stdout.isatty()
+
+    def write(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    def ask(prompt: str) -> bool:
+        try:
+            return input(prompt).strip().lower() in ("y", "yes")
+        except EOFError:
+            return False
 
     request = {
         "runbook": runbook_id,
@@ -302,6 +313,8 @@ def _hand_over(
         **terminal(),
     }
     try:
+        if interactive:
+            return hand_over(state.state_dir, request, write=write, ask=ask)
         return hand_over(state.state_dir, request)
     except HandoffLost as exc:
         lost = RunbookError(f"{exc}; see `runbook runs` for what it did")

@@ -45,6 +45,9 @@ class _Queued:
     origin: RunOrigin
 
 
+LARGE_PAYLOAD = 1000  # alerts: a payload whose parsed form is worth returning to the system afterwards
+
+
 class _Arrival:
     """One payload waiting for its batch to be committed, and what became of it."""
 
@@ -114,6 +117,7 @@ class Daemon:
         self._admit = threading.Lock()
         self._arrivals_lock = threading.Lock()
         self._arrivals: list[_Arrival] = []
+        self._large_payload = 0.0  # when the last payload of LARGE_PAYLOAD alerts or more arrived
         self._running: set[str] = set()
         # Set when the audit log could not be written: intake answers 503 and /readyz is false until
         # a write succeeds again (after `runbook audit repair`).
@@ -172,6 +176,8 @@ class Daemon:
         each under its own savepoint, in one transaction and one audit fsync — so a storm of single-alert
         deliveries costs one disk flush per batch, not per request. None is answered before its own
         record is durable."""
+        if len(alerts) >= LARGE_PAYLOAD:
+            self._large_payload = time.monotonic()
         arrival = _Arrival(alerts)
         with self._arrivals_lock:
             self._arrivals.append(arrival)
@@ -351,12 +357,15 @@ class Daemon:
     def _schedule(self) -> None:
         due: dict[str, float] = {}
         next_prune = time.monotonic() + 60
-        next_trim = 0.0
+        trimmed = 0.0
         while not self.stopping.wait(1.0):
             try:
-                if time.monotonic() >= next_trim:
-                    memory.trim()  # what a storm's payloads left in the heap goes back to the system
-                    next_trim = time.monotonic() + 10
+                now = time.monotonic()
+                # What a storm's payloads left in the heap goes back to the system: a second after the
+                # last large payload (its request is gone by then), and once a minute anyway.
+                if (self._large_payload > trimmed and now - self._large_payload >= 1.0) or now - trimmed >= 60:
+                    memory.trim()
+                    trimmed = now
                 if time.monotonic() >= next_prune:
                     self.prune()
                     next_prune = time.monotonic() + 3600

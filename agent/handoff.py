@@ -17,6 +17,7 @@ import http.client
 import json
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,8 +28,10 @@ __all__ = ["Handed", "HandoffLost", "hand_over"]
 
 CONNECT_TIMEOUT = 1.0
 ROUTE = "/local/v1/run"
+ANSWER_ROUTE = "/local/v1/answer"
 # Answers given before a run starts (credential, request, the daemon's conditions, busy): run it here.
 DECLINED = frozenset({403, 404, 409, 413, 422, 503})
+MAX_EVENT = 1 << 22  # bytes of one streamed event (a line of output, a question) at most
 
 
 @dataclass(frozen=True)
@@ -61,8 +64,16 @@ class _UnixConnection(http.client.HTTPConnection):
         self.sock = sock
 
 
-def hand_over(state_dir: Path, request: dict[str, Any]) -> Handed | None:
-    """The run done by the local daemon, or None when there is none or it declined (run it here)."""
+def hand_over(
+    state_dir: Path,
+    request: dict[str, Any],
+    *,
+    write: Callable[[str], None] | None = None,
+    ask: Callable[[str], bool] | None = None,
+) -> Handed | None:
+    """The run done by the local daemon, or None when there is none or it declined (run it here).
+    With `write` and `ask` (a person at this terminal) the run is streamed: its lines are written as they
+    come and each approval is asked here, mid-run; the Handed's stdout is then already written."""
     path, token_file = state_dir / DAEMON_SOCKET, state_dir / DAEMON_TOKEN
     try:
         token = token_file.read_text().strip()
@@ -76,11 +87,15 @@ def hand_over(state_dir: Path, request: dict[str, Any]) -> Handed | None:
             connection.connect()
         except OSError:
             return None  # a socket left by a daemon killed -9, or one not listening yet
-        body = json.dumps(request).encode()
+        streamed = write is not None and ask is not None
+        body = json.dumps({**request, "interactive": streamed}).encode()
         headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
         try:
             connection.request("POST", ROUTE, body=body, headers=headers)
             response = connection.getresponse()
+            if streamed and response.status == 200:
+                assert write is not None and ask is not None
+                return _follow(response, path, token, write, ask)
             data = response.read()
         except (OSError, http.client.HTTPException) as exc:
             raise HandoffLost(f"the local daemon took the run and did not answer: {exc}") from None
@@ -93,6 +108,45 @@ def hand_over(state_dir: Path, request: dict[str, Any]) -> Handed | None:
             return Handed(str(answer["stdout"]), str(answer["stderr"]), int(answer["exit_code"]))
         except (ValueError, KeyError, TypeError) as exc:
             raise HandoffLost(f"the local daemon's answer was not understood: {exc}") from None
+    finally:
+        connection.close()
+
+
+def _follow(
+    response: http.client.HTTPResponse,
+    path: Path,
+    token: str,
+    write: Callable[[str], None],
+    ask: Callable[[str], bool],
+) -> Handed:
+    """Read a streamed run's events to its end, answering its questions."""
+    while True:
+        line = response.readline(MAX_EVENT)
+        if not line:
+            raise HandoffLost("the local daemon stopped in the middle of the run")
+        try:
+            event = json.loads(line)
+        except ValueError as exc:
+            raise HandoffLost(f"the local daemon's answer was not understood: {exc}") from None
+        if "out" in event:
+            write(str(event["out"]))
+        elif "ask" in event:
+            approve = ask(str(event["ask"]["prompt"]))
+            _answer(path, token, str(event["ask"]["id"]), approve)
+        elif "end" in event:
+            return Handed("", str(event["end"]["stderr"]), int(event["end"]["exit_code"]))
+
+
+def _answer(path: Path, token: str, question: str, approve: bool) -> None:
+    connection = _UnixConnection(path)
+    try:
+        body = json.dumps({"id": question, "approve": approve}).encode()
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        connection.request("POST", ANSWER_ROUTE, body=body, headers=headers)
+        response = connection.getresponse()
+        response.read()
+        if response.status != 200:  # the question timed out first: the plan stays pending, as the run says
+            return
     finally:
         connection.close()
 

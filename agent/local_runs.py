@@ -13,19 +13,24 @@ from __future__ import annotations
 import contextlib
 import hmac
 import io
+import json
 import os
+import queue
 import secrets
 import socket
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from agent.exceptions import AuditError, RunbookError
 from agent.files import open_private, private_dir
-from agent.handoff import ROUTE
+from agent.handoff import ANSWER_ROUTE, ROUTE
 from agent.loader import digest
 from agent.paths import DAEMON_SOCKET, DAEMON_TOKEN, env_digest, files_digest
 from agent.server import over_unix_socket
@@ -35,6 +40,7 @@ if TYPE_CHECKING:
 
 __all__ = ["LocalRunRequest", "LocalSocket", "add_local_runs"]
 
+ASK_TIMEOUT = 300.0  # seconds a streamed run waits for the person's y/N before leaving the plan pending
 _Name = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 _Value = Annotated[str, StringConstraints(max_length=65_536)]
 
@@ -56,6 +62,16 @@ class LocalRunRequest(BaseModel):
     files_digest: str = Field(max_length=64)
     width: int = Field(80, ge=20, le=1000)
     color: bool = False
+    interactive: bool = Field(False, description="A person at the command answers approvals: stream, and ask.")
+
+
+class LocalAnswer(BaseModel):
+    """A person's answer, at the command, to a question a streamed run asked."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1, max_length=64)
+    approve: bool
 
 
 @dataclass(frozen=True)
@@ -139,28 +155,115 @@ def add_local_runs(app: FastAPI, daemon: Daemon, local: LocalSocket) -> None:
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), local.token.encode()):
             raise HTTPException(status_code=403, detail="invalid local token")
 
+    questions = _Questions()
+
     @app.post(ROUTE, include_in_schema=False, dependencies=[Depends(caller)])
-    def local_run(body: LocalRunRequest) -> dict[str, Any]:
+    def local_run(body: LocalRunRequest) -> Any:
         reason = local.declines(body, daemon)
         if reason is not None:
             raise HTTPException(status_code=409, detail=reason)
-        try:
-            return run_for_command(daemon, body)
-        except RunbookError as exc:  # a param the runbook does not know: the command says it in its words
+        try:  # before anything is recorded: a bad param is declined, and the command says it in its words
+            daemon.executor.resolve_params(daemon.runbooks.runbooks[body.runbook], body.params)
+        except RunbookError as exc:
             raise HTTPException(status_code=409, detail=exc.message) from None
+        if not body.interactive:
+            out = io.StringIO()
+            stderr, exit_code = run_for_command(daemon, body, out)
+            return {"stdout": out.getvalue(), "stderr": stderr, "exit_code": exit_code}
+        # A person at the command: lines as they come, and each approval asked there, mid-run.
+        stream = _Stream(questions)
+        worker = threading.Thread(
+            target=stream.run, args=(lambda: run_for_command(daemon, body, stream, stream.ask),), daemon=True
+        )
+        worker.start()
+        return StreamingResponse(stream.events(), media_type="application/x-ndjson")
+
+    @app.post(ANSWER_ROUTE, include_in_schema=False, dependencies=[Depends(caller)])
+    def local_answer(body: LocalAnswer) -> dict[str, bool]:
+        if not questions.answer(body.id, body.approve):
+            raise HTTPException(status_code=404, detail="no such question waiting (answered, or timed out)")
+        return {"answered": True}
 
 
-def run_for_command(daemon: Daemon, request: LocalRunRequest) -> dict[str, Any]:
-    """Run as `runbook run` would, rendering what it would print for the command's terminal."""
+class _Questions:
+    """The approvals streamed runs are waiting on, by question id."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._waiting: dict[str, tuple[threading.Event, dict[str, bool]]] = {}
+
+    def ask(self, send: Callable[[dict[str, Any]], None], prompt: str) -> bool | None:
+        """Send the question and wait for its answer; None (left pending, as without a terminal) if none
+        comes within ASK_TIMEOUT - the command was interrupted, or nobody is there."""
+        question = secrets.token_hex(16)
+        answered, slot = threading.Event(), dict[str, bool]()
+        with self._lock:
+            self._waiting[question] = (answered, slot)
+        try:
+            send({"ask": {"id": question, "prompt": prompt}})
+            return slot.get("approve") if answered.wait(ASK_TIMEOUT) else None
+        finally:
+            with self._lock:
+                self._waiting.pop(question, None)
+
+    def answer(self, question: str, approve: bool) -> bool:
+        with self._lock:
+            waiting = self._waiting.get(question)
+            if waiting is None:
+                return False
+            waiting[1]["approve"] = approve
+            waiting[0].set()
+            return True
+
+
+class _Stream:
+    """One interactive run, as newline-delimited JSON events: {"out": text} as the command would print
+    it, {"ask": {id, prompt}} when a plan waits for the person's y/N, and {"end": {stderr, exit_code}}."""
+
+    def __init__(self, questions: _Questions) -> None:
+        self._questions = questions
+        self._queue: queue.Queue[dict[str, Any]] = queue.Queue()
+
+    def write(self, text: str) -> int:  # the run's console writes here
+        if text:
+            self._queue.put({"out": text})
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def ask(self, prompt: str) -> bool | None:
+        return self._questions.ask(self._queue.put, prompt)
+
+    def run(self, work: Callable[[], tuple[str, int]]) -> None:
+        try:
+            stderr, exit_code = work()
+        except Exception as exc:  # the run itself recorded what it could; the command hears UNKNOWN
+            stderr, exit_code = f"runbook: error: the daemon's run failed: {type(exc).__name__}: {exc}\n", 3
+        self._queue.put({"end": {"stderr": stderr, "exit_code": exit_code}})
+
+    def events(self) -> Iterator[bytes]:
+        while True:
+            event = self._queue.get()
+            yield (json.dumps(event) + "\n").encode()
+            if "end" in event:
+                return
+
+
+def run_for_command(
+    daemon: Daemon, request: LocalRunRequest, out: Any, ask: Callable[[str], bool | None] | None = None
+) -> tuple[str, int]:
+    """Run as `runbook run` would, rendering what it would print for the command's terminal into `out`;
+    (what it prints on stderr, exit code). With `ask`, manual remediations are asked of the person."""
     from rich.console import Console
 
     from agent.incidents import RunOrigin
-    from agent.output import Printer, after_run
+    from agent.output import APPROVE_PROMPT, Printer, after_run
     from agent.terminal import printable
 
-    stdout, stderr = io.StringIO(), io.StringIO()
+    stderr = io.StringIO()
     console = Console(
-        file=stdout,
+        file=out,
         width=request.width,
         force_terminal=request.color,
         no_color=not request.color,
@@ -172,14 +275,17 @@ def run_for_command(daemon: Daemon, request: LocalRunRequest) -> dict[str, Any]:
     spec = daemon.runbooks.runbooks[request.runbook].spec
 
     def echo(text: str, *, err: bool = False) -> None:  # as the command's own: masked, control codes escaped
-        (stderr if err else stdout).write(printable(daemon.redactor.text(text)) + "\n")
+        print(printable(daemon.redactor.text(text)), file=stderr if err else out)
 
-    def approve(_: Any, __: Any) -> bool | None:
-        return True if request.yes else None
+    def approve(step: Any, plan: Any) -> bool | None:
+        if request.yes:
+            return True
+        if ask is None:
+            return None
+        printer.show_approval(step, plan)
+        return ask(APPROVE_PROMPT)
 
     with printer.progress(spec) as progress:
-        # Parameters are checked before anything is recorded: a bad one is declined, not run.
-        daemon.executor.resolve_params(daemon.runbooks.runbooks[request.runbook], request.params)
         report = daemon.executor.run(
             request.runbook,
             overrides=request.params,
@@ -203,7 +309,7 @@ def run_for_command(daemon: Daemon, request: LocalRunRequest) -> dict[str, Any]:
         trouble,
         as_json=request.as_json,
         printer=printer,
-        raw=lambda text: print(text, file=stdout),
+        raw=lambda text: print(text, file=out),
         echo=echo,
     )
-    return {"stdout": stdout.getvalue(), "stderr": stderr.getvalue(), "exit_code": report.exit_status.exit_code}
+    return stderr.getvalue(), report.exit_status.exit_code

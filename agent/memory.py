@@ -12,7 +12,9 @@ from typing import Any
 
 __all__ = ["limit_arenas", "trim"]
 
-_M_ARENA_MAX = -8  # mallopt(3)
+_M_TRIM_THRESHOLD = -1  # mallopt(3)
+_M_MMAP_THRESHOLD = -3
+_M_ARENA_MAX = -8
 
 
 @functools.cache
@@ -26,10 +28,14 @@ def _libc() -> Any:
 
 
 def limit_arenas(arenas: int = 2) -> None:
-    """Call before threads start: later threads share `arenas` heaps instead of one each."""
+    """Call before threads start: later threads share `arenas` heaps instead of one each, and blocks of
+    256 KiB or more (a payload's body, its parsed lists) are mapped on their own and unmapped when freed:
+    glibc would otherwise raise that threshold after the first large free and keep such blocks."""
     libc = _libc()
     if libc is not None:
         libc.mallopt(_M_ARENA_MAX, arenas)
+        libc.mallopt(_M_MMAP_THRESHOLD, 256 * 1024)
+        libc.mallopt(_M_TRIM_THRESHOLD, 1024 * 1024)
 
 
 def trim() -> None:

@@ -20,9 +20,16 @@ from agent.schema import RemediationStep, Runbook
 from agent.status import Status
 from agent.terminal import printable
 
-__all__ = ["Printer", "after_run", "audit_line", "show_plugin", "show_runbook"]
+__all__ = ["APPROVE_PROMPT", "Printer", "after_run", "audit_line", "is_yes", "show_plugin", "show_runbook"]
 
 _STYLE = {Status.OK: "green", Status.WARNING: "yellow", Status.CRITICAL: "bold red", Status.UNKNOWN: "magenta"}
+
+
+APPROVE_PROMPT = "Apply this plan? [y/N] "
+
+
+def is_yes(answer: str) -> bool:
+    return answer.strip().lower() in ("y", "yes")
 
 
 class Printer:
@@ -44,14 +51,18 @@ class Printer:
     def plan_lines(self, plan: Plan) -> list[str]:
         return [f"    - {self._t(c.summary)}" for c in plan.changes]
 
+    def show_approval(self, step: RemediationStep, plan: Plan) -> None:
+        """The exact plan a person is asked to approve."""
+        self.console.print(f"\n[bold]Approve {step.id}[/] ({step.do}, plan {plan.fingerprint}):")
+        for line in self.plan_lines(plan):
+            self.console.print(line)
+
     def ask_approval(self, step: RemediationStep, plan: Plan) -> bool:
         """Show the exact plan and ask y/N (the spinner pauses while a person reads)."""
         if self._status is not None:
             self._status.stop()
-        self.console.print(f"\n[bold]Approve {step.id}[/] ({step.do}, plan {plan.fingerprint}):")
-        for line in self.plan_lines(plan):
-            self.console.print(line)
-        answer = self.console.input("Apply this plan? [y/N] ", markup=False).strip().lower() in ("y", "yes")
+        self.show_approval(step, plan)
+        answer = is_yes(self.console.input(APPROVE_PROMPT, markup=False))
         if self._status is not None:
             self._status.start()
         return answer

@@ -14,12 +14,14 @@ import stat
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from sandbox import stack
 from tests.integration.conftest import REPO, cli
 from tests.integration.harness import TOKEN, Daemon
 
@@ -187,3 +189,79 @@ def test_a_daemon_that_dies_mid_run_is_not_followed_by_a_second_run(agent_env: d
     assert command.returncode == 3, (out, err)
     assert "did not answer" in err and "runbook runs" in err
     assert len(runs(state)) == 1  # the daemon's, never a second one
+
+
+def _converse(argv: list[str], env: dict[str, str], answer: str, timeout: float = 120) -> tuple[int, str]:
+    """Run the command on a pseudo-terminal (a person at it): answer the approval prompt; its output."""
+    import pty
+    import select
+
+    leader, follower = pty.openpty()
+    process = subprocess.Popen(argv, env=env, cwd=REPO, stdin=follower, stdout=follower, stderr=follower)
+    os.close(follower)
+    seen, answered = b"", False
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([leader], [], [], 0.5)
+            if ready:
+                try:
+                    chunk = os.read(leader, 65536)
+                except OSError:  # the command ended and closed its terminal
+                    break
+                if not chunk:
+                    break
+                seen += chunk
+                if not answered and b"Apply this plan? [y/N]" in seen:
+                    os.write(leader, answer.encode() + b"\n")
+                    answered = True
+            elif process.poll() is not None:
+                break
+        return process.wait(30), seen.decode(errors="replace").replace("\r\n", "\n")
+    finally:
+        os.close(leader)
+        if process.poll() is None:
+            process.kill()
+
+
+def test_a_person_at_the_terminal_is_asked_mid_run_by_the_daemon(agent_env: dict[str, str], tmp_path: Path, dc) -> None:
+    project = f"rbtest-{uuid.uuid4().hex[:8]}"  # a compose project of its own: the only one it may touch
+    target = dc.containers.run(
+        stack.IMAGE,
+        ["sleep", "600"],
+        name=f"{project}-ask-1",
+        detach=True,
+        labels={"com.docker.compose.project": project, "com.docker.compose.service": "ask", "io.runbook.test": "1"},
+    )
+    runbooks = tmp_path / "ask"
+    runbooks.mkdir()
+    (runbooks / "ask.yaml").write_text(
+        "id: ask\ntitle: Ask first\nseverity: SEV-3\n"
+        f"params:\n  target: {target.name}\n"
+        "checks:\n  - {id: there, check: docker.container, with: {container: '{{ params.target }}'}}\n"
+        "remediations:\n"
+        "  - id: bounce\n    do: docker.restart\n    with: {container: '{{ params.target }}', wait_healthy: 30}\n"
+        "    when: 'true'\n    approval: manual\n    verify: [there]\n"
+    )
+    env = {**agent_env, "RUNBOOK_API_TOKEN": TOKEN, "RUNBOOK_DIR": str(runbooks), "RUNBOOK_COMPOSE_PROJECT": project}
+    daemon = Daemon(env, runbooks).start()  # live: it may change things, once a person says so
+    state = Path(agent_env["RUNBOOK_STATE_DIR"])
+    command = [sys.executable, "-m", "agent.cli", "run", "ask"]
+
+    def started() -> str:
+        return str(dc.api.inspect_container(target.id)["State"]["StartedAt"])
+
+    before = started()
+    try:
+        code, said = _converse(command, env, "n")
+        assert "Approve bounce (docker.restart, plan " in said and f"restart container {target.name}" in said, said
+        assert "rejected" in said and code == 0, said
+        assert started() == before  # a no is a no
+        assert runs(state)[-1][2] == daemon.proc.pid  # the daemon ran it, and asked here
+        code, said = _converse(command, env, "y")
+        assert "applied" in said and code == 0, said
+        assert started() != before  # a yes, mid-run, applied by the daemon
+        assert runs(state)[-1][2] == daemon.proc.pid
+    finally:
+        daemon.stop()
+        target.remove(force=True)
