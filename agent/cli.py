@@ -285,7 +285,7 @@ def _hand_over(
     question is asked here, mid-run, as in a run done here."""
     if os.environ.get("RUNBOOK_NO_DAEMON"):
         return None
-    from agent.handoff import HandoffLost, hand_over, terminal
+    from agent.handoff import PROTOCOL, HandoffLost, hand_over, terminal
 
     interactive = not (dry_run or yes or as_json) and sys.stdin.isatty() and sys.stdout.isatty()
 
@@ -299,6 +299,8 @@ def _hand_over(
         except EOFError:
             return False
 
+    # libpq reads PG* variables beside the DSN: compared too, with every name either side has.
+    names = [*ENV_NAMES, *sorted(n for n in os.environ if n.startswith("PG"))]
     request = {
         "runbook": runbook_id,
         "params": overrides,
@@ -307,8 +309,10 @@ def _hand_over(
         "json": as_json,
         "actor": _actor(),
         "runbooks": [str(p.resolve()) for p in state.runbooks_dirs(given)],
-        "env_names": list(ENV_NAMES),
-        "env_digest": env_digest(os.environ, ENV_NAMES),
+        "env_names": names,
+        "env_digest": env_digest(os.environ, names),
+        "cwd": os.getcwd(),
+        "protocol": PROTOCOL,
         "files_digest": files_digest([state.config_file, state.policy_file]),
         **terminal(),
     }
@@ -316,6 +320,11 @@ def _hand_over(
         if interactive:
             return hand_over(state.state_dir, request, write=write, ask=ask)
         return hand_over(state.state_dir, request)
+    except KeyboardInterrupt:
+        # The daemon sees the command go: its run starts no further change, as a run here would not.
+        stopped = RunbookError("interrupted: the local daemon stops the run's changes; see `runbook runs`")
+        stopped.exit_code = 3
+        raise stopped from None
     except HandoffLost as exc:
         lost = RunbookError(f"{exc}; see `runbook runs` for what it did")
         lost.exit_code = 3  # UNKNOWN: the run may have found or changed anything
@@ -527,7 +536,7 @@ def daemon(
 
     from agent.api import create_app
     from agent.daemon import Daemon
-    from agent.local_runs import LocalSocket, add_local_runs
+    from agent.local_runs import LocalSocket, LocalSocketUnavailable, add_local_runs
     from agent.policy import load_policy
     from agent.server import ACCEPT_BATCH, connection_budget, guarded_protocol, quiet_accept_errors
 
@@ -555,13 +564,13 @@ def daemon(
     # `runbook run` on this host hands its runs over this socket (agent.handoff), unless told not to.
     bound = None
     if not no_local_socket:
-        bound = LocalSocket.bind(
-            settings.state_dir, state.runbooks_dirs(runbooks_dirs), state.config_file, settings.policy_file
-        )
-        if bound is None:
-            click.echo(f"runbook daemon: another daemon answers on {settings.state_dir / 'daemon.sock'}; not taking it")
-        else:
+        try:
+            bound = LocalSocket.bind(
+                settings.state_dir, state.runbooks_dirs(runbooks_dirs), state.config_file, settings.policy_file
+            )
             add_local_runs(app, service, bound[0])
+        except LocalSocketUnavailable as exc:
+            click.echo(f"runbook daemon: no local socket ({exc}); `runbook run` will run here itself", err=True)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -591,8 +600,15 @@ def daemon(
         server_header=False,
     )
     listeners = [config.bind_socket()] + ([bound[1]] if bound else [])
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            # At once, not after uvicorn has waited for open connections: no new change starts meanwhile.
+            service.stopping.set()
+            super().handle_exit(sig, frame)
+
     try:
-        uvicorn.Server(config).run(sockets=listeners)
+        Server(config).run(sockets=listeners)
     finally:
         if bound is not None:
             bound[0].close()

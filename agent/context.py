@@ -68,13 +68,16 @@ class RunClients:
                 client.close()
             raise TargetUnreachable("closed", "the run ended before the connection was made")
 
-    def shared(self, key: tuple[Any, ...], make: Callable[[], T]) -> T:
+    def shared(self, key: tuple[Any, ...], make: Callable[[], T], timeout: float = -1) -> T:
         """What several checks of this run read at the same moment (a service's containers, one log
         window): read once, by the first that asks, while the others wait for it. A run's verification
         and final pass get new clients, so nothing read before a change is reused after it."""
         with self._lock:
             lock = self._memo_locks.setdefault(key, threading.Lock())
-        with lock:
+        # A check waits for another's read no longer than its own deadline (`timeout`, seconds).
+        if not lock.acquire(timeout=timeout):
+            raise TimeoutError("waited for another check's read of the same data past this check's deadline")
+        try:
             with self._lock:
                 if key in self._memo:
                     return self._memo[key]  # type: ignore[no-any-return]
@@ -82,6 +85,8 @@ class RunClients:
             with self._lock:
                 self._memo[key] = value
             return value
+        finally:
+            lock.release()
 
     def docker(self) -> Any:
         def make() -> Any:

@@ -118,6 +118,8 @@ class Daemon:
         self._arrivals_lock = threading.Lock()
         self._arrivals: list[_Arrival] = []
         self._large_payload = 0.0  # when the last payload of LARGE_PAYLOAD alerts or more arrived
+        # Runs handed over by `runbook run` on this host (agent.local_runs): stop() waits for them too.
+        self.local_runs: set[threading.Thread] = set()
         self._running: set[str] = set()
         # Set when the audit log could not be written: intake answers 503 and /readyz is false until
         # a write succeeds again (after `runbook audit repair`).
@@ -145,7 +147,7 @@ class Daemon:
                 break
             self.state.set_run(run_id, "interrupted", result="interrupted")
             self.audit.record("run_interrupted", run_id=run_id, reason="daemon stopped before it began")
-        for worker in self._workers:
+        for worker in [*self._workers, *list(self.local_runs)]:
             worker.join(max(0.0, end - time.monotonic()))
         self.courier.stop()
         for run in self.state.runs(status="running"):
@@ -237,12 +239,19 @@ class Daemon:
                 if not arrival.settled:
                     arrival.settle(error=exc)
             return
-        for arrival, results, new_runs in admitted:
-            for run in new_runs:
-                self._queue.put_nowait(
-                    _Queued(run["run_id"], run["runbook"], run["params"], run["actor"], run["target"], run["origin"])
-                )
-            arrival.settle(results=results)
+        try:
+            for arrival, results, new_runs in admitted:
+                for run in new_runs:
+                    self._queue.put_nowait(
+                        _Queued(
+                            run["run_id"], run["runbook"], run["params"], run["actor"], run["target"], run["origin"]
+                        )
+                    )
+                arrival.settle(results=results)
+        finally:
+            for arrival in batch:  # never a follower left to read empty results as success
+                if not arrival.settled:
+                    arrival.settle(error=RuntimeError("recorded, but not queued: see `runbook runs`"))
 
     def _record(
         self,

@@ -17,6 +17,8 @@ import http.client
 import json
 import os
 import socket
+import stat
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +26,9 @@ from typing import Any
 
 from agent.paths import DAEMON_SOCKET, DAEMON_TOKEN
 
-__all__ = ["Handed", "HandoffLost", "hand_over"]
+__all__ = ["PROTOCOL", "Handed", "HandoffLost", "hand_over"]
 
+PROTOCOL = 1  # what the command and the daemon say to each other; a daemon of another version declines
 CONNECT_TIMEOUT = 1.0
 ROUTE = "/local/v1/run"
 ANSWER_ROUTE = "/local/v1/answer"
@@ -57,11 +60,26 @@ class _UnixConnection(http.client.HTTPConnection):
         try:
             sock.settimeout(CONNECT_TIMEOUT)
             sock.connect(str(self._path))
+            # The process listening is this user's (whatever the files say): params may hold secrets.
+            _, uid, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+            if uid != os.getuid():
+                raise OSError(f"the process on {self._path} runs as uid {uid}, not as this user")
             sock.settimeout(None)  # a run takes as long as its checks and verifications; so does a local one
         except OSError:
             sock.close()
             raise
         self.sock = sock
+
+
+def _ours(path: Path) -> bool:
+    """The socket and its directory are this user's alone; anything else is not a daemon to trust."""
+    try:
+        directory, sock = path.parent.lstat(), path.lstat()
+    except OSError:
+        return False
+    uid = os.getuid()
+    private = all(s.st_uid == uid and not s.st_mode & 0o077 for s in (directory, sock))
+    return private and stat.S_ISDIR(directory.st_mode) and stat.S_ISSOCK(sock.st_mode)
 
 
 def hand_over(
@@ -79,7 +97,7 @@ def hand_over(
         token = token_file.read_text().strip()
     except OSError:
         return None
-    if not token or not path.exists():
+    if not token or not _ours(path):
         return None
     connection = _UnixConnection(path)
     try:
@@ -128,13 +146,16 @@ def _follow(
             event = json.loads(line)
         except ValueError as exc:
             raise HandoffLost(f"the local daemon's answer was not understood: {exc}") from None
-        if "out" in event:
-            write(str(event["out"]))
-        elif "ask" in event:
-            approve = ask(str(event["ask"]["prompt"]))
-            _answer(path, token, str(event["ask"]["id"]), approve)
-        elif "end" in event:
-            return Handed("", str(event["end"]["stderr"]), int(event["end"]["exit_code"]))
+        try:
+            if "out" in event:
+                write(str(event["out"]))
+            elif "ask" in event:
+                approve = ask(str(event["ask"]["prompt"]))
+                _answer(path, token, str(event["ask"]["id"]), approve)
+            elif "end" in event:
+                return Handed("", str(event["end"]["stderr"]), int(event["end"]["exit_code"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise HandoffLost(f"the local daemon's answer was not understood: {exc!r}") from None
 
 
 def _answer(path: Path, token: str, question: str, approve: bool) -> None:

@@ -10,7 +10,9 @@ policy files as at start, and a live run only from a live daemon.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import fcntl
 import hmac
 import io
 import json
@@ -19,7 +21,8 @@ import queue
 import secrets
 import socket
 import threading
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -30,15 +33,16 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from agent.exceptions import AuditError, RunbookError
 from agent.files import open_private, private_dir
-from agent.handoff import ANSWER_ROUTE, ROUTE
+from agent.handoff import ANSWER_ROUTE, PROTOCOL, ROUTE
 from agent.loader import digest
-from agent.paths import DAEMON_SOCKET, DAEMON_TOKEN, env_digest, files_digest
+from agent.paths import DAEMON_LOCK, DAEMON_SOCKET, DAEMON_TOKEN, ENV_NAMES, env_digest, files_digest
 from agent.server import over_unix_socket
+from agent.terminal import printable
 
 if TYPE_CHECKING:
     from agent.daemon import Daemon
 
-__all__ = ["LocalRunRequest", "LocalSocket", "add_local_runs"]
+__all__ = ["LocalRunRequest", "LocalSocket", "LocalSocketUnavailable", "add_local_runs"]
 
 ASK_TIMEOUT = 300.0  # seconds a streamed run waits for the person's y/N before leaving the plan pending
 _Name = Annotated[str, StringConstraints(min_length=1, max_length=128)]
@@ -63,6 +67,21 @@ class LocalRunRequest(BaseModel):
     width: int = Field(80, ge=20, le=1000)
     color: bool = False
     interactive: bool = Field(False, description="A person at the command answers approvals: stream, and ask.")
+    protocol: int = Field(0, description="The command's handoff protocol: a different one is declined.")
+    cwd: str = Field("", max_length=4096, description="Where relative paths in the settings resolve.")
+
+
+class _Taken(Exception):
+    pass
+
+
+class LocalSocketUnavailable(Exception):
+    """The local socket could not be made (another daemon has it, a path too long, no permission)."""
+
+
+def _relative_paths(env: dict[str, str]) -> bool:
+    names = ("RUNBOOK_CONFIG", "RUNBOOK_DIR", "RUNBOOK_AUDIT_LOG", "RUNBOOK_STATE_DIR", "RUNBOOK_POLICY")
+    return any(env.get(n) and not Path(env[n]).is_absolute() for n in (*names, "RUNBOOK_BACKUP_DIR"))
 
 
 class LocalAnswer(BaseModel):
@@ -83,48 +102,70 @@ class LocalSocket:
     runbooks_dirs: tuple[str, ...]
     env: dict[str, str]
     files_digest: str
+    cwd: str
+    lock: int  # an fd holding an flock on STATE_DIR/daemon.lock for the daemon's life (released if killed)
 
     @classmethod
     def bind(
         cls, state_dir: Path, runbooks_dirs: list[Path], config_file: Path | None, policy_file: Path | None
-    ) -> tuple[LocalSocket, socket.socket] | None:
-        """Listen at STATE_DIR/daemon.sock, or None if another daemon already does."""
-        private_dir(state_dir)
+    ) -> tuple[LocalSocket, socket.socket]:
+        """Listen at STATE_DIR/daemon.sock; None (and why) if another daemon does, or it cannot be made —
+        the daemon then runs without it: alert intake never depends on the local socket."""
         path = state_dir / DAEMON_SOCKET
-        if path.exists() or path.is_symlink():
-            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                probe.settimeout(1.0)
-                probe.connect(str(path))
-                return None  # someone answers there: leave it to them
-            except OSError:
-                path.unlink()  # left by a daemon that was killed
-            finally:
-                probe.close()
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old = os.umask(0o177)  # created 0600, never briefly wider
+        lock = -1
         try:
-            listener.bind(str(path))
-        finally:
-            os.umask(old)
-        listener.listen(64)
-        token = secrets.token_hex(32)
-        fd = open_private(state_dir / DAEMON_TOKEN, os.O_WRONLY | os.O_TRUNC)
-        with os.fdopen(fd, "w") as out:
-            out.write(token + "\n")
+            private_dir(state_dir)
+            # One daemon per state directory has the socket: whoever holds this lock. The kernel lets go
+            # of it when its holder dies, so a killed daemon's files are taken over, a live one's never.
+            lock = open_private(state_dir / DAEMON_LOCK, os.O_RDWR)
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise _Taken(f"another daemon has {path}") from None
+            if path.exists() or path.is_symlink():
+                probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                try:
+                    probe.settimeout(1.0)
+                    probe.connect(str(path))
+                    raise _Taken(f"another daemon answers on {path}")
+                except OSError:
+                    path.unlink()  # left by a daemon that was killed
+                finally:
+                    probe.close()
+            old = os.umask(0o177)  # created 0600, never briefly wider
+            try:
+                listener.bind(str(path))
+            finally:
+                os.umask(old)
+            listener.listen(64)
+            token = secrets.token_hex(32)
+            fd = open_private(state_dir / DAEMON_TOKEN, os.O_WRONLY | os.O_TRUNC)
+            with os.fdopen(fd, "w") as out:
+                out.write(token + "\n")
+        except (OSError, _Taken) as exc:
+            listener.close()
+            if lock >= 0:
+                os.close(lock)
+            raise LocalSocketUnavailable(str(exc) if isinstance(exc, _Taken) else f"{path}: {exc}") from None
         local = cls(
             path=path,
             token=token,
             runbooks_dirs=tuple(str(p.resolve()) for p in runbooks_dirs),
             env=dict(os.environ),
             files_digest=files_digest([config_file, policy_file]),
+            cwd=os.getcwd(),
+            lock=lock,
         )
         return local, listener
 
     def close(self) -> None:
+        """Remove the socket and token (ours: the lock is still held), then let go of the lock."""
         for name in (DAEMON_SOCKET, DAEMON_TOKEN):
             with contextlib.suppress(OSError):
                 (self.path.parent / name).unlink()
+        with contextlib.suppress(OSError):
+            os.close(self.lock)
 
     def declines(self, request: LocalRunRequest, daemon: Daemon) -> str | None:
         """Why this daemon would not do the run the command would do, or None."""
@@ -132,8 +173,14 @@ class LocalSocket:
             return "the daemon loaded another runbooks directory"
         if digest([Path(p) for p in self.runbooks_dirs]) != daemon.runbooks.digest:
             return "the runbook files changed since the daemon loaded them"
-        if not set(daemon.settings.template_env) <= set(request.env_names):
-            return "the daemon's templates read environment variables the command did not compare"
+        if request.protocol != PROTOCOL:
+            return "the command speaks another version of the handoff"
+        # Every variable the settings, the templates or libpq read here must have been compared.
+        needed = set(ENV_NAMES) | set(daemon.settings.template_env) | {n for n in self.env if n.startswith("PG")}
+        if not needed <= set(request.env_names):
+            return "the command did not compare every environment variable the daemon's run reads"
+        if request.cwd != self.cwd and _relative_paths(self.env):
+            return "relative paths in the settings would resolve elsewhere"
         if env_digest(self.env, request.env_names) != request.env_digest:
             return "the command's environment differs from the daemon's"
         if request.files_digest != self.files_digest:
@@ -156,27 +203,34 @@ def add_local_runs(app: FastAPI, daemon: Daemon, local: LocalSocket) -> None:
             raise HTTPException(status_code=403, detail="invalid local token")
 
     questions = _Questions()
+    runs: set[threading.Thread] = set()  # in flight: shutdown waits for them as for the daemon's own
+    daemon.local_runs = runs
 
     @app.post(ROUTE, include_in_schema=False, dependencies=[Depends(caller)])
-    def local_run(body: LocalRunRequest) -> Any:
-        reason = local.declines(body, daemon)
+    async def local_run(body: LocalRunRequest, request: Request) -> Any:
+        reason = await asyncio.to_thread(local.declines, body, daemon)
         if reason is not None:
             raise HTTPException(status_code=409, detail=reason)
         try:  # before anything is recorded: a bad param is declined, and the command says it in its words
             daemon.executor.resolve_params(daemon.runbooks.runbooks[body.runbook], body.params)
         except RunbookError as exc:
             raise HTTPException(status_code=409, detail=exc.message) from None
-        if not body.interactive:
-            out = io.StringIO()
-            stderr, exit_code = run_for_command(daemon, body, out)
-            return {"stdout": out.getvalue(), "stderr": stderr, "exit_code": exit_code}
-        # A person at the command: lines as they come, and each approval asked there, mid-run.
-        stream = _Stream(questions)
+        # From here on the run is the daemon's: whatever happens, the command hears an outcome (200, or
+        # the stream's end), never an answer it could take for a refusal and run again itself.
+        stream = _Stream(questions, daemon)
+        ask = stream.ask if body.interactive else None
         worker = threading.Thread(
-            target=stream.run, args=(lambda: run_for_command(daemon, body, stream, stream.ask),), daemon=True
+            target=stream.run,
+            args=(lambda: run_for_command(daemon, body, stream, ask, stream.stop),),
+            name="local-run",
+            daemon=True,
         )
+        runs.add(worker)
         worker.start()
-        return StreamingResponse(stream.events(), media_type="application/x-ndjson")
+        if body.interactive:  # a person at the command: lines as they come, each approval asked there
+            return StreamingResponse(stream.events(request, runs, worker), media_type="application/x-ndjson")
+        end = await stream.wait_end(request, runs, worker)
+        return {"stdout": stream.text(), **end}
 
     @app.post(ANSWER_ROUTE, include_in_schema=False, dependencies=[Depends(caller)])
     def local_answer(body: LocalAnswer) -> dict[str, bool]:
@@ -192,16 +246,20 @@ class _Questions:
         self._lock = threading.Lock()
         self._waiting: dict[str, tuple[threading.Event, dict[str, bool]]] = {}
 
-    def ask(self, send: Callable[[dict[str, Any]], None], prompt: str) -> bool | None:
-        """Send the question and wait for its answer; None (left pending, as without a terminal) if none
-        comes within ASK_TIMEOUT - the command was interrupted, or nobody is there."""
+    def ask(self, send: Callable[[dict[str, Any]], None], prompt: str, stop: threading.Event) -> bool | None:
+        """Send the question and wait for its answer; None (the plan left pending, as without a terminal)
+        if none comes within ASK_TIMEOUT or the command goes away meanwhile."""
         question = secrets.token_hex(16)
         answered, slot = threading.Event(), dict[str, bool]()
         with self._lock:
             self._waiting[question] = (answered, slot)
         try:
             send({"ask": {"id": question, "prompt": prompt}})
-            return slot.get("approve") if answered.wait(ASK_TIMEOUT) else None
+            deadline = time.monotonic() + ASK_TIMEOUT
+            while not answered.wait(0.2):
+                if stop.is_set() or time.monotonic() >= deadline:
+                    return None
+            return slot.get("approve")
         finally:
             with self._lock:
                 self._waiting.pop(question, None)
@@ -217,41 +275,83 @@ class _Questions:
 
 
 class _Stream:
-    """One interactive run, as newline-delimited JSON events: {"out": text} as the command would print
-    it, {"ask": {id, prompt}} when a plan waits for the person's y/N, and {"end": {stderr, exit_code}}."""
+    """One handed-over run: what it prints (kept, or streamed as newline-delimited JSON events: {"out":
+    text}, {"ask": {id, prompt}} when a plan waits for the person's y/N, {"end": {stderr, exit_code}}),
+    and its stop switch — set when the command goes away (Ctrl-C, a closed terminal) or the daemon stops,
+    so that, as when a run in the command is interrupted, no further change starts."""
 
-    def __init__(self, questions: _Questions) -> None:
-        self._questions = questions
+    def __init__(self, questions: _Questions, daemon: Daemon) -> None:
+        self._questions, self._daemon = questions, daemon
         self._queue: queue.Queue[dict[str, Any]] = queue.Queue()
+        self._out: list[str] = []
+        self.stop = threading.Event()
 
     def write(self, text: str) -> int:  # the run's console writes here
         if text:
+            self._out.append(text)
             self._queue.put({"out": text})
         return len(text)
 
     def flush(self) -> None:
         pass
 
+    def text(self) -> str:
+        return "".join(self._out)
+
     def ask(self, prompt: str) -> bool | None:
-        return self._questions.ask(self._queue.put, prompt)
+        return self._questions.ask(self._queue.put, prompt, self.stop)
 
     def run(self, work: Callable[[], tuple[str, int]]) -> None:
         try:
             stderr, exit_code = work()
         except Exception as exc:  # the run itself recorded what it could; the command hears UNKNOWN
-            stderr, exit_code = f"runbook: error: the daemon's run failed: {type(exc).__name__}: {exc}\n", 3
+            error = printable(self._daemon.redactor.text(f"{type(exc).__name__}: {exc}"))
+            stderr, exit_code = f"runbook: error: the daemon's run failed: {error}\n", 3
         self._queue.put({"end": {"stderr": stderr, "exit_code": exit_code}})
 
-    def events(self) -> Iterator[bytes]:
+    async def _next(self, request: Request) -> dict[str, Any]:
+        """The next event; meanwhile, a command that went away or a daemon that stops ends the run's
+        changes (the stop switch)."""
         while True:
-            event = self._queue.get()
-            yield (json.dumps(event) + "\n").encode()
-            if "end" in event:
-                return
+            try:
+                return self._queue.get_nowait()
+            except queue.Empty:
+                pass
+            if self._daemon.stopping.is_set() or await request.is_disconnected():
+                self.stop.set()
+            await asyncio.sleep(0.02)
+
+    async def wait_end(self, request: Request, runs: set[threading.Thread], worker: threading.Thread) -> dict[str, Any]:
+        try:
+            while True:
+                event = await self._next(request)
+                if "end" in event:
+                    return dict(event["end"])
+        finally:
+            runs.discard(worker)
+
+    async def events(
+        self, request: Request, runs: set[threading.Thread], worker: threading.Thread
+    ) -> AsyncIterator[bytes]:
+        try:
+            while True:
+                event = await self._next(request)
+                yield (json.dumps(event) + "\n").encode()
+                if "end" in event:
+                    return
+        finally:
+            # The stream ends early only when the command went away: nothing further starts.
+            if worker.is_alive():
+                self.stop.set()
+            runs.discard(worker)
 
 
 def run_for_command(
-    daemon: Daemon, request: LocalRunRequest, out: Any, ask: Callable[[str], bool | None] | None = None
+    daemon: Daemon,
+    request: LocalRunRequest,
+    out: Any,
+    ask: Callable[[str], bool | None] | None = None,
+    stop: threading.Event | None = None,
 ) -> tuple[str, int]:
     """Run as `runbook run` would, rendering what it would print for the command's terminal into `out`;
     (what it prints on stderr, exit code). With `ask`, manual remediations are asked of the person."""
@@ -259,7 +359,6 @@ def run_for_command(
 
     from agent.incidents import RunOrigin
     from agent.output import APPROVE_PROMPT, Printer, after_run
-    from agent.terminal import printable
 
     stderr = io.StringIO()
     console = Console(
@@ -293,7 +392,7 @@ def run_for_command(
             actor=request.actor,
             progress=progress,
             approve=approve,
-            stop=daemon.stopping,
+            stop=stop or daemon.stopping,
         )
     daemon.metrics.observe(report)
     record, trouble = None, None

@@ -7,8 +7,17 @@ import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-__all__ = ["DAEMON_SOCKET", "DAEMON_TOKEN", "ENV_NAMES", "default_state_dir", "env_digest", "files_digest"]
+__all__ = [
+    "DAEMON_LOCK",
+    "DAEMON_SOCKET",
+    "DAEMON_TOKEN",
+    "ENV_NAMES",
+    "default_state_dir",
+    "env_digest",
+    "files_digest",
+]
 
+DAEMON_LOCK = "daemon.lock"  # held by the daemon that has the socket
 DAEMON_SOCKET = "daemon.sock"  # in the state directory (0700): only its owner can connect
 DAEMON_TOKEN = "daemon.token"  # noqa: S105 - a file name; the file (0600) proves the caller can read the state dir
 

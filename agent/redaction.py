@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -75,18 +76,23 @@ class Redactor:
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         self._secrets: tuple[str, ...] = ()
+        self._adding = threading.Lock()  # two runs adding their secret params at once must both count
         self.add(*secrets)
 
     def add(self, *values: str) -> None:
-        found: set[str] = set(self._secrets)
-        for value in values:
-            # Very short values would mask ordinary words; they are still caught by the patterns.
-            if isinstance(value, str) and len(value) >= 4:
-                found.add(value)
-                found.update(p for p in secrets_in_url(value) if len(p) >= 4)
-        # Replaced, never mutated: the daemon's threads may be reading it. Longest first, so a secret
-        # containing another is masked whole.
-        self._secrets = tuple(sorted(found, key=len, reverse=True))
+        with self._adding:
+            found: set[str] = set(self._secrets)
+            before = len(found)
+            for value in values:
+                # Very short values would mask ordinary words; they are still caught by the patterns.
+                if isinstance(value, str) and len(value) >= 4:
+                    found.add(value)
+                    found.update(p for p in secrets_in_url(value) if len(p) >= 4)
+            if len(found) == before:
+                return  # nothing new (a daemon's runs add the same params again and again)
+            # Replaced, never mutated: the daemon's threads may be reading it. Longest first, so a secret
+            # containing another is masked whole.
+            self._secrets = tuple(sorted(found, key=len, reverse=True))
 
     def add_from_env(self, env: Mapping[str, str]) -> None:
         """Take passwords from URL-valued variables and the values of secret-named variables."""

@@ -84,10 +84,12 @@ def guarded_protocol(max_connections: int, request_timeout: float) -> type[H11Pr
     class GuardedH11Protocol(H11Protocol):
         _deadline: asyncio.TimerHandle | None = None
         _waiting_since: float = 0.0
+        _local = False  # over the local Unix socket: this user's own command, never evicted for room
 
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
             sock = transport.get_extra_info("socket")
+            self._local = sock is not None and sock.family == socket.AF_UNIX
             if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
                 # Served from sockets handed to uvicorn (`sockets=`, for the local Unix socket beside TCP),
                 # connections came without it: each small response waited ~40 ms for a delayed ACK (Nagle).
@@ -97,8 +99,14 @@ def guarded_protocol(max_connections: int, request_timeout: float) -> type[H11Pr
                 self._make_room()
 
         def _make_room(self) -> None:
-            waiting = [c for c in self.connections if isinstance(c, GuardedH11Protocol) and c._deadline is not None]
+            waiting = [
+                c
+                for c in self.connections
+                if isinstance(c, GuardedH11Protocol) and c._deadline is not None and not c._local
+            ]
             victim = min(waiting, key=lambda c: c._waiting_since, default=None)
+            if self._local and (victim is None or victim is self):
+                return  # a handed-over run is never cut off unseen (the command would not know if it ran)
             if victim is None or victim is self:
                 refused.note()
                 self._close()

@@ -28,10 +28,11 @@ class Counters:
     memory_limit: int  # the container's limit, or the host's memory when it has none
 
 
-def read(pid: int, host_memory: int) -> Counters | None:
-    """The counters of the cgroup process `pid` belongs to, or None if they cannot be read here."""
+def read(pid: int, host_memory: int, container_id: str) -> Counters | None:
+    """The counters of the cgroup process `pid` belongs to, or None if they cannot be read here — among
+    them when that cgroup is not the container's (a pid seen from another pid namespace)."""
     try:
-        paths = _paths(pid)
+        paths = _paths(pid, container_id)
         if "cpuacct" in paths and "memory" in paths:  # cgroup v1
             cpu_ns = int((paths["cpuacct"] / "cpuacct.usage").read_text())
             memory = paths["memory"]
@@ -59,11 +60,14 @@ def cpu_pct(first: Counters, second: Counters) -> float:
     return 100.0 * max(0, second.cpu_ns - first.cpu_ns) / elapsed if elapsed > 0 else 0.0
 
 
-def _paths(pid: int) -> dict[str, Path]:
+def _paths(pid: int, container_id: str) -> dict[str, Path]:
     """Controller -> the process's cgroup directory ("" for the v2 unified hierarchy)."""
     found: dict[str, Path] = {}
     unified = (ROOT / "cgroup.controllers").exists()
-    for line in (PROC / str(pid) / "cgroup").read_text().splitlines():
+    text = (PROC / str(pid) / "cgroup").read_text()
+    if container_id not in text:
+        raise ValueError("not the container's cgroup")
+    for line in text.splitlines():
         _, controllers, path = line.split(":", 2)
         relative = path.lstrip("/")
         if controllers == "":

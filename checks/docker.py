@@ -77,7 +77,7 @@ def containers(ctx: CheckContext, target: Target, *, running_only: bool = False)
 
     # The run's checks of one service share one listing (each container inspected once, not per check).
     key = ("containers", target.container, target.project, target.service, running_only)
-    return list(ctx.clients.shared(key, listing))
+    return list(ctx.clients.shared(key, listing, ctx.remaining()))
 
 
 def _describe(target: Target) -> str:
@@ -249,7 +249,7 @@ def _log_lines(ctx: CheckContext, target: Target, since: float, across_restarts:
 
         # Two checks reading the same window of one container (errors, error rate) share one read.
         key = ("logs", container.id, since, across_restarts)
-        lines.extend((container.name, line) for line in ctx.clients.shared(key, read))
+        lines.extend((container.name, line) for line in ctx.clients.shared(key, read, ctx.remaining()))
     return lines
 
 
@@ -361,13 +361,13 @@ def _from_cgroups(ctx: CheckContext, found: list[Any]) -> list[tuple[float, floa
     api = ctx.clients.docker().api
     host_memory = psutil.virtual_memory().total
     pids = [int(api.inspect_container(c.id)["State"]["Pid"] or 0) for c in found]
-    first = [_cgroups.read(pid, host_memory) if pid else None for pid in pids]
+    first = [_cgroups.read(pid, host_memory, c.id) if pid else None for pid, c in zip(pids, found, strict=True)]
     if any(f is None for f in first):
         return None
     time.sleep(min(CPU_SAMPLE, ctx.remaining() / 2))
     rows = []
-    for pid, before in zip(pids, first, strict=True):
-        after = _cgroups.read(pid, host_memory)
+    for pid, before, container in zip(pids, first, found, strict=True):
+        after = _cgroups.read(pid, host_memory, container.id)
         if after is None or before is None:
             return None
         mem_pct = 100.0 * after.memory_used / after.memory_limit if after.memory_limit else 0.0

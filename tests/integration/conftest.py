@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -186,3 +187,35 @@ def daemon(daemon_env: dict[str, str]) -> Iterator[Daemon]:
     d = Daemon(daemon_env, REPO / "runbooks").start()
     yield d
     d.stop()
+
+
+def run_in_terminal(argv: list[str], env: dict[str, str], answer: str, timeout: float = 120) -> tuple[int, str]:
+    """Run a command on a pseudo-terminal, answering its y/N prompt as a person would."""
+    import select
+
+    master, slave = os.openpty()
+    proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, env=env, cwd=REPO, close_fds=True)
+    os.close(slave)
+    out, answered, deadline = b"", False, time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.5)
+            if ready:
+                try:
+                    chunk = os.read(master, 4096)
+                except OSError:  # the terminal closed: the program ended
+                    break
+                if not chunk:
+                    break
+                out += chunk
+                if not answered and b"[y/N]" in out:
+                    os.write(master, answer.encode() + b"\n")
+                    answered = True
+            elif proc.poll() is not None:
+                break
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        os.close(master)
+    return proc.returncode, out.decode("utf-8", "replace")

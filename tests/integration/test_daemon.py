@@ -473,7 +473,11 @@ def test_a_torn_audit_log_answers_503_until_repaired(dc, daemon_env: dict[str, s
     d = Daemon(daemon_env, write_runbooks(tmp_path, HARMLESS.replace("schedule: {every: 2s}", ""))).start()
     audit = Path(daemon_env["RUNBOOK_STATE_DIR"]) / "audit.jsonl"
     try:
-        assert d.alert("Harmless")["outcome"] == "run_started"
+        started = d.alert("Harmless")
+        assert started["outcome"] == "run_started"
+        # Torn once that run has written its last record: this write takes no lock, the daemon's do, and
+        # a record the daemon appended right after these bytes would bury them mid-file instead.
+        d.wait_run(started["run_id"])
         with open(audit, "ab") as fh:
             fh.write(b'{"seq":999999,"event":"che')  # the disk filled mid-write
         refused = d.intake.post("/v1/alerts", json={"name": "Harmless", "fingerprint": "after-tear"})

@@ -17,12 +17,13 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
-from sandbox import stack
-from tests.integration.conftest import REPO, cli
+from sandbox import faults, stack
+from tests.integration.conftest import REPO, cli, run_in_terminal
 from tests.integration.harness import TOKEN, Daemon
 
 pytestmark = pytest.mark.integration
@@ -95,6 +96,10 @@ def test_the_daemon_declines_any_run_that_would_differ(
     assert not ran_here(agent_env, "--dry-run")
     assert ran_here({**agent_env, "RUNBOOK_NO_DAEMON": "1"}, "--dry-run")
     assert ran_here({**agent_env, "APP_URL": "http://127.0.0.1:1"}, "--dry-run")  # another environment
+    assert ran_here({**agent_env, "PGSSLMODE": "disable"}, "--dry-run")  # libpq reads it beside the DSN
+    state.chmod(0o750)  # a directory others may read: not a daemon to give secret params to
+    assert ran_here(agent_env, "--dry-run")
+    assert stat.S_IMODE(state.stat().st_mode) == 0o700  # (the run here tightened it again)
     assert ran_here(agent_env)  # a live run is never given to a dry-run daemon
     other = tmp_path / "other-runbooks"
     shutil.copytree(REPO / "runbooks", other)
@@ -191,41 +196,9 @@ def test_a_daemon_that_dies_mid_run_is_not_followed_by_a_second_run(agent_env: d
     assert len(runs(state)) == 1  # the daemon's, never a second one
 
 
-def _converse(argv: list[str], env: dict[str, str], answer: str, timeout: float = 120) -> tuple[int, str]:
-    """Run the command on a pseudo-terminal (a person at it): answer the approval prompt; its output."""
-    import pty
-    import select
-
-    leader, follower = pty.openpty()
-    process = subprocess.Popen(argv, env=env, cwd=REPO, stdin=follower, stdout=follower, stderr=follower)
-    os.close(follower)
-    seen, answered = b"", False
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([leader], [], [], 0.5)
-            if ready:
-                try:
-                    chunk = os.read(leader, 65536)
-                except OSError:  # the command ended and closed its terminal
-                    break
-                if not chunk:
-                    break
-                seen += chunk
-                if not answered and b"Apply this plan? [y/N]" in seen:
-                    os.write(leader, answer.encode() + b"\n")
-                    answered = True
-            elif process.poll() is not None:
-                break
-        return process.wait(30), seen.decode(errors="replace").replace("\r\n", "\n")
-    finally:
-        os.close(leader)
-        if process.poll() is None:
-            process.kill()
-
-
-def test_a_person_at_the_terminal_is_asked_mid_run_by_the_daemon(agent_env: dict[str, str], tmp_path: Path, dc) -> None:
-    project = f"rbtest-{uuid.uuid4().hex[:8]}"  # a compose project of its own: the only one it may touch
+def _bounce_setup(agent_env: dict[str, str], tmp_path: Path, dc: Any) -> tuple[Any, dict[str, str], Path]:
+    """A container of a compose project of its own, and a runbook whose manual remediation restarts it."""
+    project = f"rbtest-{uuid.uuid4().hex[:8]}"  # the only project it may touch
     target = dc.containers.run(
         stack.IMAGE,
         ["sleep", "600"],
@@ -244,6 +217,11 @@ def test_a_person_at_the_terminal_is_asked_mid_run_by_the_daemon(agent_env: dict
         "    when: 'true'\n    approval: manual\n    verify: [there]\n"
     )
     env = {**agent_env, "RUNBOOK_API_TOKEN": TOKEN, "RUNBOOK_DIR": str(runbooks), "RUNBOOK_COMPOSE_PROJECT": project}
+    return target, env, runbooks
+
+
+def test_a_person_at_the_terminal_is_asked_mid_run_by_the_daemon(agent_env: dict[str, str], tmp_path: Path, dc) -> None:
+    target, env, runbooks = _bounce_setup(agent_env, tmp_path, dc)
     daemon = Daemon(env, runbooks).start()  # live: it may change things, once a person says so
     state = Path(agent_env["RUNBOOK_STATE_DIR"])
     command = [sys.executable, "-m", "agent.cli", "run", "ask"]
@@ -253,15 +231,68 @@ def test_a_person_at_the_terminal_is_asked_mid_run_by_the_daemon(agent_env: dict
 
     before = started()
     try:
-        code, said = _converse(command, env, "n")
+        code, said = run_in_terminal(command, env, "n")
         assert "Approve bounce (docker.restart, plan " in said and f"restart container {target.name}" in said, said
         assert "rejected" in said and code == 0, said
         assert started() == before  # a no is a no
         assert runs(state)[-1][2] == daemon.proc.pid  # the daemon ran it, and asked here
-        code, said = _converse(command, env, "y")
+        code, said = run_in_terminal(command, env, "y")
         assert "applied" in said and code == 0, said
         assert started() != before  # a yes, mid-run, applied by the daemon
         assert runs(state)[-1][2] == daemon.proc.pid
     finally:
+        daemon.stop()
+        target.remove(force=True)
+
+
+def test_an_interrupted_command_stops_the_daemons_run_from_changing_anything(
+    agent_env: dict[str, str], tmp_path: Path, dc
+) -> None:
+    """Ctrl-C while the plan waits for a y/N: as with a run in the command, nothing is applied."""
+    import pty
+    import select
+
+    target, env, runbooks = _bounce_setup(agent_env, tmp_path, dc)
+    daemon = Daemon(env, runbooks).start()
+    state = Path(agent_env["RUNBOOK_STATE_DIR"])
+    before = dc.api.inspect_container(target.id)["State"]["StartedAt"]
+    leader, follower = pty.openpty()
+    command = subprocess.Popen(
+        [sys.executable, "-m", "agent.cli", "run", "ask"],
+        env=env,
+        cwd=REPO,
+        stdin=follower,
+        stdout=follower,
+        stderr=follower,
+    )
+    os.close(follower)
+    try:
+        seen = b""
+        deadline = time.monotonic() + 60
+        while b"Apply this plan? [y/N]" not in seen and time.monotonic() < deadline:
+            if select.select([leader], [], [], 0.5)[0]:
+                seen += os.read(leader, 65536)
+        assert b"Apply this plan? [y/N]" in seen, seen
+        command.send_signal(signal.SIGINT)
+        deadline = time.monotonic() + 60
+        while command.poll() is None and time.monotonic() < deadline:  # its last words read, never left blocked
+            if select.select([leader], [], [], 0.2)[0]:
+                try:
+                    seen += os.read(leader, 65536)
+                except OSError:
+                    break
+        assert command.wait(30) == 3, seen  # UNKNOWN: the command cannot say how the run ended
+        # The daemon's run ends without the change: left pending (nobody answered), never applied.
+        assert faults.wait_for(lambda: runs(state)[-1][3] == "finished", timeout=30)
+        with sqlite3.connect(state / "state.sqlite3") as db:
+            (report,) = db.execute("SELECT report FROM runs WHERE run_id = ?", (runs(state)[-1][0],)).fetchone()
+        (decision,) = json.loads(report)["remediations"]
+        assert decision["decision"] in ("pending", "denied") and not decision["results"], decision
+        assert dc.api.inspect_container(target.id)["State"]["StartedAt"] == before
+        assert runs(state)[-1][2] == daemon.proc.pid
+    finally:
+        os.close(leader)
+        if command.poll() is None:
+            command.kill()
         daemon.stop()
         target.remove(force=True)

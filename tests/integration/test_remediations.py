@@ -18,7 +18,7 @@ import pytest
 import redis
 
 from sandbox import faults, stack
-from tests.integration.conftest import REPO, cli, run_runbook
+from tests.integration.conftest import cli, run_in_terminal, run_runbook
 
 pytestmark = pytest.mark.integration
 DSN = stack.AGENT_ENV["DATABASE_URL"]
@@ -245,39 +245,6 @@ def test_scale_swarm_service(dc, agent_env, tmp_path: Path, swarm) -> None:
     swarm.reload()
     assert swarm.attrs["Spec"]["Mode"]["Replicated"]["Replicas"] == 3
     assert faults.wait_for(lambda: sum(t["Status"]["State"] == "running" for t in swarm.tasks()) == 3, timeout=60)
-
-
-def run_in_terminal(argv: list[str], env: dict[str, str], answer: str, timeout: float = 120) -> tuple[int, str]:
-    """Run a command on a pseudo-terminal, answering its y/N prompt as a person would."""
-    import os
-    import select
-
-    master, slave = os.openpty()
-    proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, env=env, cwd=REPO, close_fds=True)
-    os.close(slave)
-    out, answered, deadline = b"", False, time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([master], [], [], 0.5)
-            if ready:
-                try:
-                    chunk = os.read(master, 4096)
-                except OSError:  # the terminal closed: the program ended
-                    break
-                if not chunk:
-                    break
-                out += chunk
-                if not answered and b"[y/N]" in out:
-                    os.write(master, answer.encode() + b"\n")
-                    answered = True
-            elif proc.poll() is not None:
-                break
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        os.close(master)
-    return proc.returncode, out.decode("utf-8", "replace")
 
 
 def test_manual_remediation_asks_on_a_terminal(dc, agent_env, tmp_path: Path, restore) -> None:

@@ -1,0 +1,53 @@
+"""The daemon's local socket (agent.local_runs.LocalSocket): made safely, never taken from another daemon,
+never removed from under a later one, and never a reason for the daemon not to start."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from agent.local_runs import LocalSocket, LocalSocketUnavailable
+
+
+def bind(state: Path) -> tuple[LocalSocket, object]:
+    return LocalSocket.bind(state, [state], None, None)
+
+
+def test_the_socket_and_token_are_private_and_a_second_daemon_does_not_take_them(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    local, listener = bind(state)
+    try:
+        assert stat.S_IMODE((state / "daemon.sock").stat().st_mode) == 0o600
+        assert stat.S_IMODE((state / "daemon.token").stat().st_mode) == 0o600
+        assert stat.S_IMODE(state.stat().st_mode) == 0o700
+        with pytest.raises(LocalSocketUnavailable, match="another daemon"):
+            bind(state)
+        assert (state / "daemon.token").read_text().strip() == local.token  # still the first one's
+    finally:
+        listener.close()  # type: ignore[attr-defined]
+        local.close()
+
+
+def test_a_killed_daemons_files_are_taken_over_and_a_live_ones_never(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    old, old_listener = bind(state)
+    old_listener.close()  # type: ignore[attr-defined]  # not answering any more, but still alive: its lock
+    with pytest.raises(LocalSocketUnavailable, match="another daemon has"):
+        bind(state)
+    os.close(old.lock)  # killed: the kernel lets go of its lock; its socket and token are left behind
+    new, new_listener = bind(state)  # takes the stale files over
+    try:
+        assert (state / "daemon.token").read_text().strip() == new.token
+    finally:
+        new_listener.close()  # type: ignore[attr-defined]
+        new.close()
+    assert not (state / "daemon.sock").exists() and not (state / "daemon.token").exists()
+
+
+def test_a_socket_that_cannot_be_made_is_an_error_the_daemon_survives(tmp_path: Path) -> None:
+    deep = tmp_path / ("x" * 120)  # past what a Unix socket path may be
+    with pytest.raises(LocalSocketUnavailable):
+        bind(deep)
