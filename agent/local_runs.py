@@ -285,11 +285,18 @@ class _Stream:
         self._queue: queue.Queue[dict[str, Any]] = queue.Queue()
         self._out: list[str] = []
         self.stop = threading.Event()
+        # Made in the endpoint, on the event loop: the run's thread wakes the loop for each event.
+        self._loop = asyncio.get_running_loop()
+        self._ready = asyncio.Event()
+
+    def _put(self, event: dict[str, Any]) -> None:
+        self._queue.put(event)
+        self._loop.call_soon_threadsafe(self._ready.set)
 
     def write(self, text: str) -> int:  # the run's console writes here
         if text:
             self._out.append(text)
-            self._queue.put({"out": text})
+            self._put({"out": text})
         return len(text)
 
     def flush(self) -> None:
@@ -299,7 +306,7 @@ class _Stream:
         return "".join(self._out)
 
     def ask(self, prompt: str) -> bool | None:
-        return self._questions.ask(self._queue.put, prompt, self.stop)
+        return self._questions.ask(self._put, prompt, self.stop)
 
     def run(self, work: Callable[[], tuple[str, int]]) -> None:
         try:
@@ -307,19 +314,21 @@ class _Stream:
         except Exception as exc:  # the run itself recorded what it could; the command hears UNKNOWN
             error = printable(self._daemon.redactor.text(f"{type(exc).__name__}: {exc}"))
             stderr, exit_code = f"runbook: error: the daemon's run failed: {error}\n", 3
-        self._queue.put({"end": {"stderr": stderr, "exit_code": exit_code}})
+        self._put({"end": {"stderr": stderr, "exit_code": exit_code}})
 
     async def _next(self, request: Request) -> dict[str, Any]:
         """The next event; meanwhile, a command that went away or a daemon that stops ends the run's
         changes (the stop switch)."""
         while True:
-            try:
-                return self._queue.get_nowait()
-            except queue.Empty:
-                pass
+            for _ in range(2):  # before and after clearing the wake-up: an event put in between is not missed
+                try:
+                    return self._queue.get_nowait()
+                except queue.Empty:
+                    self._ready.clear()
             if self._daemon.stopping.is_set() or await request.is_disconnected():
                 self.stop.set()
-            await asyncio.sleep(0.02)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ready.wait(), 0.2)
 
     async def wait_end(self, request: Request, runs: set[threading.Thread], worker: threading.Thread) -> dict[str, Any]:
         try:

@@ -142,10 +142,24 @@ class StateStore:
         # One connection shared by the daemon's threads: every use goes through this lock.
         self._lock = threading.RLock()
         self._savepoints = 0  # the depth of nested writes (each a savepoint)
-        self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA busy_timeout=30000")
+        self._wal()
         self._migrate()
         self.host = socket.gethostname()
+
+    def _wal(self) -> None:
+        """Switch a new store to WAL. Two processes opening a new store at once both try, and SQLite
+        answers the one that finds the other mid-switch "database is locked" at once, without waiting
+        on the busy timeout: try again, as the timeout would have, for up to 30 s."""
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
 
     def _migrate(self) -> None:
         if self._version() >= SCHEMA_VERSION:

@@ -395,7 +395,7 @@ def intake(env: dict[str, str], per_client: int, clients: int = 8) -> list[dict[
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| what | runbook | peer | peer | ratio |", "|---|---:|---|---:|---:|"]
+    lines = ["| what (ms unless it says) | runbook | peer or target | its figure | ratio |", "|---|---:|---|---:|---:|"]
     for r in rows:
         peer_ms = "" if r["peer_ms"] is None else f"{r['peer_ms']:,.1f}"
         extra = {k: v for k, v in r.items() if k not in ("what", "runbook_ms", "peer", "peer_ms", "ratio")}

@@ -8,6 +8,7 @@ import sqlite3
 import stat
 import time
 from pathlib import Path
+from typing import Any
 
 from agent.state import SCHEMA_VERSION, StateStore
 
@@ -97,3 +98,25 @@ def test_prune_keeps_what_is_recent_and_what_is_running(tmp_path: Path) -> None:
     assert counts["alerts"] == 2 and counts["runs"] == 1
     assert [r["run_id"] for r in store.runs()] == ["busy"]
     assert json.dumps(counts)
+
+
+def test_processes_opening_a_new_store_at_once_all_get_it(tmp_path: Path) -> None:
+    """Two `runbook run` started together on a fresh state directory: neither fails with "database is
+    locked" (SQLite answers a second switch to WAL at once, without the busy timeout)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    for attempt in range(40):  # the race is narrow: without the retry about one start in four failed
+        path = tmp_path / f"s{attempt}" / "state.sqlite3"
+        start = context.Barrier(4)
+        workers = [context.Process(target=_open_store, args=(path, start)) for _ in range(4)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(60)
+        assert [w.exitcode for w in workers] == [0, 0, 0, 0], attempt
+
+
+def _open_store(path: Path, start: Any) -> None:
+    start.wait(10)
+    StateStore(path).close()
