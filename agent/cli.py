@@ -16,7 +16,7 @@ from agent.cli_errors import errors_as_one_line as _errors_as_one_line
 from agent.exceptions import AuditError, ConfigError, RunbookError, UnknownRunbook
 from agent.paths import ENV_NAMES, default_state_dir, env_digest, files_digest
 from agent.redaction import Redactor
-from agent.terminal import printable
+from agent.terminal import is_yes, printable
 
 if TYPE_CHECKING:  # pydantic and yaml load only for commands that read the config, never for --help
     from agent.config import Settings
@@ -295,7 +295,7 @@ def _hand_over(
 
     def ask(prompt: str) -> bool:
         try:
-            return input(prompt).strip().lower() in ("y", "yes")
+            return is_yes(input(prompt))
         except EOFError:
             return False
 

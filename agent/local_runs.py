@@ -37,7 +37,7 @@ from agent.handoff import ANSWER_ROUTE, PROTOCOL, ROUTE
 from agent.loader import digest
 from agent.paths import DAEMON_LOCK, DAEMON_SOCKET, DAEMON_TOKEN, ENV_NAMES, env_digest, files_digest
 from agent.server import over_unix_socket
-from agent.terminal import printable
+from agent.terminal import APPROVE_PROMPT, printable
 
 if TYPE_CHECKING:
     from agent.daemon import Daemon
@@ -367,7 +367,7 @@ def run_for_command(
     from rich.console import Console
 
     from agent.incidents import RunOrigin
-    from agent.output import APPROVE_PROMPT, Printer, after_run
+    from agent.output import Printer, after_run
 
     stderr = io.StringIO()
     console = Console(

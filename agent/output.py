@@ -18,18 +18,11 @@ from agent.redaction import MASK, Redactor
 from agent.registry import Registry, UnknownPlugin
 from agent.schema import RemediationStep, Runbook
 from agent.status import Status
-from agent.terminal import printable
+from agent.terminal import APPROVE_PROMPT, is_yes, printable
 
-__all__ = ["APPROVE_PROMPT", "Printer", "after_run", "audit_line", "is_yes", "show_plugin", "show_runbook"]
+__all__ = ["Printer", "after_run", "audit_line", "show_plugin", "show_runbook"]
 
 _STYLE = {Status.OK: "green", Status.WARNING: "yellow", Status.CRITICAL: "bold red", Status.UNKNOWN: "magenta"}
-
-
-APPROVE_PROMPT = "Apply this plan? [y/N] "
-
-
-def is_yes(answer: str) -> bool:
-    return answer.strip().lower() in ("y", "yes")
 
 
 class Printer:

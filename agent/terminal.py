@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["printable"]
+__all__ = ["APPROVE_PROMPT", "is_yes", "printable"]
 
 # C0 and C1 controls, DEL, and the Unicode characters that reorder or break lines (bidi overrides,
 # line and paragraph separators). A character class: linear in the text.
@@ -20,3 +20,12 @@ def _escape(match: re.Match[str]) -> str:
 def printable(text: str) -> str:
     """One line of text safe to print: every control character written as an escape (\\x1b, \\n...)."""
     return _CONTROL.sub(_escape, text)
+
+
+# The y/N a person answers before a manual plan is applied: asked by the command itself (agent.output) or,
+# for a run handed to the local daemon, by the command's light path (agent.cli), which imports no rich.
+APPROVE_PROMPT = "Apply this plan? [y/N] "
+
+
+def is_yes(answer: str) -> bool:
+    return answer.strip().lower() in ("y", "yes")
