@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from agent import alarms
 from agent.config import Settings
 from agent.exceptions import TargetUnreachable
 
@@ -109,10 +110,9 @@ class RunClients:
                 if known is None:
                     # Negotiate, as docker-py's "auto" does; this call is also the reachability check.
                     known = _NEGOTIATED[base_url] = client.api.version(api_version=False)["ApiVersion"]
-                else:
-                    # Negotiated by an earlier run of this process: /_ping is the reachability check (the
-                    # engine answers /version by asking containerd, ~6 ms on every run of a warm daemon).
-                    client.api.ping()
+                # Negotiated by an earlier run of this process: no call here (the engine answers /version
+                # by asking containerd, ~6 ms). An engine gone since fails the check's first call, which
+                # the Docker checks report as unreachable (checks/docker.py).
                 client.api._version = known
             except (docker.errors.DockerException, requests.RequestException) as exc:
                 raise TargetUnreachable("docker_unreachable", f"Docker engine unreachable: {exc}") from None
@@ -255,13 +255,11 @@ class CheckContext:
         """Call `on_expire` (which closes the sockets the block waits on) if the block is still running at
         the check's deadline: a server that answers one byte at a time cannot hold the check past it,
         whatever the per-read timeouts."""
-        timer = threading.Timer(self.remaining(), on_expire)
-        timer.daemon = True
-        timer.start()
+        alarm = alarms.at(self.deadline, on_expire)
         try:
             yield
         finally:
-            timer.cancel()
+            alarm.cancel()  # once this returns, `on_expire` has run to its end or never will
 
 
 def _first_line(exc: BaseException) -> str:

@@ -106,6 +106,7 @@ class Daemon:
         self.executor = Executor(
             runbooks, settings, redactor, self.audit, policy=policy, state=self.state, dry_run=dry_run
         )
+        self.executor.close_later = True  # after each verdict, not before it
         self.stopping = threading.Event()
         self.incidents = Incidents(self.state, self.audit, incident_policy or IncidentPolicy(), redactor, runbooks)
         self.courier = Courier(self.incidents.outbox, dict(self.incidents.policy.channels), self.audit, redactor)

@@ -13,7 +13,7 @@ from typing import Any
 
 from agent.inflight import InFlight
 
-__all__ = ["track"]
+__all__ = ["read_logs", "track"]
 
 
 def _shutdown(conn: Any) -> None:
@@ -72,3 +72,24 @@ def track(client: Any) -> InFlight:
                 "https": _tracking(urllib3.HTTPSConnectionPool, in_flight),
             }
     return in_flight
+
+
+def read_logs(container: Any, *, since: float, tail: int) -> bytes:
+    """`container.logs(stdout, stderr, since, tail)` as UTF-8 bytes, in one engine call: docker-py's own
+    inspects the container again first (to learn whether it has a TTY), which `container.attrs` already
+    says. Its private helpers are used for the rest; if they change, its public call is the fallback.
+    Invalid UTF-8 becomes U+FFFD, as decoding with "replace" would."""
+    api = container.client.api
+    params = {"stdout": 1, "stderr": 1, "timestamps": 0, "follow": 0, "tail": tail, "since": since}
+    try:
+        tty = bool(container.attrs["Config"]["Tty"])
+        url, get, result = api._url, api._get, api._get_result_tty
+    except (AttributeError, KeyError, TypeError):
+        raw = container.logs(stdout=True, stderr=True, since=since, timestamps=False, tail=tail)
+    else:
+        raw = result(False, get(url("/containers/{0}/logs", container.id), params=params, stream=False), tty)
+    try:
+        raw.decode()
+    except UnicodeDecodeError:
+        raw = raw.decode("utf-8", "replace").encode()
+    return bytes(raw)

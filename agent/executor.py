@@ -11,7 +11,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
@@ -34,6 +34,7 @@ from agent.templating import TemplateError
 __all__ = ["Executor", "ParamError", "ResolvedParams"]
 
 ProgressCallback = Callable[[str, CheckResult | None], None]
+T = TypeVar("T")
 
 
 class ParamError(RunbookError):
@@ -50,25 +51,58 @@ class ResolvedParams:
     secret_overrides: list[str]
 
 
+class _Worker:
+    """A check thread that, between checks, waits a while for the next one: starting a thread for every
+    check of every run cost a warm daemon more than some of the checks."""
+
+    def __init__(self, pool: _CheckThreads) -> None:
+        self._pool = pool
+        self._ready = threading.Event()
+        self._job: tuple[Callable[[], None], str] | None = None
+
+    def give(self, job: Callable[[], None], name: str) -> None:
+        self._job = (job, name)
+        self._ready.set()
+
+    def run(self) -> None:
+        me = threading.current_thread()
+        while True:
+            if not self._ready.wait(self._pool.idle_for):
+                if self._pool.retire(self):
+                    return
+                self._ready.wait()  # taken just now by `start`: its job is on the way
+            self._ready.clear()
+            assert self._job is not None
+            job, me.name = self._job
+            self._job = None
+            job()
+            me.name = "spare-thread"  # (not "check-...": no check is running on it)
+            self._pool.idle(self)
+
+
 class _CheckThreads:
-    """Checks run on daemon threads. One past its deadline is abandoned: its clients' watchdogs end it
-    soon, and it never keeps the process from exiting. Threads abandoned but still alive are bounded
-    process-wide, so a target that never answers cannot pile up threads run after run: past the bound,
-    checks are reported as not started. (Threads within their deadline are bounded by the runs at once
-    times max_parallel_checks.)"""
+    """Checks run on daemon threads, kept a while for the next checks. One past its deadline is
+    abandoned: its clients' watchdogs end it soon, and it never keeps the process from exiting. Threads
+    abandoned but still alive are bounded process-wide, so a target that never answers cannot pile up
+    threads run after run: past the bound, checks are reported as not started. (Threads within their
+    deadline are bounded by the runs at once times max_parallel_checks.)"""
 
     limit = 32
+    idle_for = 30.0  # seconds an idle thread waits for another check before it ends
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._stuck: set[Future[CheckResult]] = set()
+        self._stuck: set[Future[Any]] = set()
+        self._idle: list[_Worker] = []
 
-    def start(self, func: Callable[[], CheckResult], name: str) -> Future[CheckResult] | None:
-        """Run `func` on a new thread; None while too many are stuck past their deadline."""
+    def start(self, func: Callable[[], T], name: str) -> Future[T] | None:
+        """Run `func` on a thread of its own (an idle one or a new one); None while too many are stuck
+        past their deadline."""
         with self._lock:
             if len(self._stuck) >= self.limit:
                 return None
-        future: Future[CheckResult] = Future()
+            worker = self._idle.pop() if self._idle else None
+        future: Future[T] = Future()
 
         def run() -> None:
             try:
@@ -79,10 +113,25 @@ class _CheckThreads:
                 with self._lock:
                     self._stuck.discard(future)
 
-        threading.Thread(target=run, name=name, daemon=True).start()
+        if worker is None:
+            worker = _Worker(self)
+            threading.Thread(target=worker.run, name=name, daemon=True).start()
+        worker.give(run, name)
         return future
 
-    def abandon(self, future: Future[CheckResult]) -> None:
+    def idle(self, worker: _Worker) -> None:
+        with self._lock:
+            self._idle.append(worker)
+
+    def retire(self, worker: _Worker) -> bool:
+        """Whether an idle `worker` may end (False: `start` has just taken it)."""
+        with self._lock:
+            if worker in self._idle:
+                self._idle.remove(worker)
+                return True
+            return False
+
+    def abandon(self, future: Future[Any]) -> None:
         with self._lock:
             if not future.done():
                 self._stuck.add(future)
@@ -160,6 +209,7 @@ class Executor:
         # through it (a run, an approval, a scheduled sweep) can build an applier.
         self.dry_run = dry_run
         self._effect_modules = None if dry_run else effect_modules
+        self.close_later = False  # the daemon sets it (see _close)
         self.templates = runbooks.templates
         self.registry = runbooks.registry
         # Templates see only the environment variables the settings allow, never the agent's own secrets.
@@ -280,20 +330,37 @@ class Executor:
         audit = _Audit(self.audit.bind(run_id=report.run_id, actor=actor, mode=report.mode, runbook=spec.id))
         start = time.monotonic()
         clients = RunClients(self.settings)
+        acting = False
         try:
             with audit.held():
                 audit.record("run_started", severity=spec.severity, params=shown_params)
                 report.checks = self._run_checks(spec.checks, params, clients, audit, progress)
+                report.status = worst(c.status for c in report.checks)
+                report.remediations = self._decide(runbook, params, report)
+                acting = any(d.would_apply for d in report.remediations)
+                if not acting:
+                    # Nothing can act: the decisions and the end of the run are written with the
+                    # diagnosis, in one flush.
+                    self._remediate(
+                        runbook, params, report, audit, dry_run=dry_run, actor=actor, approve=approve, stop=stop
+                    )
+                    self._finished(report, audit, start)
         finally:
-            clients.close()
-        report.status = worst(c.status for c in report.checks)
-        report.remediations = self._decide(runbook, params, report)
-        self._remediate(runbook, params, report, audit, dry_run=dry_run, actor=actor, approve=approve, stop=stop)
-        if any(r.applied for r in report.remediations):
-            # The state the run leaves behind: every check once more, after the changes.
-            final = self._run_checks(spec.checks, params, RunClients(self.settings), audit, None, phase="final")
-            report.final_checks = final
-            report.final_status = worst(c.status for c in final)
+            self._close(clients)
+        if acting:
+            # Every record so far is durable before anything below is tried.
+            self._remediate(runbook, params, report, audit, dry_run=dry_run, actor=actor, approve=approve, stop=stop)
+            if any(r.applied for r in report.remediations):
+                # The state the run leaves behind: every check once more, after the changes.
+                final = self._run_checks(spec.checks, params, RunClients(self.settings), audit, None, phase="final")
+                report.final_checks = final
+                report.final_status = worst(c.status for c in final)
+            self._finished(report, audit, start)
+        report.audit_error = audit.error
+        return report
+
+    @staticmethod
+    def _finished(report: RunReport, audit: _Audit, start: float) -> None:
         report.duration_ms = (time.monotonic() - start) * 1000
         audit.record(
             "run_finished",
@@ -302,8 +369,12 @@ class Executor:
             escalations=report.escalations,
             duration_ms=round(report.duration_ms, 1),
         )
-        report.audit_error = audit.error
-        return report
+
+    def _close(self, clients: RunClients) -> None:
+        """A long-lived process closes a diagnosis's connections on a spare thread, after the verdict;
+        one about to exit closes them now (a database logs a connection dropped unclosed)."""
+        if not self.close_later or _THREADS.start(clients.close, "close-clients") is None:
+            clients.close()
 
     # --- checks -------------------------------------------------------------------------------
 
@@ -323,7 +394,7 @@ class Executor:
 
         def finish(result: CheckResult) -> None:
             results[result.id] = result
-            audit.record("check_result", phase=phase, **self.redactor.data(result.to_json()))
+            audit.record("check_result", phase=phase, **result.to_json())  # redacted as every record is
             if progress:
                 progress(result.id, result)
 

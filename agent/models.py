@@ -37,10 +37,26 @@ class CheckResult:
         }
 
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["status"] = self.status.value
-        data["duration_ms"] = round(self.duration_ms, 1)
-        return data
+        # As `asdict` would make it, without its deep copy of every leaf (a run makes dozens of these).
+        return {
+            "id": self.id,
+            "check": self.check,
+            "status": self.status.value,
+            "summary": self.summary,
+            "duration_ms": round(self.duration_ms, 1),
+            "details": _copied(self.details),
+            "metrics": dict(self.metrics),
+            "code": self.code,
+        }
+
+
+def _copied(value: Any) -> Any:
+    """A copy of JSON-like data (its containers; the leaves are immutable)."""
+    if isinstance(value, dict):
+        return {k: _copied(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_copied(v) for v in value]
+    return value
 
 
 @dataclass

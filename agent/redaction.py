@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 from collections.abc import Iterable, Mapping
@@ -41,6 +42,7 @@ _SECRET_WORDS = re.compile(
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 
 
+@functools.lru_cache(maxsize=4096)  # the same few keys are asked about for every result and record
 def is_secret_name(name: str) -> bool:
     """Whether a variable, key or header name names a secret (`DB_PASSWORD`, `apiKey`, `x-auth-token`)."""
     if len(name) > 256:
@@ -107,9 +109,14 @@ class Redactor:
         for secret in self._secrets:
             if secret in value:
                 value = value.replace(secret, MASK)
-        value = _URL_USERINFO.sub(_userinfo, value)
-        value = _KEY_VALUE.sub(lambda m: m.group("pre") + MASK, value)
-        value = _ASSIGNMENT.sub(_assignment, value)
+        # Each pattern needs a character most strings lack: looking for it first is far cheaper than
+        # running the pattern over every string of every record.
+        if "://" in value:
+            value = _URL_USERINFO.sub(_userinfo, value)
+        if "=" in value or ":" in value:
+            value = _KEY_VALUE.sub(lambda m: m.group("pre") + MASK, value)
+        if "=" in value:
+            value = _ASSIGNMENT.sub(_assignment, value)
         return _AUTH_HEADER.sub(lambda m: m.group("pre") + MASK, value)
 
     def data(self, value: Any) -> Any:

@@ -13,7 +13,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agent.context import CheckContext
-from agent.patterns import compile_linear
+from agent.docker_engine import read_logs
+from agent.exceptions import TargetUnreachable
+from agent.patterns import compile_linear, compile_linear_bytes
 from agent.plugins import Outcome, PluginSet
 from agent.schema import Duration
 from agent.status import Status, worst
@@ -51,9 +53,15 @@ def _within_deadline(check: Callable[[CheckContext, Any], Outcome]) -> Callable[
 
     @functools.wraps(check)
     def bounded(ctx: CheckContext, params: Any) -> Outcome:
+        import requests
+
         owner = threading.get_ident()
-        with ctx.watchdog(lambda: ctx.clients.cut_docker(owner)):
-            return check(ctx, params)
+        try:
+            with ctx.watchdog(lambda: ctx.clients.cut_docker(owner)):
+                return check(ctx, params)
+        except requests.ConnectionError as exc:
+            # The engine refused or dropped the connection (a warm process does not ping it first).
+            raise TargetUnreachable("docker_unreachable", f"Docker engine unreachable: {exc}") from None
 
     return bounded
 
@@ -228,28 +236,26 @@ def _this_run_began(container: Any) -> datetime | None:
     return started - timedelta(seconds=1)
 
 
-def _log_lines(ctx: CheckContext, target: Target, since: float, across_restarts: bool) -> list[tuple[str, str]]:
-    """Log lines of the target's containers in the window; unless `across_restarts`, only since each
-    container last started, so a restart that fixed things is not judged by what came before it."""
+def _log_lines(ctx: CheckContext, target: Target, since: float, across_restarts: bool) -> list[tuple[str, list[bytes]]]:
+    """Log lines (UTF-8 bytes: patterns run over them as bytes) of the target's containers in the window;
+    unless `across_restarts`, only since each container last started, so a restart that fixed things is
+    not judged by what came before it."""
     window_start = datetime.now(UTC) - timedelta(seconds=since)
-    lines: list[tuple[str, str]] = []
+    lines: list[tuple[str, list[bytes]]] = []  # per container: its name, its lines
     for container in containers(ctx, target):
         start = window_start
         began = None if across_restarts else _this_run_began(container)
         if began is not None and began > start:
             start = began
 
-        def read(container: Any = container, start: datetime = start) -> list[str]:
+        def read(container: Any = container, start: datetime = start) -> list[bytes]:
             # A float: docker-py turns a datetime into whole seconds, which would take in the lines of the
             # second before a restart (from the process that was failing).
-            raw = container.logs(
-                stdout=True, stderr=True, since=start.timestamp(), timestamps=False, tail=MAX_LOG_LINES
-            )
-            return raw.decode("utf-8", "replace").splitlines()
+            return read_logs(container, since=start.timestamp(), tail=MAX_LOG_LINES).splitlines()
 
         # Two checks reading the same window of one container (errors, error rate) share one read.
         key = ("logs", container.id, since, across_restarts)
-        lines.extend((container.name, line) for line in ctx.clients.shared(key, read, ctx.remaining()))
+        lines.append((container.name, ctx.clients.shared(key, read, ctx.remaining())))
     return lines
 
 
@@ -273,11 +279,12 @@ def log_matches(ctx: CheckContext, params: LogMatchParams) -> Outcome:
     """Log lines of a container or service matching a regex in the last N minutes (docker logs)."""
     if not containers(ctx, params):
         return _missing(params)
-    regex = compile_linear(params.pattern, ignore_case=params.ignore_case)
+    regex = compile_linear_bytes(params.pattern, ignore_case=params.ignore_case)
     matched = [
-        (name, line)
-        for name, line in _log_lines(ctx, params, params.since, params.across_restarts)
-        if regex.search(line)
+        (name, line.decode("utf-8", "replace"))
+        for name, lines in _log_lines(ctx, params, params.since, params.across_restarts)
+        for line in lines
+        if regex.spans(line) is not None
     ]
     status = above(len(matched), params.warn, params.crit)
     window = f"{params.since:g}s"
@@ -320,13 +327,16 @@ def error_rate(ctx: CheckContext, params: ErrorRateParams) -> Outcome:
     """Share of 5xx answers over all requests in a window, from the container's request log."""
     if not containers(ctx, params):
         return _missing(params)
-    regex = compile_linear(params.status_pattern)
+    regex = compile_linear_bytes(params.status_pattern)
+    status_group = regex.groupindex["status"]
     total = errors = 0
-    for _, line in _log_lines(ctx, params, params.window, params.across_restarts):
-        match = regex.search(line)
-        if match:
-            total += 1
-            errors += match.group("status").startswith("5")
+    for _, lines in _log_lines(ctx, params, params.window, params.across_restarts):
+        for line in lines:
+            spans = regex.spans(line)
+            if spans is not None:
+                total += 1
+                first = spans[status_group][0]
+                errors += first >= 0 and line.startswith(b"5", first)
     pct = 100.0 * errors / total if total else 0.0
     metrics = {"requests": float(total), "errors": float(errors), "error_pct": round(pct, 2)}
     window = f"{params.window:g}s"

@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from agent import context
 from agent.config import Settings
 from agent.status import Status
 from checks import _cgroups
@@ -18,6 +19,17 @@ def test_engine(probe, tmp_path) -> None:
     assert probe("docker.engine").status is Status.OK
     result = probe("docker.engine", settings=Settings(state_dir=tmp_path, docker_host="tcp://127.0.0.1:1"))
     assert (result.status, result.code) == (Status.CRITICAL, "docker_unreachable")
+
+
+def test_engine_gone_after_a_warm_process_negotiated(probe, tmp_path, monkeypatch) -> None:
+    # A warm process does not ping an engine it has spoken to: one gone since is found by the check's
+    # own first call, and reported as unreachable (not as a check error).
+    gone = f"unix://{tmp_path}/gone.sock"
+    monkeypatch.setitem(context._NEGOTIATED, gone, "1.41")
+    settings = Settings(state_dir=tmp_path, docker_host=gone)
+    for check, with_ in (("docker.engine", {}), ("docker.container", {"service": "app"})):
+        result = probe(check, settings=settings, **with_)
+        assert (result.status, result.code) == (Status.CRITICAL, "docker_unreachable"), result
 
 
 def test_container_running_exited_and_missing(probe, throwaway) -> None:
@@ -73,6 +85,18 @@ def test_log_matches(probe, throwaway) -> None:
     assert result.metrics["matches"] == 3
     result = probe("docker.log_matches", container=noisy.name, pattern="OutOfMemory", since="5m")
     assert result.status is Status.OK
+
+
+def test_log_matches_reads_lines_as_written(probe, throwaway) -> None:
+    # Lines are matched as UTF-8 bytes: a non-ASCII pattern still matches case-insensitively, invalid
+    # UTF-8 becomes U+FFFD in what is shown, and a TTY container's log (no stream framing) reads the same.
+    script = r"printf 'ERROR Datenbank nicht erreichbar: caf\303\251 \377\n'; sleep 60"
+    for tty in (False, True):
+        noisy = throwaway(["sh", "-c", script], tty=tty)
+        assert faults.wait_for(lambda noisy=noisy: b"caf" in noisy.logs())
+        result = probe("docker.log_matches", container=noisy.name, pattern="DATENBANK.*CAFÉ", ignore_case=True)
+        assert (result.status, result.metrics["matches"]) == (Status.CRITICAL, 1.0), (tty, result)
+        assert result.details["samples"][0].endswith("café \ufffd"), result.details
 
 
 def test_error_rate(probe, throwaway) -> None:
