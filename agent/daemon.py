@@ -3,6 +3,7 @@ runbooks on a bounded queue, run scheduled sweeps, and shut down without startin
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import queue
 import threading
@@ -49,16 +50,31 @@ LARGE_PAYLOAD = 1000  # alerts: a payload whose parsed form is worth returning t
 
 
 class _Arrival:
-    """One payload waiting for its batch to be committed, and what became of it."""
+    """One payload waiting for its batch to be committed, and what became of it. Its sender waits on a
+    threading event (a thread) or an asyncio future (the API's event loop)."""
 
-    def __init__(self, alerts: list[IncomingAlert]) -> None:
+    def __init__(
+        self,
+        alerts: list[IncomingAlert],
+        *,
+        future: asyncio.Future[None] | None = None,
+    ) -> None:
         self.alerts = alerts
         self.settled = False
         self.results: list[Disposition] = []
         self.error: Exception | None = None
+        self.future = future
+        self.event = threading.Event() if future is None else None
 
     def settle(self, *, results: list[Disposition] | None = None, error: Exception | None = None) -> None:
         self.results, self.error, self.settled = results or [], error, True
+
+
+def _answered(arrivals: list[_Arrival]) -> None:
+    """On an event loop: wake the requests whose payloads a batch has settled."""
+    for arrival in arrivals:
+        if arrival.future is not None and not arrival.future.done():  # done: the client went away
+            arrival.future.set_result(None)
 
 
 class QueueFull(Exception):
@@ -116,8 +132,9 @@ class Daemon:
         # Routing, dedup and queueing happen one payload at a time, so two copies cannot both start a run
         # and the queue has room for a payload's runs when it is admitted.
         self._admit = threading.Lock()
-        self._arrivals_lock = threading.Lock()
+        self._arrived = threading.Condition()
         self._arrivals: list[_Arrival] = []
+        self._intake: threading.Thread | None = None
         self._large_payload = 0.0  # when the last payload of LARGE_PAYLOAD alerts or more arrived
         # Runs handed over by `runbook run` on this host (agent.local_runs): stop() waits for them too.
         self.local_runs: set[threading.Thread] = set()
@@ -168,6 +185,15 @@ class Daemon:
 
     # --- alerts -------------------------------------------------------------------------------------------
 
+    async def receive_async(self, alerts: list[IncomingAlert]) -> list[Disposition]:
+        """Record and route a payload's alerts (see `receive`), waiting on the event loop, not on a thread:
+        a request costs the loop no thread hand-off, and a batch wakes all its requests at once."""
+        arrival = _Arrival(alerts, future=asyncio.get_running_loop().create_future())
+        self._submit(arrival)
+        assert arrival.future is not None
+        await arrival.future
+        return self._answer(arrival)
+
     def receive(self, alerts: list[IncomingAlert]) -> list[Disposition]:
         """Record and route a payload's alerts, all or nothing: the decisions are made first; then the
         audit record, then the alerts, the runs they start and the incidents they close, committed; only
@@ -175,30 +201,69 @@ class Daemon:
         refused whole (QueueFull: the sender retries) with nothing recorded; so is one the audit log
         cannot take.
 
-        Group commit: payloads that arrive while another batch is being written wait, then go together —
-        each under its own savepoint, in one transaction and one audit fsync — so a storm of single-alert
-        deliveries costs one disk flush per batch, not per request. None is answered before its own
-        record is durable."""
-        if len(alerts) >= LARGE_PAYLOAD:
-            self._large_payload = time.monotonic()
+        Group commit: one intake thread takes the payloads that arrived while it wrote the last batch and
+        writes them together — each under its own savepoint, in one transaction and one audit fsync — so
+        a storm of single-alert deliveries costs one disk flush per batch, not per request. None is
+        answered before its own record is durable."""
         arrival = _Arrival(alerts)
-        with self._arrivals_lock:
+        self._submit(arrival)
+        assert arrival.event is not None
+        arrival.event.wait()
+        return self._answer(arrival)
+
+    def _submit(self, arrival: _Arrival) -> None:
+        if len(arrival.alerts) >= LARGE_PAYLOAD:
+            self._large_payload = time.monotonic()
+        with self._arrived:
             self._arrivals.append(arrival)
-        with self._admit:
-            if not arrival.settled:
-                with self._arrivals_lock:
-                    batch, self._arrivals = self._arrivals, []
+            if self._intake is None or not self._intake.is_alive():
+                self._intake = threading.Thread(target=self._take_arrivals, name="intake", daemon=True)
+                self._intake.start()
+            self._arrived.notify()
+
+    def _take_arrivals(self) -> None:
+        """The intake thread: commit what has arrived, a batch at a time, and wake its senders."""
+        while True:
+            with self._arrived:
+                while not self._arrivals:
+                    self._arrived.wait()
+                batch, self._arrivals = self._arrivals, []
+            self._commit(batch)
+            del batch  # a 10,000-alert payload is not kept alive while the thread waits for the next
+
+    def _commit(self, batch: list[_Arrival]) -> None:
+        try:
+            with self._admit:
                 self._admit_batch(batch)
+        except BaseException as exc:  # a bug: refuse the batch, keep taking payloads
+            for arrival in batch:
+                if not arrival.settled:
+                    arrival.settle(error=RuntimeError(f"intake failed: {type(exc).__name__}"))
+        finally:
+            self._wake(batch)
+
+    @staticmethod
+    def _wake(batch: list[_Arrival]) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list[_Arrival]] = {}
+        for arrival in batch:
+            if arrival.event is not None:
+                arrival.event.set()
+            elif arrival.future is not None:
+                by_loop.setdefault(arrival.future.get_loop(), []).append(arrival)
+        for loop, arrivals in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # its loop is closed: nobody is waiting any more
+                loop.call_soon_threadsafe(_answered, arrivals)
+
+    def _answer(self, arrival: _Arrival) -> list[Disposition]:
         if arrival.error is not None:
             raise arrival.error
-        results = arrival.results
-        for alert, result in zip(alerts, results, strict=True):
+        for alert, result in zip(arrival.alerts, arrival.results, strict=True):
             self.metrics.alerts_received.labels(source=alert.source).inc()
             if result.outcome == "deduplicated":
                 self.metrics.alerts_deduplicated.inc()
             elif result.outcome in ("no_runbook", "refused"):
                 self.metrics.alerts_unrouted.inc()
-        return results
+        return arrival.results
 
     def _admit_batch(self, batch: list[_Arrival]) -> None:
         """Decide, audit and record a batch of payloads in one transaction; settle each arrival."""

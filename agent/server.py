@@ -1,5 +1,6 @@
-"""Serves the daemon's API: uvicorn's h11 protocol with what a daemon on a network needs against slow
-and many connections — a cap on open connections and a deadline for each request to arrive whole."""
+"""Serves the daemon's API: uvicorn's HTTP protocol (httptools, the C parser uvicorn prefers; h11 where
+it is missing) with what a daemon on a network needs against slow and many connections — a cap on open
+connections and a deadline for each request to arrive whole."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ import resource
 import socket
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 __all__ = ["ACCEPT_BATCH", "connection_budget", "guarded_protocol", "over_unix_socket", "quiet_accept_errors"]
 
@@ -72,16 +74,22 @@ class _Throttled:
             self._count, self._last = 0, now
 
 
-def guarded_protocol(max_connections: int, request_timeout: float) -> type[H11Protocol]:
-    """An H11Protocol class for uvicorn (`http=`). Beyond `max_connections` open connections, a new one
-    closes the oldest connection still waiting for its request (a slow sender) — or, if every connection
-    is busy with a request, the new one. A request (headers and body) must arrive within
-    `request_timeout` of the connection opening or of the previous response."""
+def guarded_protocol(
+    max_connections: int, request_timeout: float, *, parser: Literal["httptools", "h11"] = "httptools"
+) -> type[Any]:
+    """A protocol class for uvicorn (`http=`): on httptools' parser (C, what uvicorn itself prefers) or
+    h11's (pure Python, the same behaviour: the guard's tests run on both). Beyond
+    `max_connections` open connections, a new one closes the oldest connection still waiting for its
+    request (a slow sender) — or, if every connection is busy with a request, the new one. A request
+    (headers and body) must arrive within `request_timeout` of the connection opening or of the previous
+    response."""
+    fast = parser == "httptools"
+    base: Any = HttpToolsProtocol if fast else H11Protocol
     evicted = _Throttled("closed %d slow connections to make room (connection limit reached)")
     refused = _Throttled("refused %d connections (connection limit reached, all busy)")
     timed_out = _Throttled("closed %d connections whose request did not arrive in time")
 
-    class GuardedH11Protocol(H11Protocol):
+    class GuardedProtocol(base):  # type: ignore[misc]
         _deadline: asyncio.TimerHandle | None = None
         _waiting_since: float = 0.0
         _local = False  # over the local Unix socket: this user's own command, never evicted for room
@@ -102,7 +110,7 @@ def guarded_protocol(max_connections: int, request_timeout: float) -> type[H11Pr
             waiting = [
                 c
                 for c in self.connections
-                if isinstance(c, GuardedH11Protocol) and c._deadline is not None and not c._local
+                if isinstance(c, GuardedProtocol) and c._deadline is not None and not c._local
             ]
             victim = min(waiting, key=lambda c: c._waiting_since, default=None)
             if self._local and (victim is None or victim is self):
@@ -135,10 +143,18 @@ def guarded_protocol(max_connections: int, request_timeout: float) -> type[H11Pr
                 timed_out.note()
                 self._close()
 
-        def data_received(self, data: bytes) -> None:
-            super().data_received(data)
-            if self.conn.their_state in (h11.DONE, h11.MUST_CLOSE, h11.CLOSED, h11.ERROR):
-                self._cancel_deadline()  # the whole request is here (or the connection is over)
+        if fast:
+
+            def on_message_complete(self) -> None:
+                super().on_message_complete()
+                self._cancel_deadline()  # the whole request is here
+
+        else:
+
+            def data_received(self, data: bytes) -> None:
+                super().data_received(data)
+                if self.conn.their_state in (h11.DONE, h11.MUST_CLOSE, h11.CLOSED, h11.ERROR):
+                    self._cancel_deadline()  # the whole request is here (or the connection is over)
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
@@ -149,7 +165,7 @@ def guarded_protocol(max_connections: int, request_timeout: float) -> type[H11Pr
             self._cancel_deadline()
             super().connection_lost(exc)
 
-    return GuardedH11Protocol
+    return GuardedProtocol
 
 
 def over_unix_socket(scope: Mapping[str, Any]) -> bool:

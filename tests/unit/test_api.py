@@ -332,9 +332,11 @@ def test_alerts_join_the_incident_and_a_resolved_alert_resolves_it(api: Api) -> 
     assert api.daemon.incidents.get(record.id).status == "resolved"
 
 
-def test_concurrent_deliveries_share_a_commit_and_each_is_durable_before_its_answer(api: Api) -> None:
+@pytest.mark.parametrize("via", ["http", "thread"])
+def test_concurrent_deliveries_share_a_commit_and_each_is_durable_before_its_answer(api: Api, via: str) -> None:
     """Group commit: payloads arriving while a batch is written go in the next batch together (one audit
-    fsync, one transaction); each is answered only once its own alerts are committed."""
+    fsync, one transaction); each is answered only once its own alerts are committed — over HTTP (the
+    request awaits on its event loop; the test client runs one loop per request) and from a thread."""
     import sqlite3
     import threading
 
@@ -353,9 +355,16 @@ def test_concurrent_deliveries_share_a_commit_and_each_is_durable_before_its_ans
     senders = 16
 
     def deliver(i: int) -> None:
-        alert = IncomingAlert.build("generic", "firing", {"alertname": "Noise", "n": str(i)}, {}, f"fp-{i}")
-        (result,) = daemon.receive([alert])
-        assert result.outcome == "no_runbook"
+        if via == "http":
+            body = {"name": "Noise", "labels": {"n": str(i)}, "fingerprint": f"fp-{i}"}
+            response = api.post("/v1/alerts", body)
+            assert response.status_code == 202, response.text
+            (result,) = response.json()["results"]
+            assert result["outcome"] == "no_runbook"
+        else:
+            alert = IncomingAlert.build("generic", "firing", {"alertname": "Noise", "n": str(i)}, {}, f"fp-{i}")
+            (answer,) = daemon.receive([alert])
+            assert answer.outcome == "no_runbook"
         # Seen from another connection the moment the answer is given: committed, not just written.
         with sqlite3.connect(api.settings.state_path) as other:
             committed[i] = other.execute("SELECT count(*) FROM alerts WHERE fingerprint = ?", (f"fp-{i}",)).fetchone()[
@@ -371,6 +380,25 @@ def test_concurrent_deliveries_share_a_commit_and_each_is_durable_before_its_ans
     assert sum(batches) == senders and len(batches) < senders  # some batches held several payloads
     records = [json.loads(line) for line in api.settings.audit_path.read_text().splitlines()]
     assert len([r for r in records if r["event"] == "alerts_received"]) == senders  # one record per payload
+
+
+def test_a_bug_in_a_batch_is_an_error_for_its_senders_and_intake_goes_on(api: Api, monkeypatch) -> None:
+    admit = api.daemon._admit_batch
+    calls = []
+
+    def broken_once(batch: Any) -> None:
+        calls.append(len(batch))
+        if len(calls) == 1:
+            raise AssertionError("a bug")
+        admit(batch)
+
+    monkeypatch.setattr(api.daemon, "_admit_batch", broken_once)
+    client = TestClient(create_app(api.daemon, api.security), raise_server_exceptions=False)
+    headers = {"Authorization": f"Bearer {INTAKE}"}
+    assert client.post("/v1/alerts", json={"name": "Noise"}, headers=headers).status_code == 500
+    assert api.daemon.state.alert_count() == 0
+    assert client.post("/v1/alerts", json={"name": "Noise"}, headers=headers).status_code == 202  # not stuck
+    assert api.daemon.state.alert_count() == 1
 
 
 def test_a_refused_payload_in_a_batch_leaves_the_others_recorded(tmp_path: Path) -> None:
