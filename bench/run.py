@@ -101,6 +101,15 @@ def cold_cli(env: dict[str, str], rounds: int, daemon: Daemon | None) -> list[di
         rows.append(row("the same, handed to a local daemon", via, peer, m["by hand"], handed=handed))
     if "ansible-playbook" in m:
         rows.append(row("cold `runbook run db-connection`", m["runbook"], "ansible-playbook", m["ansible-playbook"]))
+        if daemon is not None:
+            rows.append(
+                row(
+                    "the same, handed to a local daemon",
+                    m["runbook via daemon"],
+                    "ansible-playbook",
+                    m["ansible-playbook"],
+                )
+            )
     helps = alternate(
         {
             "help": lambda: timed([*RUNBOOK, "--help"], env),
