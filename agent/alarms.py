@@ -21,17 +21,18 @@ _log = logging.getLogger("runbook.alarms")
 
 class Alarm:
     def __init__(self, func: Callable[[], None]) -> None:
-        self._func = func
+        self._func: Callable[[], None] | None = func
         self._lock = threading.Lock()
         self.cancelled = False
 
     def fire(self) -> None:
         with self._lock:
-            if self.cancelled:
+            func, self._func = self._func, None
+            if self.cancelled or func is None:
                 return
             self.cancelled = True
             try:
-                self._func()
+                func()
             except Exception:  # a watchdog's cut is best effort; the alarms go on for everyone else
                 _log.exception("a watchdog failed")
 
@@ -40,6 +41,9 @@ class Alarm:
         sockets down, so nothing waits long."""
         with self._lock:
             self.cancelled = True
+            # Dropped now: the call holds what its check used (clients, a log window) until the alarm
+            # leaves the heap at its deadline.
+            self._func = None
 
 
 class _Alarms:

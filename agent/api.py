@@ -8,6 +8,7 @@ reason and start nothing; 503 (busy, rate limited, audit log unavailable) asks t
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import hmac
 import json
@@ -22,6 +23,7 @@ from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from starlette.concurrency import run_in_threadpool
 
 from agent import admin
 from agent.alerts import AlertmanagerPayload, GenericAlert, IncomingAlert
@@ -334,19 +336,37 @@ def _reader(request: Request) -> None:
 _Model = TypeVar("_Model", bound=BaseModel)
 
 
-def _validated(model: type[_Model], body: bytes) -> _Model:
-    """A request body as `model`, or the 422 FastAPI would give (its errors, located under "body")."""
+def _validated(model: type[_Model], content_type: str, body: bytes) -> _Model:
+    """A request body as `model`, or the 422 FastAPI would give (its errors, located under "body"): a
+    JSON body only (application/json or a +json type), as FastAPI's own body handling requires."""
+    media = content_type.partition(";")[0].strip().lower()
+    if media != "application/json" and not (media.startswith("application/") and media.endswith("+json")):
+        error = {"type": "model_attributes_type", "loc": ("body",), "msg": "expected a JSON body (application/json)"}
+        raise RequestValidationError([error])
     try:
-        return model.model_validate_json(body)
+        return model.model_validate_json(body.removeprefix(codecs.BOM_UTF8))
     except ValidationError as exc:
         errors = exc.errors(include_url=False, include_input=False, include_context=False)
         raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in errors]) from None
 
 
 def _body(model: type[BaseModel]) -> dict[str, Any]:
-    """The OpenAPI description of a body a route reads itself."""
-    schema = model.model_json_schema()  # its $defs inside it: OpenAPI 3.1 schemas are JSON Schema
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+    """The OpenAPI description of a body a route reads itself (its definitions inlined: a reference into
+    the model's own $defs would not resolve from the document's root)."""
+    schema = model.model_json_schema()
+    definitions = schema.pop("$defs", {})
+
+    def inlined(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return inlined(definitions[ref.removeprefix("#/$defs/")])
+            return {k: inlined(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [inlined(v) for v in node]
+        return node
+
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": inlined(schema)}}}}
 
 
 Person = Annotated[str, Depends(_person)]
@@ -415,42 +435,69 @@ def create_app(daemon: Daemon, security: ApiSecurity) -> FastAPI:
         return redacted
 
     async def accept(sender: str, alerts: list[IncomingAlert]) -> Response:
-        # On the event loop, awaiting the intake thread's commit (no thread per request), and answered
-        # with JSON made here: the payload is ours, already checked (`Accepted` documents it).
+        # Awaits the intake thread's commit on the event loop (no thread per request) and answers with
+        # JSON made here: the payload is ours, already checked (`Accepted` documents it).
         guard.rate.take(sender, max(1, len(alerts)))
         results = await daemon.receive_async(alerts)
-        body = {"accepted": len(results), "results": [r.to_json() for r in results]}
-        return Response(json.dumps(body, separators=(",", ":")), status_code=202, media_type="application/json")
+        answer = {"accepted": len(results), "results": [r.to_json() for r in results]}
+        if len(results) < 100:
+            body = json.dumps(answer, separators=(",", ":"))
+        else:  # a storm's answer (~1 MB for 10,000 alerts) is made off the loop too
+            body = await run_in_threadpool(json.dumps, answer, separators=(",", ":"))
+        return Response(body, status_code=202, media_type="application/json")
+
+    async def read(request: Request, parse: Callable[[str, bytes], list[IncomingAlert]]) -> list[IncomingAlert]:
+        """The alerts of a request's body. A big one (a storm's group) is parsed on a worker thread: it
+        takes ~100 ms, which the event loop owes every other connection and its timers."""
+        body, content_type = await request.body(), request.headers.get("content-type", "")
+        if len(body) < 32_768:
+            return parse(content_type, body)
+        return await run_in_threadpool(parse, content_type, body)
+
+    def from_alertmanager(content_type: str, body: bytes) -> list[IncomingAlert]:
+        payload = _validated(AlertmanagerPayload, content_type, body)
+        return [
+            IncomingAlert.build("alertmanager", a.status, a.labels, a.annotations, a.fingerprint, a.startsAt)
+            for a in payload.alerts
+        ]
+
+    def from_generic(content_type: str, body: bytes) -> list[IncomingAlert]:
+        alert = _validated(GenericAlert, content_type, body)
+        labels = {**alert.labels, "alertname": alert.name}
+        if alert.severity:
+            labels["severity"] = alert.severity
+        return [IncomingAlert.build("generic", alert.status, labels, alert.annotations, alert.fingerprint)]
 
     # The two intake routes read and check their bodies themselves, straight from the bytes (pydantic-core
-    # parses the JSON): the same model and the same 422 as FastAPI's own body handling, at a fraction of
+    # parses the JSON): the same models and the same 422 as FastAPI's own body handling, at a fraction of
     # its cost per request — what a storm of single-alert deliveries is made of.
+    invalid_body: dict[int | str, dict[str, Any]] = {
+        422: {"description": "the body is not a valid payload (the field and the reason)"}
+    }
+
     @app.post(
-        "/v1/alerts/alertmanager", status_code=202, response_model=Accepted, openapi_extra=_body(AlertmanagerPayload)
+        "/v1/alerts/alertmanager",
+        status_code=202,
+        response_model=Accepted,
+        responses=invalid_body,
+        openapi_extra=_body(AlertmanagerPayload),
     )
     async def alertmanager(request: Request) -> Response:
         """Alertmanager webhook (payload version 4). Answered once every alert is durably recorded."""
         sender = await guard.intake(request)
-        payload = _validated(AlertmanagerPayload, await request.body())
-        return await accept(
-            sender,
-            [
-                IncomingAlert.build("alertmanager", a.status, a.labels, a.annotations, a.fingerprint, a.startsAt)
-                for a in payload.alerts
-            ],
-        )
+        return await accept(sender, await read(request, from_alertmanager))
 
-    @app.post("/v1/alerts", status_code=202, response_model=Accepted, openapi_extra=_body(GenericAlert))
+    @app.post(
+        "/v1/alerts",
+        status_code=202,
+        response_model=Accepted,
+        responses=invalid_body,
+        openapi_extra=_body(GenericAlert),
+    )
     async def generic(request: Request) -> Response:
         """A generic alert: name and labels, from anything that is not Alertmanager."""
         sender = await guard.intake(request)
-        alert = _validated(GenericAlert, await request.body())
-        labels = {**alert.labels, "alertname": alert.name}
-        if alert.severity:
-            labels["severity"] = alert.severity
-        return await accept(
-            sender, [IncomingAlert.build("generic", alert.status, labels, alert.annotations, alert.fingerprint)]
-        )
+        return await accept(sender, await read(request, from_generic))
 
     @app.get("/v1/runs")
     def runs(

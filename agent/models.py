@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, is_dataclass
 from typing import Any
 
 from agent.status import Status
@@ -51,7 +51,10 @@ class CheckResult:
 
 
 def _copied(value: Any) -> Any:
-    """A copy of JSON-like data (its containers; the leaves are immutable)."""
+    """A copy of JSON-like data (its containers; the leaves are immutable), dataclasses as dicts (as
+    `asdict` made them: the audit log redacts what is inside them)."""
+    if is_dataclass(value) and not isinstance(value, type):
+        return _copied(asdict(value))
     if isinstance(value, dict):
         return {k: _copied(v) for k, v in value.items()}
     if isinstance(value, list | tuple):

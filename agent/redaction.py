@@ -42,11 +42,13 @@ _SECRET_WORDS = re.compile(
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 
 
-@functools.lru_cache(maxsize=4096)  # the same few keys are asked about for every result and record
 def is_secret_name(name: str) -> bool:
     """Whether a variable, key or header name names a secret (`DB_PASSWORD`, `apiKey`, `x-auth-token`)."""
-    if len(name) > 256:
-        name = name[:256]
+    return _is_secret_name(name[:256])
+
+
+@functools.lru_cache(maxsize=4096)  # the same few keys are asked about for every result and record
+def _is_secret_name(name: str) -> bool:
     return _SECRET_WORDS.search(_CAMEL.sub("_", name).replace("-", "_").upper()) is not None
 
 
@@ -129,6 +131,10 @@ class Redactor:
                 k: MASK if isinstance(v, str) and isinstance(k, str) and is_secret_name(k) else self.data(v)
                 for k, v in value.items()
             }
-        if isinstance(value, list | tuple):
+        if isinstance(value, list | tuple | set | frozenset):
             return [self.data(v) for v in value]
-        return value
+        if value is None or isinstance(value, bool | int | float):
+            return value
+        # Anything else would reach JSON as its str() (a date, a path, a plugin's own object): redacted
+        # as text, so nothing shown or recorded escapes redaction by its type.
+        return self.text(str(value))

@@ -16,10 +16,18 @@ import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-__all__ = ["ACCEPT_BATCH", "connection_budget", "guarded_protocol", "over_unix_socket", "quiet_accept_errors"]
+__all__ = [
+    "ACCEPT_BATCH",
+    "MAX_HEAD",
+    "connection_budget",
+    "guarded_protocol",
+    "over_unix_socket",
+    "quiet_accept_errors",
+]
 
 _log = logging.getLogger("runbook.server")
 _RESERVED_FDS = 128  # for the state store, the audit log, clients of checks and remediations
+MAX_HEAD = 16 * 1024  # bytes of a request's target and headers, as h11's default limit
 # asyncio accepts up to `backlog` connections per loop tick, before any protocol sees one (and before the
 # connection cap can close any): a small batch keeps the descriptors in flight bounded.
 ACCEPT_BATCH = 32
@@ -144,10 +152,34 @@ def guarded_protocol(
                 self._close()
 
         if fast:
+            _head = 0  # bytes of this request's target and headers so far
+
+            def on_message_begin(self) -> None:
+                super().on_message_begin()
+                self._head = 0
+
+            def on_url(self, url: bytes) -> None:
+                self._count_head(len(url))
+                super().on_url(url)
+
+            def on_header(self, name: bytes, value: bytes) -> None:
+                self._count_head(len(name) + len(value))
+                super().on_header(name, value)
+
+            def _count_head(self, size: int) -> None:
+                # httptools sets no limit of its own on a request's head (h11 stops at 16 KiB): one that
+                # goes past MAX_HEAD stops the parser, and uvicorn answers 400 and closes.
+                self._head += size
+                if self._head > MAX_HEAD:
+                    raise ValueError("request head too large")
 
             def on_message_complete(self) -> None:
+                answered = self.cycle is not None and self.cycle.response_complete
                 super().on_message_complete()
-                self._cancel_deadline()  # the whole request is here
+                if not answered:
+                    # The whole request is here. (One answered before its body came — a refusal that
+                    # did not read it — already waits for the next request, against a new deadline.)
+                    self._cancel_deadline()
 
         else:
 

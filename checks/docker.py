@@ -237,7 +237,8 @@ def _this_run_began(container: Any) -> datetime | None:
 
 
 def _log_lines(ctx: CheckContext, target: Target, since: float, across_restarts: bool) -> list[tuple[str, list[bytes]]]:
-    """Log lines (UTF-8 bytes: patterns run over them as bytes) of the target's containers in the window;
+    """Log lines (UTF-8 bytes: patterns run over them as bytes; a line ends at \n, \r\n or \r, as the
+    engine frames them — not at the other separators `str.splitlines` knows) of the target's containers in the window;
     unless `across_restarts`, only since each container last started, so a restart that fixed things is
     not judged by what came before it."""
     window_start = datetime.now(UTC) - timedelta(seconds=since)
@@ -333,10 +334,13 @@ def error_rate(ctx: CheckContext, params: ErrorRateParams) -> Outcome:
     for _, lines in _log_lines(ctx, params, params.window, params.across_restarts):
         for line in lines:
             spans = regex.spans(line)
-            if spans is not None:
-                total += 1
-                first = spans[status_group][0]
-                errors += first >= 0 and line.startswith(b"5", first)
+            if spans is None:
+                continue
+            first, end = spans[status_group]
+            if first < 0:
+                continue  # matched without a status (an optional group): not a request it can judge
+            total += 1
+            errors += end > first and line[first] == 0x35  # the status starts with "5"
     pct = 100.0 * errors / total if total else 0.0
     metrics = {"requests": float(total), "errors": float(errors), "error_pct": round(pct, 2)}
     window = f"{params.window:g}s"

@@ -113,6 +113,10 @@ def test_error_rate(probe, throwaway) -> None:
     result = probe("docker.error_rate", container=failing.name, window="5m")
     assert (result.status, result.code) == (Status.CRITICAL, "error_rate_high")
     assert result.metrics == {"requests": 40.0, "errors": 10.0, "error_pct": 25.0}
+    # A line the pattern matches without its status group (optional here) is not a request it can judge.
+    pattern = r'"GET / HTTP/1.1" (?:(?P<status>5\d\d)|200) '
+    result = probe("docker.error_rate", container=failing.name, window="5m", status_pattern=pattern)
+    assert result.metrics == {"requests": 10.0, "errors": 10.0, "error_pct": 100.0}, result
 
 
 def test_stats(probe, throwaway) -> None:

@@ -425,3 +425,71 @@ def _noise() -> list[Any]:
 
 def _alerts(api: Api) -> list[dict[str, Any]]:
     return [{"fingerprint": row[0]} for row in api.daemon.state.query("SELECT fingerprint FROM alerts")]
+
+
+@pytest.mark.parametrize(
+    ("content_type", "status"),
+    [
+        ("application/json", 202),
+        ("application/json; charset=utf-8", 202),
+        ("application/vnd.alert+json", 202),
+        ("text/plain", 422),
+        ("application/x-www-form-urlencoded", 422),
+        (None, 422),
+    ],
+)
+def test_intake_takes_json_bodies_only(api: Api, content_type: str | None, status: int) -> None:
+    headers = {"Authorization": f"Bearer {INTAKE}"} | ({"Content-Type": content_type} if content_type else {})
+    response = api.client.post("/v1/alerts", content=b'{"name": "Noise"}', headers=headers)
+    assert response.status_code == status, response.text
+    if status == 422:
+        assert "JSON body" in response.json()["detail"] and api.daemon.state.alert_count() == 0
+
+
+def test_intake_bodies_keep_fastapis_422_and_a_byte_order_mark_is_fine(api: Api) -> None:
+    headers = {"Authorization": f"Bearer {INTAKE}", "Content-Type": "application/json"}
+    response = api.client.post("/v1/alerts", content=b"\xef\xbb\xbf" + b'{"name": "Noise"}', headers=headers)
+    assert response.status_code == 202, response.text
+    response = api.client.post("/v1/alerts", content=b'{"name": 5, "nope": 1}', headers=headers)
+    assert response.status_code == 422
+    locs = [e["loc"] for e in response.json()["errors"]]
+    assert ["body", "name"] in locs and ["body", "nope"] in locs  # located under "body", as FastAPI does
+
+
+def test_the_intake_bodies_are_described_in_openapi_with_references_that_resolve(api: Api) -> None:
+    document = api.get("/openapi.json").json()
+    text = json.dumps(document)
+    assert '"#/$defs/' not in text  # a model's own $defs would not resolve from the document's root
+    for path, field in (("/v1/alerts", "name"), ("/v1/alerts/alertmanager", "alerts")):
+        operation = document["paths"][path]["post"]
+        schema = operation["requestBody"]["content"]["application/json"]["schema"]
+        assert field in schema["properties"] and "422" in operation["responses"]
+    alert = document["paths"]["/v1/alerts/alertmanager"]["post"]["requestBody"]["content"]["application/json"]
+    assert "labels" in alert["schema"]["properties"]["alerts"]["items"]["properties"]
+
+
+def test_a_storm_group_is_parsed_off_the_event_loop(api: Api, monkeypatch) -> None:
+    import threading
+
+    from agent import api as api_module
+
+    where: dict[str, set[int]] = {"build": set(), "loop": set()}
+    build, take = IncomingAlert.build.__func__, api_module._AlertRate.take  # type: ignore[attr-defined]
+
+    def noting_build(cls: Any, *args: Any, **kwargs: Any) -> Any:
+        where["build"].add(threading.get_ident())
+        return build(cls, *args, **kwargs)
+
+    def noting_take(self: Any, *args: Any) -> Any:
+        where["loop"].add(threading.get_ident())  # the rate limit is taken on the event loop
+        return take(self, *args)
+
+    monkeypatch.setattr(IncomingAlert, "build", classmethod(noting_build))
+    monkeypatch.setattr(api_module._AlertRate, "take", noting_take)
+    storm = am([firing(i, service="app", n=str(i)) for i in range(2000)])
+    assert api.post("/v1/alerts/alertmanager", storm).status_code == 202
+    assert where["build"] and where["loop"] and not where["build"] & where["loop"]
+    where["build"].clear()
+    where["loop"].clear()
+    assert api.post("/v1/alerts/alertmanager", am([firing(1, service="app")])).status_code == 202
+    assert where["build"] == where["loop"]  # a small one is not worth a thread hand-off

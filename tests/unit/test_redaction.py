@@ -100,3 +100,30 @@ def test_redaction_is_linear_on_hostile_text(text: str) -> None:
     # A quadratic pattern takes minutes on 1 MiB; linear ones take milliseconds (CPU time, so a busy
     # machine does not make this flaky).
     assert time.process_time() - started < 1.0
+
+
+def test_values_of_other_types_are_redacted_as_the_text_they_become() -> None:
+    # A plugin's check may put objects in its details; JSON would make them text, unredacted.
+    from dataclasses import dataclass
+    from pathlib import PurePosixPath
+
+    from agent.models import CheckResult
+    from agent.status import Status
+
+    @dataclass
+    class Found:
+        dsn: str
+
+    class Opaque:
+        def __str__(self) -> str:
+            return "connect to postgresql://app:hunter2hunter2@db/app"
+
+    redactor = Redactor(["s3cr3t-token-value"])
+    data = redactor.data({"a": {1, "s3cr3t-token-value"}, "b": Opaque(), "c": PurePosixPath("/x/s3cr3t-token-value")})
+    assert "hunter2hunter2" not in str(data) and "s3cr3t-token-value" not in str(data)
+    assert data["c"] == f"/x/{MASK}" and sorted(data["a"], key=str) == sorted([1, MASK], key=str)
+    result = CheckResult(
+        "c", "x.y", Status.OK, "ok", 1.0, details={"found": Found("postgresql://u:hunter2hunter2@h/d")}
+    )
+    assert "hunter2hunter2" not in str(redactor.data(result.to_json()))  # a dataclass in details: a dict
+    assert redactor.data({"n": 1, "f": 0.5, "t": True, "none": None}) == {"n": 1, "f": 0.5, "t": True, "none": None}

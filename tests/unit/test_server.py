@@ -21,8 +21,9 @@ from agent.server import guarded_protocol
 async def _app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] != "http":
         return
-    while (await receive()).get("more_body"):
-        pass
+    if scope["path"] != "/early":  # /early answers without reading the body, as a refusal does
+        while (await receive()).get("more_body"):
+            pass
     if scope["path"] == "/slow":
         await asyncio.sleep(1.0)  # longer than the request deadline: that bounds the request, not the answer
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
@@ -113,3 +114,57 @@ def test_past_the_cap_the_oldest_waiting_connection_makes_room(parser: str) -> N
         finally:
             for s in waiting:
                 s.close()
+
+
+@pytest.mark.parametrize("parser", ["httptools", "h11"])
+def test_a_body_sent_after_its_answer_does_not_lift_the_next_deadline(parser: str) -> None:
+    # Answered (refused) before its body came; the body then arrives whole, and the next request is
+    # dripped: that request still has its deadline, and the connection is closed at it.
+    with (
+        serving(parser, max_connections=50, request_timeout=1.0) as port,
+        socket.create_connection(("127.0.0.1", port), timeout=10) as s,
+    ):
+        s.sendall(b"POST /early HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n")
+        answer = b""
+        while not answer.endswith(b"\r\n\r\nok"):
+            answer += s.recv(4096)
+        s.sendall(b"x" * 100)
+        s.settimeout(0.3)
+        closed, started = False, time.monotonic()
+        for part in [b"GET / HTTP/1.1\r\nHost: x\r\n"] + [b"X-Drip: %d\r\n" % i for i in range(40)]:
+            try:
+                s.sendall(part)
+                if s.recv(4096) == b"":
+                    closed = True
+                    break
+            except TimeoutError:
+                continue
+            except OSError:
+                closed = True
+                break
+        assert closed, "the dripped request outlived its deadline"
+        assert time.monotonic() - started < 10
+
+
+@pytest.mark.parametrize("parser", ["httptools", "h11"])
+def test_a_request_head_past_the_limit_is_refused(parser: str) -> None:
+    with serving(parser, max_connections=50, request_timeout=30) as port:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            # 64 KiB of headers that never end (MAX_HEAD is 16 KiB; h11 has the same limit of its own):
+            # refused long before the request's deadline (30 s), not kept in memory until then.
+            head = b"GET / HTTP/1.1\r\nHost: x\r\n" + b"".join(
+                b"X-Big-%d: %s\r\n" % (i, b"a" * 1000) for i in range(64)
+            )
+            with contextlib.suppress(OSError):  # closed while it was sent: refused
+                s.sendall(head)
+            answer, closed = b"", False
+            try:
+                while chunk := s.recv(4096):
+                    answer += chunk
+                closed = True
+            except ConnectionResetError:
+                closed = True
+            except TimeoutError:
+                pass
+            assert closed and not answer.startswith(b"HTTP/1.1 200"), answer[:200]
+        assert request(port).startswith(b"HTTP/1.1 200")  # the server goes on
