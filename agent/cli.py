@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import getpass
 import json
 import os
@@ -111,13 +112,16 @@ _runbooks_option = click.option(
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="runbook", prog_name="runbook", message="%(prog)s %(version)s")
 @click.option("-v", "--verbose", is_flag=True, help="Show tracebacks for errors.")
 @click.option("--config", type=click.Path(path_type=Path), help="Config file (YAML). Default: $RUNBOOK_CONFIG.")
 @click.pass_context
 def cli(ctx: click.Context, verbose: bool, config: Path | None) -> None:
     """Executable, audited incident-response runbooks.
 
-    Exit codes of `run`: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
+    Exit codes of `run` (Nagios's): 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN, which is also what any error
+    that keeps it from a verdict exits with. Other commands: 0 done, 1 found a problem (a broken audit
+    chain, no such run), 2 a usage or input error.
     """
     ctx.obj = _State(verbose, config)
 
@@ -196,7 +200,42 @@ _param_file_option = click.option(
 )
 
 
-@cli.command()
+class _UnknownUsage(click.UsageError):
+    exit_code = 3
+
+
+class _Unknown(click.ClickException):
+    exit_code = 3
+
+
+class _VerdictCommand(click.Command):
+    """A command whose exit code is a monitoring verdict (Nagios's 0/1/2/3): what keeps it from one — a
+    usage error too — is 3 UNKNOWN, never 2, which a monitoring system reads as CRITICAL."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            raise _UnknownUsage(exc.format_message(), exc.ctx) from None
+
+
+def _unknown_on_error(func: F) -> F:
+    """Inside `errors_as_one_line`: an error that keeps a run from its verdict exits 3 UNKNOWN."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except RunbookError as exc:
+            exc.exit_code = 3
+            raise
+        except click.ClickException as exc:  # a malformed --param
+            raise _Unknown(exc.format_message()) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@cli.command(cls=_VerdictCommand)
 @click.argument("runbook_id")
 @click.option("--dry-run", is_flag=True, help="Check and plan only; nothing is changed.")
 @_param_option
@@ -206,6 +245,7 @@ _param_file_option = click.option(
 @_runbooks_option
 @click.pass_obj
 @_errors_as_one_line
+@_unknown_on_error
 def run(
     state: _State,
     runbook_id: str,

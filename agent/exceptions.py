@@ -13,6 +13,7 @@ __all__ = [
     "RunbookError",
     "RunbookValidationError",
     "TargetUnreachable",
+    "UnknownName",
     "UnknownRunbook",
 ]
 
@@ -34,6 +35,12 @@ class ConfigError(RunbookError):
 
 class UnknownRunbook(RunbookError):
     code = "unknown_runbook"
+
+
+class UnknownName(RunbookError):
+    """A check or remediation name that no plugin has."""
+
+    code = "unknown_name"
 
 
 class RunbookValidationError(RunbookError):

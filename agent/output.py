@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from agent.changes import Plan
+from agent.exceptions import UnknownName
 from agent.loader import LoadedRunbook
 from agent.models import CheckResult, RemediationDecision, RunReport
 from agent.redaction import MASK, Redactor
@@ -163,7 +164,13 @@ def show_plugin(registry: Registry, name: str) -> str:
         spec: Any = registry.check(name)
         kind = "check"
     except UnknownPlugin:
-        spec = registry.remediation(name)  # raises UnknownPlugin (a KeyError) with the known names
+        try:
+            spec = registry.remediation(name)
+        except UnknownPlugin:
+            raise UnknownName(
+                f"unknown check or remediation {name!r} (checks: {', '.join(registry.check_names())};"
+                f" remediations: {', '.join(registry.remediation_names())})"
+            ) from None
         kind = "remediation"
     lines = [f"{name} ({kind})", f"  {spec.doc}"]
     if kind == "remediation":

@@ -109,7 +109,7 @@ def test_the_daemon_declines_any_run_that_would_differ(
     assert ran_here(agent_env, "--dry-run")  # a runbook edited since the daemon loaded it
     # A bad param: the command's own message, from the command itself.
     bad = cli(agent_env, "run", "db-connection", "--dry-run", "-p", "nosuch=1")
-    assert bad.returncode == 2 and "unknown param nosuch" in bad.stderr
+    assert bad.returncode == 3 and "unknown param nosuch" in bad.stderr
 
 
 def test_the_local_route_answers_only_on_the_socket_with_its_token(daemon: Daemon, agent_env: dict[str, str]) -> None:

@@ -65,19 +65,41 @@ def test_validate_reports_each_problem_on_a_line_and_exits_2(write_runbook: Call
     assert code == 0 and "5 runbooks valid" in out
 
 
-def test_unknown_runbook_exits_2_listing_known_ids() -> None:
+def test_unknown_runbook_exits_3_unknown_listing_known_ids() -> None:
+    # `run` is read by monitoring systems as a Nagios plugin: 2 would be CRITICAL, a verdict it never had.
     code, _, err = invoke("run", "nope", "--runbooks", str(REPO / "runbooks"))
-    assert code == 2
+    assert code == 3
     assert err.strip().startswith("unknown runbook 'nope' (known: app-down, db-connection")
+
+
+def test_usage_errors_are_3_for_run_and_2_for_the_other_commands() -> None:
+    assert invoke("run")[0] == 3  # no runbook id
+    assert invoke("run", "db-connection", "--no-such-option")[0] == 3
+    assert invoke("list", "--no-such-option")[0] == 2
+    assert invoke("show")[0] == 2
+
+
+def test_version() -> None:
+    from importlib.metadata import version
+
+    code, out, _ = invoke("--version")
+    assert code == 0 and out.strip() == f"runbook {version('runbook')}"
+
+
+def test_show_of_an_unknown_check_is_one_clear_line() -> None:
+    code, _, err = invoke("show", "postgres.nosuch", "--runbooks", str(REPO / "runbooks"))
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("unknown check or remediation 'postgres.nosuch' (checks: ") and "postgres.query" in err
+    assert "internal error" not in err and "docker.restart" in err  # the remediations are named too
 
 
 def test_bad_param_syntax_and_unknown_param(tmp_path: Path) -> None:
     env = {"RUNBOOK_STATE_DIR": str(tmp_path)}
     code, _, err = invoke("run", "email-queue", "-p", "queue", "--runbooks", str(REPO / "runbooks"), env=env)
-    assert code == 2 and "expected key=value" in err
+    assert code == 3 and "expected key=value" in err
     code, _, err = invoke("run", "email-queue", "-p", "qeue=x", "--runbooks", str(REPO / "runbooks"), env=env)
     assert (
-        code == 2
+        code == 3
         and err.strip() == "email-queue: unknown param qeue (known: redis_url, queue, worker_service, scale_to)"
     )
 
@@ -86,11 +108,13 @@ def test_config_errors_are_one_line(tmp_path: Path) -> None:
     config = tmp_path / "c.yaml"
     config.write_text("read_timeout: soon\n")
     code, _, err = invoke("--config", str(config), "run", "email-queue", "--runbooks", str(REPO / "runbooks"))
-    assert code == 2 and err.strip().startswith(f"{config}: read_timeout:")
+    assert code == 3 and err.strip().startswith(f"{config}: read_timeout:")  # no verdict: UNKNOWN
     code, _, err = invoke(
         "--config", str(tmp_path / "missing.yaml"), "run", "app-down", "--runbooks", str(REPO / "runbooks")
     )
-    assert code == 2 and "cannot read config file" in err
+    assert code == 3 and "cannot read config file" in err
+    code, _, err = invoke("--config", str(config), "list", "--runbooks", str(REPO / "runbooks"))
+    assert code == 2 and err.strip().startswith(f"{config}: read_timeout:")
 
 
 def test_audit_verify_names_the_bad_line(tmp_path: Path) -> None:
