@@ -16,7 +16,7 @@ import click
 from agent.cli_errors import errors_as_one_line as _errors_as_one_line
 from agent.exceptions import AuditError, ConfigError, RunbookError, UnknownRunbook
 from agent.paths import ENV_NAMES, default_state_dir, env_digest, files_digest
-from agent.redaction import Redactor
+from agent.redaction import MASK, Redactor
 from agent.terminal import is_yes, printable
 
 if TYPE_CHECKING:  # pydantic and yaml load only for commands that read the config, never for --help
@@ -126,44 +126,97 @@ def cli(ctx: click.Context, verbose: bool, config: Path | None) -> None:
     ctx.obj = _State(verbose, config)
 
 
+_json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+
+
+def _print_json(state: _State, data: Any, *, redact: bool = True) -> None:
+    """JSON for scripts: redacted like every output (not the project's own plugin docs: the patterns
+    would mask words in them, as in "secret: its password is masked")."""
+    click.echo(json.dumps(state.redactor.data(data) if redact else data, indent=2))
+
+
 @cli.command("list")
 @_runbooks_option
+@_json_option
 @click.pass_obj
 @_errors_as_one_line
-def list_(state: _State, runbooks_dirs: tuple[Path, ...]) -> None:
+def list_(state: _State, runbooks_dirs: tuple[Path, ...], as_json: bool) -> None:
     """List the runbooks: id, severity, title."""
     runbooks = state.load(runbooks_dirs)
+    rows = []
     for runbook_id in runbooks.ids():
-        spec = runbooks.runbooks[runbook_id].spec
-        click.echo(f"{spec.id:18} {spec.severity:6} {spec.title}  ({len(spec.checks)} checks)")
+        loaded = runbooks.runbooks[runbook_id]
+        spec = loaded.spec
+        if not as_json:
+            click.echo(f"{spec.id:18} {spec.severity:6} {spec.title}  ({len(spec.checks)} checks)")
+        rows.append(
+            {
+                "id": spec.id,
+                "severity": spec.severity,
+                "title": spec.title,
+                "checks": len(spec.checks),
+                "remediations": len(spec.remediations),
+                "file": str(loaded.path),
+            }
+        )
+    if as_json:
+        _print_json(state, rows)
 
 
 @cli.command()
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@_json_option
 @click.pass_obj
 @_errors_as_one_line
-def validate(state: _State, paths: tuple[Path, ...]) -> None:
-    """Validate runbooks; every problem on one line as file:line: field: reason."""
-    runbooks = state.load(paths)
+def validate(state: _State, paths: tuple[Path, ...], as_json: bool) -> None:
+    """Validate runbooks; every problem on one line as file:line: field: reason (exit 2 on any).
+
+    With --json: {"valid": ..., "runbooks": [...]} or {"valid": false, "errors": [{file, line, field,
+    message}, ...]}, exit 2 on any problem too."""
+    from agent.exceptions import RunbookValidationError
+
+    try:
+        runbooks = state.load(paths)
+    except RunbookValidationError as exc:
+        if not as_json:
+            raise
+        found = [p.to_json() if hasattr(p, "to_json") else {"message": str(p)} for p in exc.found]
+        _print_json(state, {"valid": False, "errors": found})
+        sys.exit(exc.exit_code)
+    if as_json:
+        _print_json(state, {"valid": True, "runbooks": runbooks.ids()})
+        return
     click.echo(f"{len(runbooks.ids())} runbooks valid: {', '.join(runbooks.ids())}")
 
 
 @cli.command()
 @click.argument("name")
 @_runbooks_option
+@_json_option
 @click.pass_obj
 @_errors_as_one_line
-def show(state: _State, name: str, runbooks_dirs: tuple[Path, ...]) -> None:
+def show(state: _State, name: str, runbooks_dirs: tuple[Path, ...], as_json: bool) -> None:
     """Show a runbook, or a check/remediation's parameters (e.g. `show postgres.connections`)."""
-    from agent.output import show_plugin, show_runbook
+    from agent.output import plugin_json, show_plugin, show_runbook
 
     runbooks = state.load(runbooks_dirs)
     if "." in name:
-        click.echo(show_plugin(runbooks.registry, name))
+        if as_json:
+            _print_json(state, plugin_json(runbooks.registry, name), redact=False)
+        else:
+            click.echo(show_plugin(runbooks.registry, name))
         return
     if name not in runbooks.runbooks:
         raise UnknownRunbook(f"unknown runbook {name!r} (known: {', '.join(runbooks.ids())})")
-    click.echo(show_runbook(runbooks.runbooks[name], runbooks.registry))
+    loaded = runbooks.runbooks[name]
+    if as_json:
+        spec = loaded.spec.model_dump(mode="json", by_alias=True)
+        for param_name, param in loaded.spec.params.items():
+            if param.secret:  # as the text shows it
+                spec["params"][param_name]["default"] = MASK
+        _print_json(state, {"file": str(loaded.path), **spec})
+        return
+    click.echo(show_runbook(loaded, runbooks.registry))
 
 
 def _parse_params(values: Sequence[str], param_file: Path | None = None) -> dict[str, str]:
@@ -438,14 +491,28 @@ def prune(state: _State, as_json: bool) -> None:
 
 
 @cli.command()
+@_json_option
 @click.pass_obj
 @_errors_as_one_line
-def status(state: _State) -> None:
+def status(state: _State, as_json: bool) -> None:
     """Pause switch, open circuit breakers, held locks and pending approvals."""
     import time
 
     store = _store(state)
     paused = store.paused()
+    if as_json:
+        _print_json(
+            state,
+            {
+                "paused": {"reason": paused[0], "by": paused[1], "since": paused[2]} if paused else None,
+                "breakers": [vars(b) for b in store.breakers()],
+                "locks": [{"target": t, "run_id": r, "expires": e} for t, r, e in store.locks()],
+                "pending": [
+                    {"run_id": r, "remediation": m, "fingerprint": f, "at": at} for r, m, f, at in store.pending()
+                ],
+            },
+        )
+        return
     state.echo(f"remediation: {'PAUSED by ' + paused[1] + ': ' + paused[0] if paused else 'enabled'}")
     for b in store.breakers():
         until = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(b.until))
@@ -707,6 +774,8 @@ def _decide(
     reason: str,
     runbooks_dirs: tuple[Path, ...],
     secret_params: dict[str, str] | None = None,
+    *,
+    as_json: bool = False,
 ) -> None:
     from agent.audit import AuditLog
     from agent.executor import Executor
@@ -733,8 +802,11 @@ def _decide(
         reason=reason,
         secret_params=secret_params,
     )
-    outcome = f" -> {decision.outcome}" if decision.outcome else ""
-    state.echo(f"{decision.id}: {decision.decision}{outcome} ({decision.decision_reason})")
+    if as_json:
+        _print_json(state, {"run_id": run_id, **decision.to_json()})
+    else:
+        outcome = f" -> {decision.outcome}" if decision.outcome else ""
+        state.echo(f"{decision.id}: {decision.decision}{outcome} ({decision.decision_reason})")
     if decision.escalation:
         state.echo(f"runbook: ESCALATE {decision.id}: {decision.escalation}", err=True)
     from agent.cli_incidents import incident_after_decision
@@ -749,6 +821,7 @@ def _decide(
 @_param_option
 @_param_file_option
 @_runbooks_option
+@_json_option
 @click.pass_obj
 @_errors_as_one_line
 def approve(
@@ -759,11 +832,13 @@ def approve(
     params: tuple[str, ...],
     param_file: Path | None,
     runbooks_dirs: tuple[Path, ...],
+    as_json: bool,
 ) -> None:
     """Approve a pending manual remediation: planned again, applied only if the plan is unchanged.
 
     A run given secret params (never stored) needs them again: --param-file with the same values."""
-    _decide(state, run_id, True, remediation, fingerprint, "", runbooks_dirs, _parse_params(params, param_file))
+    overrides = _parse_params(params, param_file)
+    _decide(state, run_id, True, remediation, fingerprint, "", runbooks_dirs, overrides, as_json=as_json)
 
 
 @cli.command()
@@ -771,11 +846,14 @@ def approve(
 @click.option("--remediation", help="Which pending remediation of the run (if several).")
 @click.option("--reason", default="", help="Why (recorded).")
 @_runbooks_option
+@_json_option
 @click.pass_obj
 @_errors_as_one_line
-def reject(state: _State, run_id: str, remediation: str | None, reason: str, runbooks_dirs: tuple[Path, ...]) -> None:
+def reject(
+    state: _State, run_id: str, remediation: str | None, reason: str, runbooks_dirs: tuple[Path, ...], as_json: bool
+) -> None:
     """Reject a pending manual remediation (recorded; nothing changes)."""
-    _decide(state, run_id, False, remediation, None, reason, runbooks_dirs)
+    _decide(state, run_id, False, remediation, None, reason, runbooks_dirs, as_json=as_json)
 
 
 @cli.group()
@@ -785,14 +863,19 @@ def audit() -> None:
 
 @audit.command("verify")
 @click.argument("file", required=False, type=click.Path(path_type=Path))
+@_json_option
 @click.pass_obj
 @_errors_as_one_line
-def audit_verify(state: _State, file: Path | None) -> None:
-    """Check the hash chain; name the first edited, removed, reordered or truncated line."""
+def audit_verify(state: _State, file: Path | None, as_json: bool) -> None:
+    """Check the hash chain; name the first edited, removed, reordered or truncated line (exit 1)."""
     from agent.audit import verify
 
     path = file or state.settings.audit_path
     result = verify(path)
+    if as_json:
+        fields = {"ok": result.ok, "records": result.records, "line": result.line, "problem": result.problem}
+        _print_json(state, {"file": str(path), **fields})
+        sys.exit(0 if result.ok else 1)
     if not result.ok:
         where = f"{path}:{result.line}" if result.line else str(path)
         raise AuditError(f"{where}: {result.problem}")

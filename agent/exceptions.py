@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 __all__ = [
     "ApplyError",
     "AuditError",
@@ -48,9 +50,11 @@ class RunbookValidationError(RunbookError):
 
     code = "invalid_runbook"
 
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("\n".join(problems))
-        self.problems = problems
+    def __init__(self, problems: Sequence[object]) -> None:
+        # Each a line of text, or an object whose str() is one (agent.sources.Problem, for --json).
+        super().__init__("\n".join(map(str, problems)))
+        self.problems = [str(p) for p in problems]
+        self.found = list(problems)
 
 
 class AuditError(RunbookError):

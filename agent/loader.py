@@ -163,7 +163,7 @@ def load_runbooks(
         try:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
-            problems.items.append(f"{path}:1: (file): cannot read: {exc}")
+            problems.note(path, 1, "(file)", f"cannot read: {exc}")
             continue
         try:
             source = YamlSource(path, text)
@@ -171,7 +171,7 @@ def load_runbooks(
             mark = getattr(exc, "problem_mark", None)
             line = mark.line + 1 if mark is not None else 1
             what = getattr(exc, "problem", None) or str(exc)
-            problems.items.append(f"{path}:{line}: (yaml): not valid YAML: {what}")
+            problems.note(path, line, "(yaml)", f"not valid YAML: {what}")
             continue
         if not isinstance(source.data, dict):
             problems.add(source, (), "expected a mapping with id, title, severity and checks")
@@ -189,8 +189,8 @@ def load_runbooks(
             problems.add(source, ("id",), f"duplicate runbook id {spec.id!r} (also in {runbooks[spec.id].path})")
             continue
         runbooks[spec.id] = LoadedRunbook(spec, path)
-    if not files and not problems.items:
-        problems.items.append(f"{', '.join(map(str, paths))}: no runbook files (*.yaml) found")
-    if problems.items:
-        raise RunbookValidationError(problems.items)
+    if not files and not problems.found:
+        problems.note(", ".join(map(str, paths)), None, None, "no runbook files (*.yaml) found")
+    if problems.found:
+        raise RunbookValidationError(problems.found)
     return RunbookSet(runbooks, templates, registry, loaded_digest)

@@ -159,6 +159,18 @@ def _fields(model: type[BaseModel]) -> list[str]:
     return lines
 
 
+def plugin_json(registry: Registry, name: str) -> dict[str, Any]:
+    """A check or remediation for --json: its kind, what it does, and its params as JSON Schema."""
+    show_plugin(registry, name)  # the same one-line error for an unknown name
+    try:
+        spec: Any = registry.check(name)
+        found: dict[str, Any] = {"name": name, "kind": "check"}
+    except UnknownPlugin:
+        spec = registry.remediation(name)
+        found = {"name": name, "kind": "remediation", "effects": list(spec.effects)}
+    return {**found, "doc": spec.doc, "params": spec.params.model_json_schema()}
+
+
 def show_plugin(registry: Registry, name: str) -> str:
     try:
         spec: Any = registry.check(name)

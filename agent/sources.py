@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import ValidationError
 
-__all__ = ["Loc", "Problems", "YamlSource", "field_path", "reason"]
+__all__ = ["Loc", "Problem", "Problems", "YamlSource", "field_path", "reason"]
 
 Loc = tuple[str | int, ...]
 
@@ -30,9 +31,7 @@ class YamlSource:
         """A key given twice in one mapping: YAML keeps the last one silently, which is never what was meant
         in a runbook or a policy (two `approval:` lines, one of them `auto`)."""
         for loc, line in self.duplicates:
-            problems.items.append(
-                f"{self.path}:{line}: {field_path(loc)}: duplicate key (the earlier value would be ignored)"
-            )
+            problems.note(self.path, line, field_path(loc), "duplicate key (the earlier value would be ignored)")
 
     def line(self, loc: Loc) -> int:
         node = self.node
@@ -117,12 +116,37 @@ def reason(error: Any) -> str:
     return msg[0].lower() + msg[1:] if msg else kind
 
 
+@dataclass(frozen=True)
+class Problem:
+    """One problem in a file: shown as `file:line: field: message`, given as an object to --json."""
+
+    file: str
+    line: int | None
+    field: str | None
+    message: str
+
+    def __str__(self) -> str:
+        return ": ".join(
+            part for part in (f"{self.file}:{self.line}" if self.line else self.file, self.field, self.message) if part
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 class Problems:
     def __init__(self) -> None:
-        self.items: list[str] = []
+        self.found: list[Problem] = []
+
+    @property
+    def items(self) -> list[str]:
+        return [str(problem) for problem in self.found]
+
+    def note(self, file: Path | str, line: int | None, field: str | None, message: str) -> None:
+        self.found.append(Problem(str(file), line, field, message))
 
     def add(self, source: YamlSource, loc: Loc, reason: str) -> None:
-        self.items.append(f"{source.path}:{source.line(loc)}: {field_path(loc)}: {reason}")
+        self.note(source.path, source.line(loc), field_path(loc), reason)
 
     def from_validation(self, source: YamlSource, exc: ValidationError, prefix: Loc = ()) -> None:
         for error in exc.errors():

@@ -324,9 +324,10 @@ def test_pending_approval_over_the_api_and_the_cli(dc, daemon_env: dict[str, str
         client.delete("bull:rbtest-manual:meta")
         third = d.wait_run(d.alert("ProviderDown", fingerprint="third")["run_id"])
         rejected = cli(
-            daemon_env, "reject", third["run_id"], "--reason", "provider is back", "--runbooks", str(runbooks)
+            daemon_env, "reject", third["run_id"], "--reason", "provider is back", "--runbooks", str(runbooks), "--json"
         )
-        assert "pause: rejected" in rejected.stdout
+        decided = json.loads(rejected.stdout)  # --json: the decision as an object
+        assert (decided["run_id"], decided["id"], decided["decision"]) == (third["run_id"], "pause", "rejected")
         assert d.client.get(f"/v1/runs/{third['run_id']}").json()["report"]["remediations"][0]["decision"] == "rejected"
     finally:
         d.stop()

@@ -182,3 +182,35 @@ def test_printable_escapes_controls_and_reordering() -> None:
 
     assert printable("ok\x1b]0;pwned\x07 \u202eevil\n") == "ok\\x1b]0;pwned\\x07 \\u202eevil\\x0a"
     assert printable("plain text, é, 🔴") == "plain text, é, 🔴"
+
+
+def test_reading_commands_print_json(tmp_path: Path, write_runbook: Callable[[str, str], Path]) -> None:
+    env = {"RUNBOOK_STATE_DIR": str(tmp_path / "state")}
+    runbooks = str(REPO / "runbooks")
+    code, out, _ = invoke("list", "--runbooks", runbooks, "--json", env=env)
+    listed = json.loads(out)
+    assert (
+        code == 0
+        and {"id": "db-connection", "severity": "SEV-1"}.items()
+        <= next(r for r in listed if r["id"] == "db-connection").items()
+    )
+    code, out, _ = invoke("show", "db-connection", "--runbooks", runbooks, "--json", env=env)
+    shown = json.loads(out)
+    assert code == 0 and shown["checks"][0]["check"] == "postgres.query"
+    assert shown["params"]["dsn"]["default"] == "***"  # a secret param's default, as the text shows it
+    code, out, _ = invoke("show", "postgres.connections", "--runbooks", runbooks, "--json", env=env)
+    plugin = json.loads(out)
+    assert code == 0 and plugin["kind"] == "check" and "warn_pct" in plugin["params"]["properties"]
+    code, out, _ = invoke("status", "--json", env=env)
+    assert code == 0 and json.loads(out) == {"paused": None, "breakers": [], "locks": [], "pending": []}
+    code, out, _ = invoke("validate", runbooks, "--json", env=env)
+    assert code == 0 and json.loads(out)["valid"] is True
+    text = (REPO / "runbooks" / "db-connection.yaml").read_text().replace("warn_pct: 80,", "warn_pct: lots,")
+    bad = write_runbook("bad.yaml", text)
+    code, out, _ = invoke("validate", str(bad), "--json", env=env)
+    (error,) = json.loads(out)["errors"]
+    line = next(i for i, t in enumerate(text.splitlines(), 1) if "warn_pct: lots" in t)
+    assert code == 2 and error["file"] == str(bad) and error["line"] == line
+    assert error["field"] == "checks[1].with.warn_pct" and "number" in error["message"], error
+    code, out, _ = invoke("audit", "verify", str(tmp_path / "none.jsonl"), "--json", env=env)
+    assert code == 1 and json.loads(out)["ok"] is False
