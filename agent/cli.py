@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from agent import completion
 from agent.cli_errors import errors_as_one_line as _errors_as_one_line
 from agent.exceptions import AuditError, ConfigError, RunbookError, UnknownRunbook
 from agent.paths import ENV_NAMES, default_state_dir, env_digest, files_digest
@@ -190,7 +191,7 @@ def validate(state: _State, paths: tuple[Path, ...], as_json: bool) -> None:
 
 
 @cli.command()
-@click.argument("name")
+@click.argument("name", shell_complete=completion.names)
 @_runbooks_option
 @_json_option
 @click.pass_obj
@@ -289,7 +290,7 @@ def _unknown_on_error(func: F) -> F:
 
 
 @cli.command(cls=_VerdictCommand)
-@click.argument("runbook_id")
+@click.argument("runbook_id", shell_complete=completion.runbook_ids)
 @click.option("--dry-run", is_flag=True, help="Check and plan only; nothing is changed.")
 @_param_option
 @_param_file_option
@@ -815,7 +816,7 @@ def _decide(
 
 
 @cli.command()
-@click.argument("run_id")
+@click.argument("run_id", shell_complete=completion.run_ids)
 @click.option("--remediation", help="Which pending remediation of the run (if several).")
 @click.option("--plan", "fingerprint", help="The plan fingerprint approved (as shown); refused if the plan changed.")
 @_param_option
@@ -842,7 +843,7 @@ def approve(
 
 
 @cli.command()
-@click.argument("run_id")
+@click.argument("run_id", shell_complete=completion.run_ids)
 @click.option("--remediation", help="Which pending remediation of the run (if several).")
 @click.option("--reason", default="", help="Why (recorded).")
 @_runbooks_option
@@ -884,7 +885,7 @@ def audit_verify(state: _State, file: Path | None, as_json: bool) -> None:
 
 @audit.command("show")
 @click.argument("file", required=False, type=click.Path(path_type=Path))
-@click.option("--run", "run_id", help="Only this run's records.")
+@click.option("--run", "run_id", help="Only this run's records.", shell_complete=completion.run_ids)
 @click.option("--json", "as_json", is_flag=True, help="Print the records as JSON lines.")
 @click.pass_obj
 @_errors_as_one_line

@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from agent import completion
 from agent.cli_errors import errors_as_one_line
 from agent.exceptions import RunbookError
 
@@ -221,7 +222,7 @@ def list_(state: Any, status: str, limit: int, as_json: bool) -> None:
 
 
 @incident.command("show")
-@click.argument("incident_id")
+@click.argument("incident_id", shell_complete=completion.incident_ids)
 @_json
 @click.pass_obj
 @errors_as_one_line
@@ -238,7 +239,7 @@ def _act(state: Any, as_json: bool, action: str, incident_id: str, *args: Any) -
 
 
 @incident.command("ack")
-@click.argument("incident_id")
+@click.argument("incident_id", shell_complete=completion.incident_ids)
 @_json
 @click.pass_obj
 @errors_as_one_line
@@ -248,7 +249,7 @@ def ack(state: Any, incident_id: str, as_json: bool) -> None:
 
 
 @incident.command("assign")
-@click.argument("incident_id")
+@click.argument("incident_id", shell_complete=completion.incident_ids)
 @click.argument("commander")
 @_json
 @click.pass_obj
@@ -259,7 +260,7 @@ def assign(state: Any, incident_id: str, commander: str, as_json: bool) -> None:
 
 
 @incident.command("note")
-@click.argument("incident_id")
+@click.argument("incident_id", shell_complete=completion.incident_ids)
 @click.argument("text")
 @_json
 @click.pass_obj
@@ -270,7 +271,7 @@ def note(state: Any, incident_id: str, text: str, as_json: bool) -> None:
 
 
 @incident.command("severity")
-@click.argument("incident_id")
+@click.argument("incident_id", shell_complete=completion.incident_ids)
 @click.argument("severity", type=SEVERITIES)
 @click.option("--reason", default="", help="Why (recorded and told).")
 @_json
@@ -282,7 +283,7 @@ def severity(state: Any, incident_id: str, severity: str, reason: str, as_json: 
 
 
 @incident.command("resolve")
-@click.argument("incident_id")
+@click.argument("incident_id", shell_complete=completion.incident_ids)
 @click.option("--reason", default="", help="How it was resolved.")
 @_json
 @click.pass_obj
@@ -293,7 +294,7 @@ def resolve(state: Any, incident_id: str, reason: str, as_json: bool) -> None:
 
 
 @incident.command("update")
-@click.argument("incident_id")
+@click.argument("incident_id", shell_complete=completion.incident_ids)
 @click.option("--status-page", "which", flag_value="status_page", help="The status page update.")
 @click.option("--internal", "which", flag_value="internal", help="The internal update (the default).")
 @_json
@@ -311,7 +312,7 @@ def update(state: Any, incident_id: str, which: str | None, as_json: bool) -> No
 
 
 @click.command()
-@click.argument("incident_id")
+@click.argument("incident_id", shell_complete=completion.incident_ids)
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Markdown file (default: INC-N-postmortem.md).")
 @click.pass_obj
 @errors_as_one_line
