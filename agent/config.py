@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from agent.exceptions import ConfigError
 from agent.paths import default_state_dir
+from agent.schema import Duration, DurationOrZero
 
 __all__ = ["ENV_VARS", "Settings", "load_settings"]
 
@@ -46,19 +47,19 @@ class Settings(BaseModel):
     runbooks_dir: Path | None = Field(None, description="Where runbooks live (RUNBOOK_DIR).")
     state_dir: Path = Field(default_factory=_default_state_dir, description="State directory.")
     audit_log: Path | None = Field(None, description="Audit log path; default: STATE_DIR/audit.jsonl.")
-    connect_timeout: float = Field(2.0, gt=0, description="Seconds to connect to any target.")
-    read_timeout: float = Field(4.0, gt=0, description="Seconds to wait for any target's answer.")
+    connect_timeout: Duration = Field(2.0, gt=0, description="Time to connect to any target (2s).")
+    read_timeout: Duration = Field(4.0, gt=0, description="How long to wait for any target's answer (4s).")
     max_parallel_checks: int = Field(8, ge=1, le=64, description="Checks run at once.")
     policy_file: Path | None = Field(None, description="Environment policy file (RUNBOOK_POLICY).")
     environment: str | None = Field(None, description="Which environment of the policy file applies (RUNBOOK_ENV).")
     max_targets_per_run: int = Field(5, ge=1, description="Blast radius: targets one run may change.")
     default_limit: int = Field(3, ge=1, description="Changes per target per limit_window when a runbook sets none.")
-    limit_window: float = Field(3600.0, gt=0, description="Seconds of the default rate-limit window.")
-    default_cooldown: float = Field(60.0, ge=0, description="Seconds a target rests after a change by default.")
-    lock_ttl: float = Field(
-        900.0, gt=0, description="Seconds a target lock lives if its holder vanishes (renewed while it works)."
+    limit_window: Duration = Field(3600.0, gt=0, description="The default rate-limit window (1h).")
+    default_cooldown: DurationOrZero = Field(60.0, ge=0, description="A target's rest after a change (1m).")
+    lock_ttl: Duration = Field(
+        900.0, gt=0, description="A target lock's life if its holder vanishes (renewed while it works)."
     )
-    apply_timeout: float = Field(120.0, gt=0, description="Seconds any one effect may take (restart, recreate...).")
+    apply_timeout: Duration = Field(120.0, gt=0, description="Time any one effect may take (2m).")
     backup_dir: Path | None = Field(
         None,
         description="Backups postgres.restore may restore from, and where it dumps first; default STATE_DIR/backups.",
@@ -67,8 +68,8 @@ class Settings(BaseModel):
         default_factory=lambda: ["APP_URL"],
         description="Environment variables runbook templates may read as `env.NAME`; no others are visible.",
     )
-    alert_retention: float = Field(14 * 86400.0, gt=0, description="Seconds alerts are kept in the state store.")
-    run_retention: float = Field(90 * 86400.0, gt=0, description="Seconds finished runs (and actions) are kept.")
+    alert_retention: Duration = Field(14 * 86400.0, gt=0, description="Alerts kept this long (14d).")
+    run_retention: Duration = Field(90 * 86400.0, gt=0, description="Finished runs kept this long (90d).")
 
     @model_validator(mode="after")
     def _timeouts_ordered(self) -> Settings:

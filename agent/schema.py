@@ -13,6 +13,9 @@ __all__ = [
     "AlertParam",
     "Approval",
     "CheckStep",
+    "Duration",
+    "DurationMs",
+    "DurationOrZero",
     "Limit",
     "ParamSpec",
     "RemediationStep",
@@ -21,21 +24,44 @@ __all__ = [
     "parse_duration",
 ]
 
-_DURATION = re.compile(r"^\s*(?P<n>\d+(?:\.\d+)?)\s*(?P<unit>ms|s|m|h|d)?\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+# Prometheus's and Go's duration forms: one or more <number><unit> (`90s`, `1m30s`, `1h30m`, `2w`, `1.5h`,
+# `500ms`), or a bare number of seconds. Linear: each number ends at a unit letter, nothing to backtrack.
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h|d|w|y)")
+_DURATION = re.compile(r"(?:\d+(?:\.\d+)?(?:ns|us|µs|ms|s|m|h|d|w|y))+")
+_UNIT_SECONDS = {
+    "ns": 1e-9,
+    "us": 1e-6,
+    "µs": 1e-6,
+    "ms": 0.001,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+    "d": 86400.0,
+    "w": 7 * 86400.0,
+    "y": 365 * 86400.0,  # as Prometheus counts a year
+}
+_DURATION_HELP = "expected a duration like 90s, 1m30s, 1h30m, 2w or a number of seconds"
 
 
 def parse_duration(value: Any, *, allow_zero: bool = False) -> float:
-    """`3s`, `500ms`, `5m`, `1h`, `1d` or a number of seconds -> seconds."""
+    """A duration in Prometheus's or Go's form (`90s`, `1m30s`, `1h30m`, `2w`, `500ms`, `1.5h`) or a
+    number of seconds -> seconds."""
     if isinstance(value, bool):
-        raise ValueError("expected a duration like 5s, 10m or 1h")
+        raise ValueError(_DURATION_HELP)
     if isinstance(value, int | float):
         seconds = float(value)
     else:
-        match = _DURATION.match(str(value))
-        if not match:
-            raise ValueError(f"expected a duration like 5s, 10m or 1h, got {value!r}")
-        seconds = float(match.group("n")) * _UNIT_SECONDS[match.group("unit")]
+        text = "".join(str(value).split())  # `5 m` as `5m`, as before
+        if len(text) > 64:
+            raise ValueError(f"{_DURATION_HELP}, got a {len(text)}-character value")
+        if re.fullmatch(r"\d+(?:\.\d+)?", text):
+            seconds = float(text)
+        elif _DURATION.fullmatch(text):
+            seconds = sum(float(n) * _UNIT_SECONDS[unit] for n, unit in _DURATION_PART.findall(text))
+        else:
+            raise ValueError(f"{_DURATION_HELP}, got {value!r}")
+    if seconds != seconds or seconds in (float("inf"), float("-inf")):
+        raise ValueError(_DURATION_HELP)
     if seconds < 0 or (seconds == 0 and not allow_zero):
         raise ValueError("expected a positive duration")
     return seconds
@@ -44,6 +70,17 @@ def parse_duration(value: Any, *, allow_zero: bool = False) -> float:
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 # For quiet times, where none at all is a fair choice.
 DurationOrZero = Annotated[float, BeforeValidator(lambda v: parse_duration(v, allow_zero=True))]
+
+
+def _milliseconds(value: Any) -> Any:
+    # A bare number stays milliseconds (what these params always took); a duration with a unit is converted.
+    if value is None or (isinstance(value, int | float) and not isinstance(value, bool)):
+        return value
+    return parse_duration(value) * 1000.0
+
+
+# Thresholds in milliseconds (an HTTP check's latency): `250` or `250ms`, `1.5s`.
+DurationMs = Annotated[float, BeforeValidator(_milliseconds)]
 Identifier = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]*$", max_length=64)]
 RunbookId = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]*$", max_length=64)]
 PluginName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*$")]

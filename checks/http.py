@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from agent.context import CheckContext
 from agent.exceptions import TargetUnreachable
 from agent.plugins import Outcome, PluginSet
+from agent.schema import DurationMs
 from agent.status import Status
 from checks._thresholds import above
 
@@ -28,8 +29,8 @@ class GetParams(BaseModel):
     url: str = Field(description="http(s) URL to GET (credentials in it are masked in all output).")
     expect_status: list[int] = Field([200], description="Status codes that count as healthy.")
     contains: str | None = Field(None, description="Text the body must contain (in its first MiB).")
-    warn_ms: float | None = Field(1000.0, gt=0, description="Latency (ms) for WARNING.")
-    crit_ms: float | None = Field(5000.0, gt=0, description="Latency (ms) for CRITICAL (guide: > 5 s).")
+    warn_ms: DurationMs | None = Field(1000.0, gt=0, description="Latency for WARNING (ms, or 1s).")
+    crit_ms: DurationMs | None = Field(5000.0, gt=0, description="Latency for CRITICAL (ms, or 5s; guide: > 5 s).")
     headers: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("url")

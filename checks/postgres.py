@@ -120,8 +120,8 @@ def idle_in_transaction(ctx: CheckContext, params: IdleInTransactionParams) -> O
 
 
 class LongQueryParams(_Params):
-    warn_seconds: float | None = Field(30.0, description="Longest running query (s) for WARNING.")
-    crit_seconds: float | None = Field(300.0, description="Longest running query (s) for CRITICAL.")
+    warn_seconds: Duration | None = Field(30.0, description="Longest running query for WARNING (seconds, or 30s).")
+    crit_seconds: Duration | None = Field(300.0, description="Longest running query for CRITICAL (seconds, or 5m).")
 
 
 @plugins.check("postgres.long_query", LongQueryParams)

@@ -10,6 +10,7 @@ from agent.changes import Change, EffectSpec
 from agent.context import PlanContext
 from agent.exceptions import PlanError
 from agent.plugins import PluginSet
+from agent.schema import Duration
 from checks.docker import Target
 from remediations._container import NUMBER_LABEL, config_digest, volumes_kept
 
@@ -101,7 +102,7 @@ def _name(attrs: dict[str, Any]) -> str:
 
 
 class RestartParams(Target):
-    wait_healthy: float = Field(60.0, gt=0, description="Seconds to wait for each container to be running/healthy.")
+    wait_healthy: Duration = Field(60.0, description="Wait for each container to be healthy, e.g. 90s.")
 
 
 @plugins.remediation("docker.restart", RestartParams, effects={"docker.container.restart": RestartSpec})
@@ -138,7 +139,7 @@ class ScaleParams(BaseModel):
     project: str | None = Field(None, description="Compose project; default: the configured compose_project.")
     replicas: int = Field(ge=0, description="Replica count to set (the guide scales workers to 10).")
     max_replicas: int = Field(20, ge=1, description="Upper bound the runbook allows.")
-    wait_healthy: float = Field(60.0, gt=0, description="Seconds to wait for each new replica to be healthy.")
+    wait_healthy: Duration = Field(60.0, description="Wait for each new replica to be healthy, e.g. 1m30s.")
 
     @model_validator(mode="after")
     def _bounded(self) -> ScaleParams:
@@ -233,7 +234,7 @@ def scale(ctx: PlanContext, params: ScaleParams) -> list[Change]:
 
 class RollbackParams(Target):
     previous_tag: str = Field("previous", description="Tag of the image to roll back to (`<repo>:previous`).")
-    wait_healthy: float = Field(60.0, gt=0, description="Seconds to wait for the new container to be healthy.")
+    wait_healthy: Duration = Field(60.0, description="Wait for the new container to be healthy, e.g. 2m.")
 
 
 def _repository(image_ref: str) -> str:
