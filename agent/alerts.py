@@ -11,11 +11,13 @@ import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from agent.loader import LoadedRunbook, RunbookSet
 from agent.patterns import compile_linear
+from agent.schema import AlertmanagerMatchers, Trigger
 
 __all__ = [
     "LIMITS",
@@ -26,6 +28,7 @@ __all__ = [
     "MappedParams",
     "alert_params",
     "matches",
+    "named_runbook",
     "route",
     "target_key",
 ]
@@ -151,10 +154,12 @@ def _epoch(stamp: str | None) -> float | None:
         return None
 
 
-def matches(trigger: dict[str, str], labels: dict[str, str]) -> bool:
+def matches(trigger: Trigger, labels: dict[str, str]) -> bool:
     """Alertmanager matcher semantics: `value`/`=value` equal, `!=value`, `=~regex`, `!~regex` (anchored,
-    RE2: linear in the label's length); a missing label is the empty string."""
-    for label, matcher in trigger.items():
+    RE2: linear in the label's length); a missing label is the empty string. A trigger is a mapping of
+    label to matcher, or Alertmanager's own matcher strings (a label may have several)."""
+    pairs = trigger.pairs() if isinstance(trigger, AlertmanagerMatchers) else trigger.items()
+    for label, matcher in pairs:
         value = labels.get(label, "")
         if matcher.startswith("=~"):
             ok = compile_linear(matcher[2:]).fullmatch(value) is not None
@@ -169,8 +174,30 @@ def matches(trigger: dict[str, str], labels: dict[str, str]) -> bool:
     return True
 
 
+def named_runbook(runbooks: RunbookSet, alert: IncomingAlert) -> LoadedRunbook | None:
+    """The runbook an alert names, as Prometheus users declare it on the alert rule: a `runbook` label,
+    or a `runbook_url` annotation whose last path segment (or fragment) is a runbook id (`.../db-connection`,
+    `.../db-connection.md`, `...#db-connection`). Only a runbook that takes alerts (it has triggers) may be
+    named; any other value — a wiki page, a runbook that takes no alerts — names nothing."""
+    candidates = [alert.labels.get("runbook", "")]
+    url = alert.annotations.get("runbook_url", "")
+    if url:
+        parts = urlsplit(url)
+        tail = parts.path.rstrip("/").rpartition("/")[2]
+        candidates += [parts.fragment, tail, tail.rpartition(".")[0]]
+    for candidate in candidates:
+        loaded = runbooks.runbooks.get(candidate) if candidate else None
+        if loaded is not None and loaded.spec.triggers:
+            return loaded
+    return None
+
+
 def route(runbooks: RunbookSet, alert: IncomingAlert) -> LoadedRunbook | None:
-    """The first runbook (by id) with a trigger matching the alert's labels."""
+    """The runbook the alert names (see `named_runbook`), else the first (by id) with a trigger matching
+    the alert's labels."""
+    named = named_runbook(runbooks, alert)
+    if named is not None:
+        return named
     for runbook_id in runbooks.ids():
         loaded = runbooks.runbooks[runbook_id]
         if any(matches(trigger, alert.labels) for trigger in loaded.spec.triggers):

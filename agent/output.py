@@ -200,7 +200,9 @@ def show_runbook(runbook: LoadedRunbook, registry: Registry) -> str:
     if spec.symptoms:
         out += ["Symptoms:"] + [f"  - {s}" for s in spec.symptoms]
     if spec.triggers:
-        out += ["Triggers (alert label matchers):"] + [f"  - {json.dumps(t)}" for t in spec.triggers]
+        out += ["Triggers (alert label matchers):"] + [
+            f"  - {json.dumps(t if isinstance(t, dict) else t.model_dump())}" for t in spec.triggers
+        ]
     if spec.params:
         out.append("Params:")
         for name, param in spec.params.items():

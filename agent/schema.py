@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StringConstraints,
+    Tag,
+    field_validator,
+    model_validator,
+)
 
 from agent.patterns import PatternError, compile_linear
 
 __all__ = [
     "AlertParam",
+    "AlertmanagerMatchers",
     "Approval",
     "CheckStep",
     "Duration",
@@ -176,13 +188,72 @@ class AlertParam(_Strict):
         return f"allowed: {', '.join(self.allow)}" if self.allow is not None else f"must match {self.pattern}"
 
 
+# One Alertmanager matcher as alertmanager.yml writes it: `alertname=~"Db.*"`, `severity!="info"`,
+# `team=db` (a bare value too). Label names as Prometheus's; the value quoted as in Go, or bare.
+_AM_MATCHER = re.compile(
+    r'\s*(?P<label>[A-Za-z_][A-Za-z0-9_]*)\s*(?P<op>=~|!~|!=|=)\s*(?P<value>"(?:[^"\\]|\\.)*"|[^\s"]*)\s*'
+)
+
+
+def parse_matcher(text: str) -> tuple[str, str]:
+    """An Alertmanager matcher string -> (label, matcher in the trigger form: `value`, `!=value`, `=~re`,
+    `!~re`)."""
+    found = _AM_MATCHER.fullmatch(text) if len(text) <= 4096 else None
+    if found is None:
+        raise ValueError(f'expected a matcher like alertname="X", severity!="info" or job=~"db.*", got {text!r}')
+    value = found.group("value")
+    if value.startswith('"'):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise ValueError(f"matcher {text!r}: the quoted value is not valid") from None
+    return found.group("label"), f"{found.group('op')}{value}"  # `=value` is the trigger form's equality
+
+
+class AlertmanagerMatchers(_Strict):
+    """A trigger pasted from an alertmanager.yml route: `matchers: ['alertname=~"Db.*"', 'severity!="info"']`,
+    all of which must hold (a label may appear in several)."""
+
+    matchers: list[str] = Field(min_length=1)
+
+    @field_validator("matchers")
+    @classmethod
+    def _parse(cls, matchers: list[str]) -> list[str]:
+        for matcher in matchers:
+            label, rule = parse_matcher(matcher)
+            if rule.startswith(("=~", "!~")):
+                try:
+                    compile_linear(rule[2:])
+                except PatternError as exc:
+                    raise ValueError(f"label {label}: {exc}") from None
+        return matchers
+
+    def pairs(self) -> list[tuple[str, str]]:
+        return [parse_matcher(m) for m in self.matchers]
+
+
+def _trigger_kind(value: Any) -> str:
+    is_matchers = isinstance(value, dict | AlertmanagerMatchers) and (
+        isinstance(value, AlertmanagerMatchers) or isinstance(value.get("matchers"), list)
+    )
+    return "<matchers>" if is_matchers else "<labels>"
+
+
+# A mapping of label to matcher, or `matchers:` with Alertmanager's strings (told apart by that list, so
+# a mistake in one form is reported in that form's terms only).
+Trigger = Annotated[
+    Annotated[dict[str, str], Tag("<labels>")] | Annotated[AlertmanagerMatchers, Tag("<matchers>")],
+    Discriminator(_trigger_kind),
+]
+
+
 class Runbook(_Strict):
     id: RunbookId
     title: str = Field(min_length=1)
     severity: Severity
     description: str = ""
     symptoms: list[str] = Field(default_factory=list)
-    triggers: list[dict[str, str]] = Field(default_factory=list)
+    triggers: list[Trigger] = Field(default_factory=list)
     params: dict[Identifier, Annotated[ParamSpec, BeforeValidator(_param_shorthand)]] = Field(default_factory=dict)
     checks: list[CheckStep] = Field(min_length=1)
     remediations: list[RemediationStep] = Field(default_factory=list)
@@ -204,9 +275,11 @@ class Runbook(_Strict):
 
     @field_validator("triggers")
     @classmethod
-    def _matchers_valid(cls, triggers: list[dict[str, str]]) -> list[dict[str, str]]:
+    def _matchers_valid(cls, triggers: list[Trigger]) -> list[Trigger]:
         # Values are Alertmanager matchers: `value` or `=value` (equal), `!=value`, `=~regex`, `!~regex`.
         for trigger in triggers:
+            if isinstance(trigger, AlertmanagerMatchers):
+                continue  # checked as it was parsed
             if not trigger:
                 raise ValueError("a trigger needs at least one label matcher")
             for label, matcher in trigger.items():

@@ -78,6 +78,8 @@ def _duplicate_keys(root: yaml.Node | None) -> list[tuple[Loc, int]]:
 def field_path(loc: Loc) -> str:
     out = ""
     for part in loc:
+        if isinstance(part, str) and part.startswith("<") and part.endswith(">"):
+            continue  # which form of a tagged union was checked (`<matchers>`): not a field
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out or "(top level)"
 
