@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from agent.loader import LoadedRunbook, RunbookSet
 from agent.patterns import compile_linear
-from agent.schema import AlertmanagerMatchers, Trigger
+from agent.schema import AlertmanagerMatchers, Trigger, label_rule
 
 __all__ = [
     "LIMITS",
@@ -28,7 +28,7 @@ __all__ = [
     "MappedParams",
     "alert_params",
     "matches",
-    "named_runbook",
+    "named_runbooks",
     "route",
     "target_key",
 ]
@@ -158,51 +158,52 @@ def matches(trigger: Trigger, labels: dict[str, str]) -> bool:
     """Alertmanager matcher semantics: `value`/`=value` equal, `!=value`, `=~regex`, `!~regex` (anchored,
     RE2: linear in the label's length); a missing label is the empty string. A trigger is a mapping of
     label to matcher, or Alertmanager's own matcher strings (a label may have several)."""
-    pairs = trigger.pairs() if isinstance(trigger, AlertmanagerMatchers) else trigger.items()
-    for label, matcher in pairs:
+    rules = trigger.rules() if isinstance(trigger, AlertmanagerMatchers) else map(label_rule, trigger.items())
+    for label, op, expected in rules:
         value = labels.get(label, "")
-        if matcher.startswith("=~"):
-            ok = compile_linear(matcher[2:]).fullmatch(value) is not None
-        elif matcher.startswith("!~"):
-            ok = compile_linear(matcher[2:]).fullmatch(value) is None
-        elif matcher.startswith("!="):
-            ok = value != matcher[2:]
+        if op == "=~":
+            ok = compile_linear(expected).fullmatch(value) is not None
+        elif op == "!~":
+            ok = compile_linear(expected).fullmatch(value) is None
+        elif op == "!=":
+            ok = value != expected
         else:
-            ok = value == matcher.removeprefix("=")
+            ok = value == expected
         if not ok:
             return False
     return True
 
 
-def named_runbook(runbooks: RunbookSet, alert: IncomingAlert) -> LoadedRunbook | None:
-    """The runbook an alert names, as Prometheus users declare it on the alert rule: a `runbook` label,
-    or a `runbook_url` annotation whose last path segment (or fragment) is a runbook id (`.../db-connection`,
-    `.../db-connection.md`, `...#db-connection`). Only a runbook that takes alerts (it has triggers) may be
-    named; any other value — a wiki page, a runbook that takes no alerts — names nothing."""
-    candidates = [alert.labels.get("runbook", "")]
+def named_runbooks(alert: IncomingAlert) -> list[str]:
+    """The runbook ids an alert names, as Prometheus users declare it on the alert rule: a `runbook`
+    label, and a `runbook_url` annotation's last path segment (`.../db-connection`, `.../db-connection.md`).
+    A URL that does not parse names nothing (it is outside data, never a reason to refuse the payload)."""
+    named = [alert.labels.get("runbook", "")]
     url = alert.annotations.get("runbook_url", "")
     if url:
-        parts = urlsplit(url)
-        tail = parts.path.rstrip("/").rpartition("/")[2]
-        candidates += [parts.fragment, tail, tail.rpartition(".")[0]]
-    for candidate in candidates:
-        loaded = runbooks.runbooks.get(candidate) if candidate else None
-        if loaded is not None and loaded.spec.triggers:
-            return loaded
-    return None
+        try:
+            tail = urlsplit(url).path.rstrip("/").rpartition("/")[2]
+        except ValueError:
+            tail = ""
+        named += [tail, tail.rpartition(".")[0]]
+    return [name for name in named if name]
 
 
 def route(runbooks: RunbookSet, alert: IncomingAlert) -> LoadedRunbook | None:
-    """The runbook the alert names (see `named_runbook`), else the first (by id) with a trigger matching
-    the alert's labels."""
-    named = named_runbook(runbooks, alert)
-    if named is not None:
-        return named
-    for runbook_id in runbooks.ids():
-        loaded = runbooks.runbooks[runbook_id]
-        if any(matches(trigger, alert.labels) for trigger in loaded.spec.triggers):
-            return loaded
-    return None
+    """Among the runbooks whose triggers match the alert's labels, the one the alert names (see
+    `named_runbooks`), else the first by id. A name alone routes nowhere: what a runbook takes is what
+    its triggers say, so a label or a wiki URL cannot send it an alert it does not accept."""
+    matching = [
+        runbooks.runbooks[runbook_id]
+        for runbook_id in runbooks.ids()
+        if any(matches(trigger, alert.labels) for trigger in runbooks.runbooks[runbook_id].spec.triggers)
+    ]
+    if len(matching) > 1:
+        for name in named_runbooks(alert):
+            for loaded in matching:
+                if loaded.spec.id == name:
+                    return loaded
+    return matching[0] if matching else None
 
 
 @dataclass(frozen=True)

@@ -285,6 +285,8 @@ def _unknown_on_error(func: F) -> F:
             raise
         except click.ClickException as exc:  # a malformed --param
             raise _Unknown(exc.format_message()) from None
+        except KeyboardInterrupt:  # click would make it exit 1, WARNING
+            raise _Unknown("interrupted") from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -803,16 +805,17 @@ def _decide(
         reason=reason,
         secret_params=secret_params,
     )
-    if as_json:
-        _print_json(state, {"run_id": run_id, **decision.to_json()})
-    else:
+    if not as_json:
         outcome = f" -> {decision.outcome}" if decision.outcome else ""
         state.echo(f"{decision.id}: {decision.decision}{outcome} ({decision.decision_reason})")
     if decision.escalation:
         state.echo(f"runbook: ESCALATE {decision.id}: {decision.escalation}", err=True)
     from agent.cli_incidents import incident_after_decision
 
-    incident_after_decision(state, runbooks, run_id, decision)
+    record = incident_after_decision(state, runbooks, run_id, decision, echo=not as_json)
+    if as_json:  # one JSON document on stdout: the decision, and the incident it updated
+        incident = {"id": record.id, "status": record.status} if record is not None else None
+        _print_json(state, {"run_id": run_id, **decision.to_json(), "incident": incident})
 
 
 @cli.command()

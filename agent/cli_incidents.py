@@ -90,17 +90,20 @@ def deliver(state: Any, incidents: Any) -> None:
         state.echo(f"runbook: warning: notifications not delivered: {_trouble(state, exc)}", err=True)
 
 
-def incident_after_decision(state: Any, runbooks: Any, run_id: str, decision: Any) -> None:
+def incident_after_decision(state: Any, runbooks: Any, run_id: str, decision: Any, *, echo: bool = True) -> Any:
+    """The incident a decision updated (or None); told on stdout unless the caller prints JSON."""
     try:
         incidents = _incidents(state, runbooks)
         record = incidents.after_decision(run_id, decision, state.actor)
     except Exception as exc:
         trouble = _trouble(state, exc, run_id=run_id)
         state.echo(f"runbook: warning: the incident was not updated: {trouble}", err=True)
-        return
+        return None
     if record is not None:
-        state.echo(f"Incident INC-{record.id}: {record.status}")
+        if echo:
+            state.echo(f"Incident INC-{record.id}: {record.status}")
         deliver(state, incidents)
+    return record
 
 
 def _id(value: str) -> int:

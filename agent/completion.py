@@ -72,7 +72,12 @@ def _state_rows(sql: str) -> list[str]:
     path = (Path(configured) if configured else default_state_dir()) / "state.sqlite3"
     if not path.is_file():
         return []
-    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1)) as db:
+    # Read-only, and without creating anything: a read-only open of a WAL database still makes its -shm
+    # and -wal files when they are missing (as this user: the daemon's user could then not write them).
+    # With neither there, nothing is in a WAL to be read, so the file alone is the whole state.
+    present = any(Path(f"{path}{suffix}").exists() for suffix in ("-wal", "-shm"))
+    uri = f"file:{path}?mode=ro" if present else f"file:{path}?immutable=1"
+    with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=1)) as db:
         return [str(row[0]) for row in db.execute(sql, (_LIMIT,))]
 
 

@@ -101,6 +101,8 @@ class Redactor:
     def add_from_env(self, env: Mapping[str, str]) -> None:
         """Take passwords from URL-valued variables and the values of secret-named variables."""
         for name, value in env.items():
+            if name in ("PWD", "OLDPWD"):
+                continue  # the working directory: "PWD" reads as a password's name, and masked it everywhere
             if is_secret_name(name):
                 self.add(value)
             elif "://" in value:

@@ -33,17 +33,23 @@ __all__ = [
     "RemediationStep",
     "Runbook",
     "Severity",
+    "label_rule",
     "parse_duration",
+    "parse_matcher",
 ]
 
 # Prometheus's and Go's duration forms: one or more <number><unit> (`90s`, `1m30s`, `1h30m`, `2w`, `1.5h`,
 # `500ms`), or a bare number of seconds. Linear: each number ends at a unit letter, nothing to backtrack.
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h|d|w|y)")
-_DURATION = re.compile(r"(?:\d+(?:\.\d+)?(?:ns|us|µs|ms|s|m|h|d|w|y))+")
+_NUMBER = r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"  # `1`, `1.5`, `1.`, `.5` (as Go); ASCII digits only
+_UNITS = r"(?:ns|us|µs|μs|ms|s|m|h|d|w|y)"  # µs: the micro sign or the Greek mu, as Go takes both
+_DURATION_PART = re.compile(rf"({_NUMBER})({_UNITS})")
+_DURATION = re.compile(rf"(?:{_NUMBER}{_UNITS})+")
+_LONGEST = 100 * 365 * 86400.0  # a century: past it, a value is a mistake (and would overflow a socket timeout)
 _UNIT_SECONDS = {
     "ns": 1e-9,
     "us": 1e-6,
     "µs": 1e-6,
+    "μs": 1e-6,
     "ms": 0.001,
     "s": 1.0,
     "m": 60.0,
@@ -66,7 +72,7 @@ def parse_duration(value: Any, *, allow_zero: bool = False) -> float:
         text = "".join(str(value).split())  # `5 m` as `5m`, as before
         if len(text) > 64:
             raise ValueError(f"{_DURATION_HELP}, got a {len(text)}-character value")
-        if re.fullmatch(r"\d+(?:\.\d+)?", text):
+        if re.fullmatch(_NUMBER, text):
             seconds = float(text)
         elif _DURATION.fullmatch(text):
             seconds = sum(float(n) * _UNIT_SECONDS[unit] for n, unit in _DURATION_PART.findall(text))
@@ -76,6 +82,8 @@ def parse_duration(value: Any, *, allow_zero: bool = False) -> float:
         raise ValueError(_DURATION_HELP)
     if seconds < 0 or (seconds == 0 and not allow_zero):
         raise ValueError("expected a positive duration")
+    if seconds > _LONGEST:
+        raise ValueError(f"expected a duration of at most 100y, got {value!r}")
     return seconds
 
 
@@ -85,9 +93,12 @@ DurationOrZero = Annotated[float, BeforeValidator(lambda v: parse_duration(v, al
 
 
 def _milliseconds(value: Any) -> Any:
-    # A bare number stays milliseconds (what these params always took); a duration with a unit is converted.
+    # A bare number stays milliseconds (what these params always took) — also as text, as a template or
+    # --param gives it; a duration with a unit is converted.
     if value is None or (isinstance(value, int | float) and not isinstance(value, bool)):
         return value
+    if isinstance(value, str) and re.fullmatch(_NUMBER, value.strip()):
+        return float(value)
     return parse_duration(value) * 1000.0
 
 
@@ -189,25 +200,38 @@ class AlertParam(_Strict):
 
 
 # One Alertmanager matcher as alertmanager.yml writes it: `alertname=~"Db.*"`, `severity!="info"`,
-# `team=db` (a bare value too). Label names as Prometheus's; the value quoted as in Go, or bare.
+# `team=db` (a bare value too). Label names as Prometheus's; the value quoted as in Go, or bare — a bare
+# one without `,`, `{` or `}`: Alertmanager splits `a=1,b=2` into two matchers, which here are two items.
 _AM_MATCHER = re.compile(
-    r'\s*(?P<label>[A-Za-z_][A-Za-z0-9_]*)\s*(?P<op>=~|!~|!=|=)\s*(?P<value>"(?:[^"\\]|\\.)*"|[^\s"]*)\s*'
+    r'\s*(?P<label>[A-Za-z_][A-Za-z0-9_]*)\s*(?P<op>=~|!~|!=|=)\s*(?P<value>"(?:[^"\\]|\\.)*"|[^\s",{}]*)\s*'
 )
+Rule = tuple[str, str, str]  # label, operator (=, !=, =~, !~), value
 
 
-def parse_matcher(text: str) -> tuple[str, str]:
-    """An Alertmanager matcher string -> (label, matcher in the trigger form: `value`, `!=value`, `=~re`,
-    `!~re`)."""
+def parse_matcher(text: str) -> Rule:
+    """An Alertmanager matcher string -> (label, operator, value)."""
     found = _AM_MATCHER.fullmatch(text) if len(text) <= 4096 else None
     if found is None:
-        raise ValueError(f'expected a matcher like alertname="X", severity!="info" or job=~"db.*", got {text!r}')
+        raise ValueError(
+            f'expected one matcher like alertname="X", severity!="info" or job=~"db.*" per item, got {text!r}'
+        )
     value = found.group("value")
     if value.startswith('"'):
         try:
             value = json.loads(value)
         except ValueError:
             raise ValueError(f"matcher {text!r}: the quoted value is not valid") from None
-    return found.group("label"), f"{found.group('op')}{value}"  # `=value` is the trigger form's equality
+    return found.group("label"), found.group("op"), value
+
+
+def label_rule(item: tuple[str, str]) -> Rule:
+    """A trigger mapping's entry (`label: matcher`) -> (label, operator, value): `value` or `=value` is
+    equality, `!=value`, `=~regex`, `!~regex`."""
+    label, matcher = item
+    for op in ("=~", "!~", "!="):
+        if matcher.startswith(op):
+            return label, op, matcher[2:]
+    return label, "=", matcher.removeprefix("=")
 
 
 class AlertmanagerMatchers(_Strict):
@@ -220,22 +244,22 @@ class AlertmanagerMatchers(_Strict):
     @classmethod
     def _parse(cls, matchers: list[str]) -> list[str]:
         for matcher in matchers:
-            label, rule = parse_matcher(matcher)
-            if rule.startswith(("=~", "!~")):
+            label, op, value = parse_matcher(matcher)
+            if op in ("=~", "!~"):
                 try:
-                    compile_linear(rule[2:])
+                    compile_linear(value)
                 except PatternError as exc:
                     raise ValueError(f"label {label}: {exc}") from None
         return matchers
 
-    def pairs(self) -> list[tuple[str, str]]:
+    def rules(self) -> list[Rule]:
         return [parse_matcher(m) for m in self.matchers]
 
 
 def _trigger_kind(value: Any) -> str:
-    is_matchers = isinstance(value, dict | AlertmanagerMatchers) and (
-        isinstance(value, AlertmanagerMatchers) or isinstance(value.get("matchers"), list)
-    )
+    # Any mapping with a `matchers` key is that form: `matchers: 'a="b"'` (a string) is then an error,
+    # not a trigger on a label named "matchers" that never fires.
+    is_matchers = isinstance(value, AlertmanagerMatchers) or (isinstance(value, dict) and "matchers" in value)
     return "<matchers>" if is_matchers else "<labels>"
 
 

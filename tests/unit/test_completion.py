@@ -61,7 +61,11 @@ def test_run_and_incident_ids_from_the_state_store(tmp_path: Path) -> None:
     for run_id in ("aaa111", "aab222", "bbb333"):
         store.add_run(run_id=run_id, runbook="db-connection", target="-", mode="dry-run", actor="t", params={})
     store.close()
+    for leftover in ("-wal", "-shm"):
+        Path(f"{state_dir / 'state.sqlite3'}{leftover}").unlink(missing_ok=True)
     assert complete("runbook approve aa", env) == ["aab222", "aaa111"]  # newest first
+    # Read without creating the WAL files a read-only open would make (owned by whoever pressed Tab).
+    assert sorted(p.name for p in state_dir.iterdir() if p.name.startswith("state.sqlite3")) == ["state.sqlite3"]
     assert complete("runbook audit show --run b", env) == ["bbb333"]
     opened = CliRunner().invoke(
         cli,

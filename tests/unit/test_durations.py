@@ -27,6 +27,10 @@ from remediations.docker import RestartParams, RollbackParams, ScaleParams
         ("500ms", 0.5),
         ("1.5h", 5400),
         ("250us", 0.00025),
+        ("250µs", 0.00025),
+        ("250μs", 0.00025),
+        (".5s", 0.5),
+        ("1.s", 1.0),
         ("5 m", 300),
         ("30", 30),
         (30, 30),
@@ -37,7 +41,10 @@ def test_prometheus_and_go_durations(text: str | float, seconds: float) -> None:
     assert parse_duration(text) == pytest.approx(seconds)
 
 
-@pytest.mark.parametrize("bad", ["1x", "m", "", "-5s", "1h-30m", "5mins", "1e3s", "0s", True, "9" * 70 + "s", "nan"])
+@pytest.mark.parametrize(
+    "bad",
+    ["1x", "m", "", "-5s", "1h-30m", "5mins", "1e3s", "0s", True, "9" * 70 + "s", "nan", "\uff13s", "101y", 1e300],
+)
 def test_what_is_not_a_duration_is_refused_with_the_forms_named(bad: object) -> None:
     with pytest.raises(ValueError, match="duration"):
         parse_duration(bad)
@@ -57,6 +64,8 @@ def test_duration_like_params_take_durations() -> None:
     assert (long_query.warn_seconds, long_query.crit_seconds) == (60, 3600)
     http = GetParams.model_validate({"url": "http://127.0.0.1/", "warn_ms": "1.5s", "crit_ms": 4000})
     assert (http.warn_ms, http.crit_ms) == (1500, 4000)  # a bare number stays milliseconds
+    as_text = GetParams.model_validate({"url": "http://127.0.0.1/", "warn_ms": "250"})  # from a template
+    assert as_text.warn_ms == 250
     with pytest.raises(ValidationError, match="duration"):
         RestartParams.model_validate({**target, "wait_healthy": "soon"})
 

@@ -127,3 +127,9 @@ def test_values_of_other_types_are_redacted_as_the_text_they_become() -> None:
     )
     assert "hunter2hunter2" not in str(redactor.data(result.to_json()))  # a dataclass in details: a dict
     assert redactor.data({"n": 1, "f": 0.5, "t": True, "none": None}) == {"n": 1, "f": 0.5, "t": True, "none": None}
+
+
+def test_the_working_directory_is_not_a_secret() -> None:
+    redactor = Redactor()
+    redactor.add_from_env({"PWD": "/home/ops/runbooks", "OLDPWD": "/tmp/work", "DB_PASSWORD": "hunter2hunter2"})
+    assert redactor.text("/home/ops/runbooks/db.yaml, hunter2hunter2") == f"/home/ops/runbooks/db.yaml, {MASK}"

@@ -31,19 +31,20 @@ def alert(labels: dict[str, str], annotations: dict[str, str] | None = None) -> 
 
 
 @pytest.mark.parametrize(
-    ("text", "pair"),
+    ("text", "rule"),
     [
-        ('alertname="DbDown"', ("alertname", "=DbDown")),
-        ('severity!="info"', ("severity", "!=info")),
-        ('job=~"db.*"', ("job", "=~db.*")),
-        ('instance !~ "test-.*"', ("instance", "!~test-.*")),
-        ("team=db", ("team", "=db")),
-        ('msg="say \\"hi\\""', ("msg", '=say "hi"')),
-        ('odd="=~literal"', ("odd", "==~literal")),  # a value that looks like an operator stays a value
+        ('alertname="DbDown"', ("alertname", "=", "DbDown")),
+        ('severity!="info"', ("severity", "!=", "info")),
+        ('job=~"db.*"', ("job", "=~", "db.*")),
+        ('instance !~ "test-.*"', ("instance", "!~", "test-.*")),
+        ("team=db", ("team", "=", "db")),
+        ('msg="say \\"hi\\""', ("msg", "=", 'say "hi"')),
+        ('odd="=~literal"', ("odd", "=", "=~literal")),  # a value that looks like an operator stays a value
+        ('team="~ops"', ("team", "=", "~ops")),
     ],
 )
-def test_alertmanager_matcher_strings(text: str, pair: tuple[str, str]) -> None:
-    assert parse_matcher(text) == pair
+def test_alertmanager_matcher_strings(text: str, rule: tuple[str, str, str]) -> None:
+    assert parse_matcher(text) == rule
 
 
 def test_a_trigger_pasted_from_alertmanager_routes_with_its_semantics(tmp_path: Path) -> None:
@@ -54,20 +55,27 @@ def test_a_trigger_pasted_from_alertmanager_routes_with_its_semantics(tmp_path: 
         )
     )
     (tmp_path / "literal.yaml").write_text(
-        RUNBOOK.format(id="literal", triggers="triggers:\n  - matchers: ['odd=\"=~x\"']")
+        RUNBOOK.format(id="literal", triggers="triggers:\n  - matchers: ['odd=\"=~x\"', 'team=\"~ops\"']")
     )
     runbooks = load_runbooks([tmp_path])
     assert route(runbooks, alert({"alertname": "DbDown", "severity": "critical"})).spec.id == "db"
     assert route(runbooks, alert({"alertname": "DbDown", "severity": "info"})) is None
     assert route(runbooks, alert({"alertname": "DbDown", "severity": "none"})) is None  # two on one label
     assert route(runbooks, alert({"alertname": "XDbDown"})) is None  # anchored, as Alertmanager
-    assert route(runbooks, alert({"odd": "=~x"})).spec.id == "literal"
-    assert route(runbooks, alert({"odd": "x"})) is None
+    assert route(runbooks, alert({"odd": "=~x", "team": "~ops"})).spec.id == "literal"  # literal values
+    assert route(runbooks, alert({"odd": "x", "team": "~ops"})) is None
+    assert route(runbooks, alert({"odd": "=~x", "team": "ops"})) is None
 
 
 @pytest.mark.parametrize(
     ("matchers", "named"),
-    [("['alertname~\"x\"']", "expected a matcher"), ("['job=~\"db((\"']", "invalid regex"), ("[]", "at least 1")],
+    [
+        ("['alertname~\"x\"']", "expected one matcher"),
+        ("['job=~\"db((\"']", "invalid regex"),
+        ("[]", "at least 1"),
+        ("['alertname=DbDown,env=prod']", "per item"),  # Alertmanager's comma list: one item each here
+        ("'alertname=\"DbDown\"'", "list"),  # a string, not a list: an error, not a label named matchers
+    ],
 )
 def test_bad_matcher_strings_are_load_errors(write_runbook: WriteRunbook, matchers: str, named: str) -> None:
     path = write_runbook("db.yaml", RUNBOOK.format(id="db", triggers=f"triggers:\n  - matchers: {matchers}"))
@@ -77,24 +85,23 @@ def test_bad_matcher_strings_are_load_errors(write_runbook: WriteRunbook, matche
     assert problem.startswith(f"{path}:5: triggers[0].matchers: ") and named in problem, problem
 
 
-def test_an_alert_names_its_runbook_by_label_or_runbook_url(tmp_path: Path) -> None:
-    (tmp_path / "db.yaml").write_text(RUNBOOK.format(id="db-connection", triggers="triggers: [{alertname: DbDown}]"))
-    (tmp_path / "app.yaml").write_text(RUNBOOK.format(id="app-down", triggers="triggers: [{alertname: AppDown}]"))
-    (tmp_path / "manual.yaml").write_text(RUNBOOK.format(id="manual-only", triggers=""))
+def test_an_alert_names_its_runbook_among_those_whose_triggers_match(tmp_path: Path) -> None:
+    (tmp_path / "db.yaml").write_text(RUNBOOK.format(id="db-connection", triggers="triggers: [{alertname: '=~.+'}]"))
+    (tmp_path / "app.yaml").write_text(RUNBOOK.format(id="app-down", triggers="triggers: [{alertname: '=~.+'}]"))
+    (tmp_path / "err.yaml").write_text(RUNBOOK.format(id="errors", triggers="triggers: [{alertname: HighErrors}]"))
     runbooks = load_runbooks([tmp_path])
-    other = {"alertname": "SomethingElse"}
-    assert route(runbooks, alert({**other, "runbook": "app-down"})).spec.id == "app-down"
+    some = {"alertname": "SomethingElse"}
+    assert route(runbooks, alert(some)).spec.id == "app-down"  # first by id among those that match
+    assert route(runbooks, alert({**some, "runbook": "db-connection"})).spec.id == "db-connection"
     for url in (
         "https://wiki.example.com/runbooks/db-connection",
         "https://git.example.com/ops/runbooks/blob/main/db-connection.md",
-        "https://runbooks.example.com/#db-connection",
         "https://example.com/runbooks/db-connection/",
     ):
-        assert route(runbooks, alert(other, {"runbook_url": url})).spec.id == "db-connection", url
-    # The name wins over a trigger another runbook has for the alert.
-    assert route(runbooks, alert({"alertname": "AppDown", "runbook": "db-connection"})).spec.id == "db-connection"
-    # A runbook that takes no alerts cannot be named; a wiki page names nothing: the triggers decide.
-    assert route(runbooks, alert({**other, "runbook": "manual-only"})) is None
-    wiki = {"runbook_url": "https://wiki.example.com/HighErrorRate"}
-    assert route(runbooks, alert({"alertname": "AppDown"}, wiki)).spec.id == "app-down"
-    assert route(runbooks, alert({**other, "runbook": "no-such"})) is None
+        assert route(runbooks, alert(some, {"runbook_url": url})).spec.id == "db-connection", url
+    # A name alone routes nowhere: "errors" does not take this alert, whatever names it.
+    assert route(runbooks, alert({**some, "runbook": "errors"})).spec.id == "app-down"
+    assert route(runbooks, alert({"alertname": "Other", "runbook": "errors"}, {})).spec.id == "app-down"
+    # A wiki anchor or page names nothing; a URL that does not parse is outside data, not an error.
+    for url in ("https://wiki.example.com/oncall#db-connection", "http://[wiki/x", "https://wiki/HighErrors"):
+        assert route(runbooks, alert(some, {"runbook_url": url})).spec.id == "app-down", url
