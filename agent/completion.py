@@ -8,18 +8,14 @@ database is opened read-only, and only if it exists."""
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from click.shell_completion import CompletionItem
 
-from agent.paths import default_state_dir
-
 __all__ = ["incident_ids", "names", "run_ids", "runbook_ids"]
 
-_PACKAGED_RUNBOOKS = Path(__file__).resolve().parent.parent / "runbooks"
 _LIMIT = 200  # newest runs or incidents offered
 
 
@@ -27,34 +23,23 @@ def _quiet(func: Callable[[str], list[str]]) -> Callable[[Any, Any, str], list[C
     def complete(ctx: Any, param: Any, incomplete: str) -> list[CompletionItem]:
         try:
             return [CompletionItem(value) for value in func(incomplete) if value.startswith(incomplete)]
-        except Exception:
+        except Exception:  # a completion never breaks a command line: nothing offered instead
             return []
 
     return complete
 
 
-def _setting(env: str, field: str) -> str | None:
-    """A setting as the commands read it: the environment, or the config file when one is named."""
-    if os.environ.get("RUNBOOK_CONFIG"):
-        from agent.config import load_settings
+def _state() -> Any:
+    # The commands' own reading of the settings (environment, or the config file when one is named).
+    from agent.cli import _State
 
-        value = getattr(load_settings(None), field)
-        return str(value) if value else None
-    return os.environ.get(env) or None
-
-
-def _runbook_dirs() -> list[Path]:
-    configured = _setting("RUNBOOK_DIR", "runbooks_dir")
-    if configured:
-        return [Path(configured)]
-    local = Path("runbooks")
-    return [local if local.is_dir() else _PACKAGED_RUNBOOKS]
+    return _State(verbose=False, config=None)
 
 
 def _runbook_ids() -> list[str]:
     # The `id:` line of each file, not a validation of it: this runs on every <Tab>.
     found = []
-    for directory in _runbook_dirs():
+    for directory in _state().runbooks_dirs(()):
         files = [directory] if directory.is_file() else sorted(directory.glob("*.yaml"))
         for path in files:
             with contextlib.suppress(OSError, UnicodeDecodeError):
@@ -68,8 +53,7 @@ def _runbook_ids() -> list[str]:
 def _state_rows(sql: str) -> list[str]:
     import sqlite3
 
-    configured = _setting("RUNBOOK_STATE_DIR", "state_dir")
-    path = (Path(configured) if configured else default_state_dir()) / "state.sqlite3"
+    path = _state().state_dir / "state.sqlite3"
     if not path.is_file():
         return []
     # Read-only, and without creating anything: a read-only open of a WAL database still makes its -shm
