@@ -22,8 +22,12 @@ pytestmark = pytest.mark.integration
 PROJECT = "rbtest-keep"
 NETWORK = f"{PROJECT}_default"
 BACK = f"{PROJECT}_back"
-SUBNET = "172.31.250.0/24"
-STATIC_IP = {"app": "172.31.250.10", "worker": "172.31.250.11"}
+# Subnets of their own, outside Docker's default pools (172.17-31.0.0/16, 192.168.0.0/16): a network
+# left to the allocator could be given the /16 holding a fixed subnet ("Pool overlaps"), depending on
+# what the engine handed out before.
+SUBNET = "10.213.250.0/24"
+BACK_SUBNET = "10.213.251.0/24"
+STATIC_IP = {"app": "10.213.250.10", "worker": "10.213.250.11"}
 REPO_IMAGE = "rbtest-keep"
 DATA_VOLUME = "rbtest-keep-data"
 
@@ -136,11 +140,12 @@ def keep(dc: docker.DockerClient, tmp_path: Path) -> Iterator[dict[str, Any]]:
     bind = tmp_path / "bind"
     bind.mkdir()
     bind.chmod(0o777)
-    ipam = docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet=SUBNET)])
-    dc.networks.create(NETWORK, driver="bridge", ipam=ipam, labels={"com.docker.compose.project": PROJECT})
-    dc.networks.create(BACK, driver="bridge", labels={"com.docker.compose.project": PROJECT})
-    dc.volumes.create(DATA_VOLUME)
-    try:
+    labels = {"com.docker.compose.project": PROJECT}
+    try:  # made inside the try: whatever was made is removed, even if the next one fails
+        for name, subnet in ((NETWORK, SUBNET), (BACK, BACK_SUBNET)):
+            ipam = docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet=subnet)])
+            dc.networks.create(name, driver="bridge", ipam=ipam, labels=labels)
+        dc.volumes.create(DATA_VOLUME)
         yield {"previous": previous, "latest": latest, "bind": bind}
     finally:
         for container in dc.containers.list(all=True, filters={"label": f"com.docker.compose.project={PROJECT}"}):
