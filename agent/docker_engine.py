@@ -92,4 +92,4 @@ def read_logs(container: Any, *, since: float, tail: int) -> bytes:
         raw.decode()
     except UnicodeDecodeError:
         raw = raw.decode("utf-8", "replace").encode()
-    return bytes(raw)
+    return raw  # type: ignore[no-any-return]

@@ -31,11 +31,8 @@ def compile_linear(pattern: str, *, ignore_case: bool = False) -> LinearPattern:
     """Compile once (cached): triggers are matched for every alert, log patterns for every line."""
     import re2
 
-    options = re2.Options()
-    options.log_errors = False  # RE2 would print every refused pattern to stderr
-    options.case_sensitive = not ignore_case
     try:
-        compiled: LinearPattern = re2.compile(pattern, options)
+        compiled: LinearPattern = re2.compile(pattern, _options(ignore_case))
     except re2.error as exc:
         reason = exc.args[0].decode() if exc.args and isinstance(exc.args[0], bytes) else str(exc)
         raise PatternError(
@@ -82,7 +79,13 @@ def compile_linear_bytes(pattern: str, *, ignore_case: bool = False) -> LinearBy
     import re2
 
     compile_linear(pattern, ignore_case=ignore_case)
+    return LinearBytesPattern(re2.compile(pattern.encode(), _options(ignore_case)))
+
+
+def _options(ignore_case: bool) -> Any:
+    import re2
+
     options = re2.Options()
-    options.log_errors = False
+    options.log_errors = False  # RE2 would print every refused pattern to stderr
     options.case_sensitive = not ignore_case
-    return LinearBytesPattern(re2.compile(pattern.encode(), options))
+    return options
