@@ -136,7 +136,13 @@ def test_kill_9_between_escalation_levels_neither_loses_nor_repeats(dc, daemon_e
             d.stop()
 
         def escalated(receiver: Any) -> list[str]:
-            return [p["json"]["id"] for p in receiver.posts if p["json"]["event"] == "escalated"]
+            # This incident's only: on a busy machine the daemon's own host-resources sweep may rightly
+            # open another (its CPU check warns) and page the same channel.
+            return [
+                p["json"]["id"]
+                for p in receiver.posts
+                if p["json"]["event"] == "escalated" and p["json"]["id"].startswith(f"{incident_id}:")
+            ]
 
         assert escalated(oncall) == [f"{incident_id}:escalated:0:1:0"]
         assert escalated(senior) == [f"{incident_id}:escalated:0:2:0"]

@@ -16,8 +16,13 @@ SEED = ["app-down", "db-connection", "high-error-rate", "email-queue", "host-res
 @pytest.mark.parametrize("runbook_id", SEED)
 def test_healthy_sandbox_reports_ok(dc, run_json, runbook_id: str) -> None:
     code, report = run_json(runbook_id)
-    not_ok = {c["id"]: c["summary"] for c in report["checks"] if c["status"] != "OK"}
-    assert (code, report["status"], not_ok) == (0, "OK", {})
+    not_ok = {c["id"]: (c["status"], c["summary"]) for c in report["checks"] if c["status"] != "OK"}
+    # host-resources' CPU and load are readings of the machine running the tests: on a busy CI host
+    # (2 shared cores) they may rightly warn. Nothing else may, and nothing is ever CRITICAL.
+    busy = {i for i, (status, _) in not_ok.items() if runbook_id == "host-resources" and i in ("cpu", "load")}
+    assert all(not_ok[i][0] == "WARNING" for i in busy), not_ok
+    expected = (1, "WARNING") if busy else (0, "OK")
+    assert (code, report["status"], {i: v for i, v in not_ok.items() if i not in busy}) == (*expected, {})
     assert report["mode"] == "live" and report["runbook"] == runbook_id
     assert not any(r["would_apply"] for r in report["remediations"])
 
