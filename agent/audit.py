@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -150,11 +151,15 @@ class AuditLog:
         self._redactor = redactor
         self._sink = AuditSink(path)
         self._context: dict[str, Any] = dict(context)
+        # Told of every record once it is durable (the daemon's operational log, agent.logs); never
+        # allowed to fail the write it follows.
+        self.observer: Callable[[list[dict[str, Any]]], None] | None = None
 
     def bind(self, **context: Any) -> AuditLog:
         bound = object.__new__(AuditLog)
         bound.path, bound._redactor, bound._sink = self.path, self._redactor, self._sink
         bound._context = {**self._context, **context}
+        bound.observer = self.observer
         return bound
 
     def record(self, event: str, **fields: Any) -> None:
@@ -171,6 +176,9 @@ class AuditLog:
             prepared.append(self._redactor.data(data))
         # Hashing and chaining happen in the sink, under its lock.
         self._sink.write_many(prepared)
+        if self.observer is not None:
+            with contextlib.suppress(Exception):
+                self.observer(prepared)
 
     def problem(self) -> str | None:
         """Why a record could not be written now (checked cheaply: the log's last line), or None."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import getpass
 import json
 import os
 import sys
@@ -16,9 +15,9 @@ import click
 from agent import completion
 from agent.cli_errors import errors_as_one_line as _errors_as_one_line
 from agent.exceptions import AuditError, ConfigError, RunbookError, UnknownRunbook
-from agent.paths import ENV_NAMES, default_state_dir, env_digest, files_digest
+from agent.paths import default_runbooks_dirs, default_state_dir
 from agent.redaction import MASK, Redactor
-from agent.terminal import is_yes, printable
+from agent.terminal import printable
 
 if TYPE_CHECKING:  # pydantic and yaml load only for commands that read the config, never for --help
     from agent.config import Settings
@@ -26,7 +25,6 @@ if TYPE_CHECKING:  # pydantic and yaml load only for commands that read the conf
 __all__ = ["main"]
 
 F = TypeVar("F", bound=Callable[..., Any])
-_PACKAGED_RUNBOOKS = Path(__file__).resolve().parent.parent / "runbooks"
 
 
 class _State:
@@ -73,11 +71,7 @@ class _State:
     def runbooks_dirs(self, given: Sequence[Path]) -> list[Path]:
         if given:
             return list(given)
-        configured = self._setting("RUNBOOK_DIR", "runbooks_dir")
-        if configured:
-            return [Path(configured)]
-        local = Path("runbooks")
-        return [local if local.is_dir() else _PACKAGED_RUNBOOKS]
+        return default_runbooks_dirs(self._setting("RUNBOOK_DIR", "runbooks_dir"))
 
     def load(self, given: Sequence[Path] = ()) -> Any:
         from agent.loader import load_runbooks
@@ -376,59 +370,28 @@ def _hand_over(
     yes: bool,
     given: Sequence[Path],
 ) -> Any:
-    """The run done by the local daemon (see agent.handoff), or None to run it here. When a person at this
-    terminal may be asked to approve a plan, the run is streamed: its lines appear as they come and the
-    question is asked here, mid-run, as in a run done here."""
+    """The run done by the local daemon (see agent.handoff), or None to run it here."""
+    from agent import handoff
+
     if os.environ.get("RUNBOOK_NO_DAEMON"):
         return None
-    from agent.handoff import PROTOCOL, HandoffLost, hand_over, terminal
-
-    interactive = not (dry_run or yes or as_json) and sys.stdin.isatty() and sys.stdout.isatty()
-
-    def write(text: str) -> None:
-        sys.stdout.write(text)
-        sys.stdout.flush()
-
-    def ask(prompt: str) -> bool:
-        try:
-            return is_yes(input(prompt))
-        except EOFError:
-            return False
-
-    # libpq reads PG* variables beside the DSN: compared too, with every name either side has.
-    names = [*ENV_NAMES, *sorted(n for n in os.environ if n.startswith("PG"))]
-    request = {
-        "runbook": runbook_id,
-        "params": overrides,
-        "dry_run": dry_run,
-        "yes": yes,
-        "json": as_json,
-        "actor": _actor(),
-        "runbooks": [str(p.resolve()) for p in state.runbooks_dirs(given)],
-        "env_names": names,
-        "env_digest": env_digest(os.environ, names),
-        "cwd": os.getcwd(),
-        "protocol": PROTOCOL,
-        "files_digest": files_digest([state.config_file, state.policy_file]),
-        **terminal(),
-    }
-    try:
-        if interactive:
-            return hand_over(state.state_dir, request, write=write, ask=ask)
-        return hand_over(state.state_dir, request)
-    except KeyboardInterrupt:
-        # The daemon sees the command go: its run starts no further change, as a run here would not.
-        stopped = RunbookError("interrupted: the local daemon stops the run's changes; see `runbook runs`")
-        stopped.exit_code = 3
-        raise stopped from None
-    except HandoffLost as exc:
-        lost = RunbookError(f"{exc}; see `runbook runs` for what it did")
-        lost.exit_code = 3  # UNKNOWN: the run may have found or changed anything
-        raise lost from None
+    request = handoff.request_for(
+        runbook_id,
+        overrides,
+        dry_run=dry_run,
+        as_json=as_json,
+        yes=yes,
+        runbooks_dirs=state.runbooks_dirs(given),
+        config_file=state.config_file,
+        policy_file=state.policy_file,
+    )
+    return handoff.run_once(state.state_dir, request)
 
 
 def _actor() -> str:
-    return f"{getpass.getuser()}@{os.uname().nodename}"  # gethostname(2), without importing socket
+    from agent.handoff import actor
+
+    return actor()
 
 
 def _store(state: _State) -> Any:
@@ -610,6 +573,20 @@ def _security(
 @click.option(
     "--alert-burst", default=20_000.0, show_default=True, type=click.FloatRange(min=1), help="Alerts a sender at once."
 )
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+    envvar="RUNBOOK_LOG_LEVEL",
+    help="Operational log lines on stderr at this level and above ($RUNBOOK_LOG_LEVEL).",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["json", "console"]),
+    envvar="RUNBOOK_LOG_FORMAT",
+    help="Default: json, or console when stderr is a terminal ($RUNBOOK_LOG_FORMAT).",
+)
 @_runbooks_option
 @click.pass_obj
 @_errors_as_one_line
@@ -631,9 +608,15 @@ def daemon(
     alert_rate: float,
     alert_burst: float,
     no_local_socket: bool,
+    log_level: str,
+    log_format: str | None,
     runbooks_dirs: tuple[Path, ...],
 ) -> None:
-    """Receive alerts (Alertmanager webhooks) and run the matching runbooks within policy."""
+    """Receive alerts (Alertmanager webhooks) and run the matching runbooks within policy.
+
+    Logs one structured line per request, alert, run start and end, remediation decision and escalation
+    to stderr (redacted); the audit log stays the record.
+    """
     from agent import memory
 
     memory.limit_arenas()  # before any thread starts
@@ -644,6 +627,7 @@ def daemon(
     import uvicorn
     from fastapi import FastAPI
 
+    from agent import logs
     from agent.api import create_app
     from agent.daemon import Daemon
     from agent.local_runs import LocalSocket, LocalSocketUnavailable, add_local_runs
@@ -659,6 +643,7 @@ def daemon(
     )
     runbooks = state.load(runbooks_dirs)
     settings = state.settings
+    logs.configure(log_level, log_format, state.redactor)
     service = Daemon(
         runbooks,
         settings,
@@ -686,8 +671,10 @@ def daemon(
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         quiet_accept_errors(asyncio.get_running_loop())
         service.start()
+        logs.log(logs.INFO, "daemon_started", host=host, port=port, dry_run=dry_run, runbooks=len(runbooks.ids()))
         yield
         # SIGTERM: uvicorn stops accepting; in-flight checks finish, no new remediation starts.
+        logs.log(logs.INFO, "daemon_stopping", deadline_s=shutdown_deadline)
         service.stop(shutdown_deadline)
         if bound is not None:  # here: uvicorn raises the signal again once it has served, ending the process
             bound[0].close()
@@ -700,7 +687,7 @@ def daemon(
         f" {len(security.decision_tokens)} decision credentials, at most {connections} connections)"
     )
     config = uvicorn.Config(
-        app,
+        logs.RequestLog(app),
         host=host,
         port=port,
         log_level="warning",

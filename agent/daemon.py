@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from agent import memory
+from agent import logs, memory
 from agent.alerts import IncomingAlert, alert_params, route, target_key
 from agent.audit import AuditLog
 from agent.config import Settings
@@ -119,6 +119,7 @@ class Daemon:
         self.metrics = metrics or Metrics()
         self.state = StateStore(settings.state_path)
         self.audit = AuditLog(settings.audit_path, redactor, actor="daemon")
+        self.audit.observer = logs.audit_records  # operators' lines for runs, decisions, escalations
         self.executor = Executor(
             runbooks, settings, redactor, self.audit, policy=policy, state=self.state, dry_run=dry_run
         )
@@ -286,6 +287,7 @@ class Daemon:
                     except (QueueFull, RunbookError, ValueError, KeyError, TypeError) as exc:
                         # Refused, or a payload that trips a bug: undone alone; the rest of the batch goes on.
                         arrival.settle(error=exc)
+                        logs.log(logs.WARNING, "alerts_refused", count=len(arrival.alerts), reason=str(exc))
                         continue
                     room -= len(new_runs)
                     admitted.append((arrival, results, new_runs))
@@ -304,6 +306,7 @@ class Daemon:
             for arrival in batch:
                 if not arrival.settled:
                     arrival.settle(error=exc)
+                    logs.log(logs.ERROR, "alerts_refused", count=len(arrival.alerts), reason=str(exc))
             return
         try:
             for arrival, results, new_runs in admitted:
@@ -314,6 +317,7 @@ class Daemon:
                         )
                     )
                 arrival.settle(results=results)
+                _log_dispositions(arrival.alerts, results)
         finally:
             for arrival in batch:  # never a follower left to read empty results as success
                 if not arrival.settled:
@@ -569,3 +573,27 @@ class Daemon:
         except RunbookError:
             params = dict(mapped.params)
         return incident_target(loaded.spec, params)
+
+
+def _log_dispositions(alerts: list[IncomingAlert], results: list[Disposition]) -> None:
+    """One line per alert and what became of it: the first MAX_ALERT_LINES of a payload one by one, the
+    rest counted in one line (a 10,000-alert group is one line more, not 10,000)."""
+    if not logs.enabled(logs.INFO):
+        return
+    for alert, result in list(zip(alerts, results, strict=True))[: logs.MAX_ALERT_LINES]:
+        logs.log(
+            logs.INFO,
+            "alert",
+            alertname=alert.name,
+            status=alert.status,
+            fingerprint=alert.fingerprint,
+            outcome=result.outcome,
+            runbook=result.runbook,
+            run_id=result.run_id,
+            reason=result.reason or None,
+        )
+    if len(alerts) > logs.MAX_ALERT_LINES:
+        outcomes: dict[str, int] = {}
+        for result in results[logs.MAX_ALERT_LINES :]:
+            outcomes[result.outcome] = outcomes.get(result.outcome, 0) + 1
+        logs.log(logs.INFO, "alerts_more", count=len(alerts) - logs.MAX_ALERT_LINES, **outcomes)

@@ -8,25 +8,40 @@ changed since the daemon loaded them, a live run asked of a dry-run daemon, a ba
 local path produces every error message. Once the run has started, it is never started again here: a
 daemon that goes away mid-run leaves an UNKNOWN outcome and the run in `runbook runs`.
 
-Only the standard library: this module is on the path of the cold start it exists to shorten.
+Only the standard library, and not even http.client: this module is the whole of the cold start it
+exists to shorten (agent.entry), and http.client's import (email, ssl) alone was a sixth of it. The
+peer is our own daemon (uvicorn) on our own socket, so the HTTP spoken here is the small subset it
+answers with: one request per connection, a Content-Length or chunked body, every size bounded.
 """
 
 from __future__ import annotations
 
-import http.client
+import getpass
 import json
 import os
 import socket
 import stat
 import struct
-from collections.abc import Callable
-from dataclasses import dataclass
+import sys
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
-from agent.paths import DAEMON_SOCKET, DAEMON_TOKEN
+from agent.exceptions import RunbookError
+from agent.paths import DAEMON_SOCKET, DAEMON_TOKEN, ENV_NAMES, env_digest, files_digest
 
-__all__ = ["PROTOCOL", "Handed", "HandoffLost", "hand_over"]
+TYPE_CHECKING = False  # typing and dataclasses are a tenth of this path's imports: for the checker only
+if TYPE_CHECKING:
+    from typing import Any
+
+__all__ = [
+    "PROTOCOL",
+    "Handed",
+    "HandoffLost",
+    "actor",
+    "hand_over",
+    "request_for",
+    "run_once",
+]
 
 PROTOCOL = 1  # what the command and the daemon say to each other; a daemon of another version declines
 CONNECT_TIMEOUT = 1.0
@@ -35,40 +50,142 @@ ANSWER_ROUTE = "/local/v1/answer"
 # Answers given before a run starts (credential, request, the daemon's conditions, busy): run it here.
 DECLINED = frozenset({403, 404, 409, 413, 422, 503})
 MAX_EVENT = 1 << 22  # bytes of one streamed event (a line of output, a question) at most
+MAX_ANSWER = 1 << 26  # bytes of a whole answer (a run's output) at most
+MAX_HEAD_LINE = 1 << 16  # bytes of the status line, a header line or a chunk-size line
+MAX_HEADERS = 100
+
+# What the daemon answered this process, once asked (agent.entry asks before the CLI loads): a declined
+# run is then run here and a lost one reported, without asking the daemon a second time.
+_answered: list[Handed | RunbookError | None] = []
 
 
-@dataclass(frozen=True)
 class Handed:
     """What the daemon's run printed, and the exit code it ended with."""
 
-    stdout: str
-    stderr: str
-    exit_code: int
+    __slots__ = ("exit_code", "stderr", "stdout")
+
+    def __init__(self, stdout: str, stderr: str, exit_code: int) -> None:
+        self.stdout, self.stderr, self.exit_code = stdout, stderr, exit_code
 
 
 class HandoffLost(Exception):
     """The daemon took the run and then did not answer: the run may have happened; never run it again."""
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: Path) -> None:
-        super().__init__("localhost", timeout=CONNECT_TIMEOUT)
-        self._path = path
+class _BadAnswer(Exception):
+    """The daemon's bytes were not the HTTP it speaks (or exceeded a bound)."""
 
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(CONNECT_TIMEOUT)
-            sock.connect(str(self._path))
-            # The process listening is this user's (whatever the files say): params may hold secrets.
-            _, uid, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
-            if uid != os.getuid():
-                raise OSError(f"the process on {self._path} runs as uid {uid}, not as this user")
-            sock.settimeout(None)  # a run takes as long as its checks and verifications; so does a local one
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
+
+def actor() -> str:
+    """Who is running it: the person at the terminal, on this host (the runs' and the audit's actor)."""
+    return f"{getpass.getuser()}@{os.uname().nodename}"  # gethostname(2), without importing socket
+
+
+def _connect(path: Path) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(CONNECT_TIMEOUT)
+        sock.connect(str(path))
+        # The process listening is this user's (whatever the files say): params may hold secrets.
+        _, uid, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+        if uid != os.getuid():
+            raise OSError(f"the process on {path} runs as uid {uid}, not as this user")
+        sock.settimeout(None)  # a run takes as long as its checks and verifications; so does a local one
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _send(sock: socket.socket, route: str, token: str, body: bytes) -> None:
+    head = (
+        f"POST {route} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    )
+    sock.sendall(head.encode("latin-1") + body)
+
+
+class _Response:
+    """The daemon's answer: its status, then its body read whole or line by line as it streams."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._file = sock.makefile("rb")
+        status = self._line()
+        parts = status.split(None, 2)
+        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
+            raise _BadAnswer(f"not an HTTP status line: {status[:80]!r}")
+        self.status = int(parts[1])
+        headers: dict[bytes, bytes] = {}
+        for _ in range(MAX_HEADERS):
+            line = self._line()
+            if not line:
+                break
+            name, _, value = line.partition(b":")
+            headers[name.strip().lower()] = value.strip()
+        else:
+            raise _BadAnswer("too many header lines")
+        self._chunked = headers.get(b"transfer-encoding", b"").lower() == b"chunked"
+        length = headers.get(b"content-length")
+        if length is not None and not length.isdigit():
+            raise _BadAnswer(f"a bad Content-Length: {length[:40]!r}")
+        self._left = int(length) if length is not None and not self._chunked else None
+
+    def _line(self) -> bytes:
+        line = self._file.readline(MAX_HEAD_LINE + 2)
+        if not line.endswith(b"\n"):
+            raise _BadAnswer("the answer ended early" if len(line) <= MAX_HEAD_LINE else "a header line too long")
+        return line.rstrip(b"\r\n")
+
+    def _pieces(self) -> Iterator[bytes]:
+        """The body's bytes as they arrive: chunks, up to Content-Length, or up to the connection's close."""
+        if self._chunked:
+            while True:
+                size_line = self._line().split(b";", 1)[0].strip()
+                try:
+                    size = int(size_line, 16)
+                except ValueError:
+                    raise _BadAnswer(f"a bad chunk size: {size_line[:40]!r}") from None
+                if size == 0:
+                    return  # (no trailers from this daemon; the connection closes)
+                if size > MAX_EVENT:
+                    raise _BadAnswer("a chunk larger than any event")
+                data = self._file.read(size + 2)
+                if len(data) != size + 2:
+                    raise _BadAnswer("the answer ended in a chunk")
+                yield data[:size]
+        left = self._left
+        while left is None or left > 0:
+            data = self._file.read1(65536 if left is None else min(left, 65536))
+            if not data:
+                if left:
+                    raise _BadAnswer("the answer ended early")
+                return
+            if left is not None:
+                left -= len(data)
+            yield data
+
+    def read(self) -> bytes:
+        body = bytearray()
+        for piece in self._pieces():
+            body += piece
+            if len(body) > MAX_ANSWER:
+                raise _BadAnswer("an answer larger than any run's output")
+        return bytes(body)
+
+    def lines(self) -> Iterator[bytes]:
+        """The body's lines (each at most MAX_EVENT bytes), the last one possibly without its newline."""
+        pending = b""
+        for piece in self._pieces():
+            pending += piece
+            *complete, pending = pending.split(b"\n")
+            yield from complete
+            if len(pending) > MAX_EVENT:
+                raise _BadAnswer("an event larger than MAX_EVENT")
+        if pending:
+            yield pending
+
+    def close(self) -> None:
+        self._file.close()
 
 
 def _ours(path: Path) -> bool:
@@ -99,23 +216,22 @@ def hand_over(
         return None
     if not token or not _ours(path):
         return None
-    connection = _UnixConnection(path)
     try:
-        try:
-            connection.connect()
-        except OSError:
-            return None  # a socket left by a daemon killed -9, or one not listening yet
+        sock = _connect(path)
+    except OSError:
+        return None  # a socket left by a daemon killed -9, or one not listening yet
+    response: _Response | None = None
+    try:
         streamed = write is not None and ask is not None
         body = json.dumps({**request, "interactive": streamed}).encode()
-        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
         try:
-            connection.request("POST", ROUTE, body=body, headers=headers)
-            response = connection.getresponse()
+            _send(sock, ROUTE, token, body)
+            response = _Response(sock)
             if streamed and response.status == 200:
                 assert write is not None and ask is not None
                 return _follow(response, path, token, write, ask)
             data = response.read()
-        except (OSError, http.client.HTTPException) as exc:
+        except (OSError, _BadAnswer) as exc:
             raise HandoffLost(f"the local daemon took the run and did not answer: {exc}") from None
         if response.status in DECLINED:
             return None  # declined before the run started: the local path says why, in its own words
@@ -127,21 +243,20 @@ def hand_over(
         except (ValueError, KeyError, TypeError) as exc:
             raise HandoffLost(f"the local daemon's answer was not understood: {exc}") from None
     finally:
-        connection.close()
+        if response is not None:
+            response.close()
+        sock.close()
 
 
 def _follow(
-    response: http.client.HTTPResponse,
+    response: _Response,
     path: Path,
     token: str,
     write: Callable[[str], None],
     ask: Callable[[str], bool],
 ) -> Handed:
     """Read a streamed run's events to its end, answering its questions."""
-    while True:
-        line = response.readline(MAX_EVENT)
-        if not line:
-            raise HandoffLost("the local daemon stopped in the middle of the run")
+    for line in response.lines():
         try:
             event = json.loads(line)
         except ValueError as exc:
@@ -156,20 +271,107 @@ def _follow(
                 return Handed("", str(event["end"]["stderr"]), int(event["end"]["exit_code"]))
         except (KeyError, TypeError, ValueError) as exc:
             raise HandoffLost(f"the local daemon's answer was not understood: {exc!r}") from None
+    raise HandoffLost("the local daemon stopped in the middle of the run")
 
 
 def _answer(path: Path, token: str, question: str, approve: bool) -> None:
-    connection = _UnixConnection(path)
+    """Send the person's y/N. An answer refused (the question timed out first) leaves the plan pending,
+    as the run then says."""
+    sock = _connect(path)
     try:
-        body = json.dumps({"id": question, "approve": approve}).encode()
-        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
-        connection.request("POST", ANSWER_ROUTE, body=body, headers=headers)
-        response = connection.getresponse()
-        response.read()
-        if response.status != 200:  # the question timed out first: the plan stays pending, as the run says
-            return
+        _send(sock, ANSWER_ROUTE, token, json.dumps({"id": question, "approve": approve}).encode())
+        response = _Response(sock)
+        try:
+            response.read()
+        finally:
+            response.close()
+    except _BadAnswer as exc:
+        raise OSError(f"the local daemon's answer was not understood: {exc}") from None
     finally:
-        connection.close()
+        sock.close()
+
+
+def request_for(
+    runbook_id: str,
+    params: dict[str, str],
+    *,
+    dry_run: bool,
+    as_json: bool,
+    yes: bool,
+    runbooks_dirs: Sequence[Path],
+    config_file: Path | None,
+    policy_file: Path | None,
+) -> dict[str, Any]:
+    """What the command asks of the daemon, with what the daemon compares before it agrees to do the run
+    this command would have done (environment and files as digests: their values never leave here)."""
+    # libpq reads PG* variables beside the DSN: compared too, with every name either side has.
+    names = [*ENV_NAMES, *sorted(n for n in os.environ if n.startswith("PG"))]
+    return {
+        "runbook": runbook_id,
+        "params": params,
+        "dry_run": dry_run,
+        "yes": yes,
+        "json": as_json,
+        "actor": actor(),
+        "runbooks": [str(p.resolve()) for p in runbooks_dirs],
+        "env_names": names,
+        "env_digest": env_digest(os.environ, names),
+        "cwd": os.getcwd(),
+        "protocol": PROTOCOL,
+        "files_digest": files_digest([config_file, policy_file]),
+        **terminal(),
+    }
+
+
+def run_once(state_dir: Path, request: dict[str, Any]) -> Handed | None:
+    """hand_over() for this process's terminal, at most once per process: the Handed, None (run it here),
+    or a RunbookError (exit 3) when the run was handed and then lost or interrupted. A run a person may
+    be asked to approve is streamed: its lines appear as they come and the question is asked here,
+    mid-run, as in a run done here."""
+    if not _answered:
+        interactive = not (request["dry_run"] or request["yes"] or request["json"])
+        interactive = interactive and sys.stdin.isatty() and sys.stdout.isatty()
+        try:
+            if interactive:
+                _answered.append(hand_over(state_dir, request, write=_write, ask=_ask))
+            else:
+                _answered.append(hand_over(state_dir, request))
+        except KeyboardInterrupt:
+            _answered.append(_interrupted())
+        except HandoffLost as exc:
+            _answered.append(_lost(exc))
+    answer = _answered[0]
+    if isinstance(answer, RunbookError):
+        raise answer
+    return answer
+
+
+def _write(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def _ask(prompt: str) -> bool:
+    from agent.terminal import is_yes
+
+    try:
+        return is_yes(input(prompt))
+    except EOFError:
+        return False
+
+
+def _interrupted() -> RunbookError:
+    """Ctrl-C during a handed run. The daemon sees the command go: its run starts no further change, as
+    a run here would not."""
+    stopped = RunbookError("interrupted: the local daemon stops the run's changes; see `runbook runs`")
+    stopped.exit_code = 3
+    return stopped
+
+
+def _lost(exc: HandoffLost) -> RunbookError:
+    error = RunbookError(f"{exc}; see `runbook runs` for what it did")
+    error.exit_code = 3  # UNKNOWN: the run may have found or changed anything
+    return error
 
 
 def terminal() -> dict[str, Any]:

@@ -12,6 +12,7 @@ __all__ = [
     "DAEMON_SOCKET",
     "DAEMON_TOKEN",
     "ENV_NAMES",
+    "default_runbooks_dirs",
     "default_state_dir",
     "env_digest",
     "files_digest",
@@ -20,6 +21,18 @@ __all__ = [
 DAEMON_LOCK = "daemon.lock"  # held by the daemon that has the socket
 DAEMON_SOCKET = "daemon.sock"  # in the state directory (0700): only its owner can connect
 DAEMON_TOKEN = "daemon.token"  # noqa: S105 - a file name; the file (0600) proves the caller can read the state dir
+
+
+PACKAGED_RUNBOOKS = Path(__file__).resolve().parent.parent / "runbooks"
+
+
+def default_runbooks_dirs(configured: str | None) -> list[Path]:
+    """The runbooks a command reads when not given any: the configured directory, else ./runbooks, else
+    the ones shipped with the package."""
+    if configured:
+        return [Path(configured)]
+    local = Path("runbooks")
+    return [local if local.is_dir() else PACKAGED_RUNBOOKS]
 
 
 def default_state_dir(env: Mapping[str, str] | None = None) -> Path:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from sandbox import faults, stack
 
-RUNBOOK = [sys.executable, "-m", "agent.cli"]
+RUNBOOK = [sys.executable, "-m", "agent"]
 
 
 def banner(text: str) -> None:

@@ -65,14 +65,14 @@ RunRunbook = Callable[..., tuple[int, dict[str, Any]]]
 def cli(env: dict[str, str], *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
     """`runbook ARGS` as a real process, in the repository, with this environment."""
     return subprocess.run(
-        [sys.executable, "-m", "agent.cli", *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "agent", *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout
     )
 
 
 def run_runbook(env: dict[str, str], runbook_id: str, *args: str) -> tuple[int, dict[str, Any]]:
     """`runbook run ID --json ARGS` as a real process; returns (exit code, report)."""
     result = subprocess.run(
-        [sys.executable, "-m", "agent.cli", "run", runbook_id, "--json", *args],
+        [sys.executable, "-m", "agent", "run", runbook_id, "--json", *args],
         env=env,
         cwd=REPO,
         capture_output=True,

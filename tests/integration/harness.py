@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,23 +36,40 @@ class Daemon:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[str] | None = None
+        # What it prints (stdout and its log lines on stderr), in a file: a pipe nobody reads would fill
+        # up and stop the daemon at its next log line.
+        self.log_file = Path(tempfile.mkdtemp(prefix="runbook-daemon-")) / "output.log"
         # Alerts come with the intake token; reads and decisions with a person's credential.
         self.intake = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
         self.client = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {DECIDER}"}, timeout=60)
 
     def start(self) -> Daemon:
-        argv = [sys.executable, "-m", "agent.cli", "daemon", "--port", str(self.port), "--runbooks", str(self.runbooks)]
-        self.proc = subprocess.Popen(
-            [*argv, *self.extra],
-            env=self.env,
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            preexec_fn=self.preexec,
-        )
-        assert faults.wait_for(self._up, timeout=30), self.proc.stdout.read() if self.proc.poll() is not None else ""
+        argv = [sys.executable, "-m", "agent", "daemon", "--port", str(self.port), "--runbooks", str(self.runbooks)]
+        with open(self.log_file, "ab") as out:  # appended to, whoever else writes it
+            self.proc = subprocess.Popen(
+                [*argv, *self.extra],
+                env=self.env,
+                cwd=REPO,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                text=True,
+                preexec_fn=self.preexec,
+            )
+        assert faults.wait_for(self._up, timeout=30), self.output() if self.proc.poll() is not None else ""
         return self
+
+    def output(self) -> str:
+        """Everything it printed so far: its stdout and its log lines."""
+        return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
+
+    def log_lines(self) -> list[dict[str, Any]]:
+        """Its log lines (JSON: stderr is not a terminal here)."""
+        lines = []
+        for line in self.output().splitlines():
+            if line.startswith("{"):
+                with contextlib.suppress(ValueError):
+                    lines.append(json.loads(line))
+        return lines
 
     def _up(self) -> bool:
         try:

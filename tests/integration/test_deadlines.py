@@ -151,7 +151,7 @@ def test_runbook_run_exits_once_it_has_reported(agent_env, http_dripper: Dripper
     started = time.monotonic()
     # Before, the verdict was printed and then the process waited on the check's thread: the whole drip.
     result = subprocess.run(
-        [sys.executable, "-m", "agent.cli", "run", "slow-target", "--runbooks", str(directory)],
+        [sys.executable, "-m", "agent", "run", "slow-target", "--runbooks", str(directory)],
         env=agent_env,
         cwd=REPO,
         capture_output=True,

@@ -120,7 +120,7 @@ def test_email_queue_workers_scaled_depth_falls(dc, run_json, restore) -> None:
 def test_two_runs_at_once_restart_the_app_once(dc, agent_env, restore) -> None:
     faults.kill_app(dc)
     since = time.time()
-    cmd = [sys.executable, "-m", "agent.cli", "run", "app-down", "--yes", "--json"]
+    cmd = [sys.executable, "-m", "agent", "run", "app-down", "--yes", "--json"]
     procs = [subprocess.Popen(cmd, env=agent_env, cwd=REPO, stdout=subprocess.PIPE, text=True) for _ in range(2)]
     outs = [p.communicate(timeout=180)[0] for p in procs]
     decisions = sorted(o.split('"decision": "')[1].split('"')[0] for o in outs)
@@ -183,7 +183,7 @@ def test_restart_loop_stops_at_the_limit_then_escalates(dc, agent_env, crashy_ru
         for _ in range(4):
             container.wait(timeout=30)  # it has died (again)
             result = subprocess.run(
-                [sys.executable, "-m", "agent.cli", "run", "crashy", "--runbooks", str(runbooks), "--json"],
+                [sys.executable, "-m", "agent", "run", "crashy", "--runbooks", str(runbooks), "--json"],
                 env=agent_env,
                 cwd=REPO,
                 capture_output=True,
@@ -216,7 +216,7 @@ def test_restart_not_resolved_opens_the_circuit(dc, agent_env, crashy_runbooks) 
         assert outcomes[1] == ("denied", None)
         assert starts(dc, "sandbox-crashy2-1", since) == 1
         status = subprocess.run(
-            [sys.executable, "-m", "agent.cli", "status"], env=agent_env, cwd=REPO, capture_output=True, text=True
+            [sys.executable, "-m", "agent", "status"], env=agent_env, cwd=REPO, capture_output=True, text=True
         )
         assert "circuit open: container:sandbox-crashy2-1" in status.stdout
     finally:

@@ -77,6 +77,19 @@ def test_a_run_is_handed_to_the_local_daemon_with_the_same_output(
     finished = {r["run_id"] for r in audited if r["event"] == "run_finished" and r["runbook"] == "db-connection"}
     assert finished == {first, second}
 
+    # The command handed it over before loading its own machinery: the point of the socket is the cold start.
+    imports = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "agent", "run", "db-connection", "--dry-run"],
+        env=agent_env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert imports.returncode == 0 and runs(state)[-1][2] == daemon.proc.pid, imports.stderr[-2000:]
+    loaded = {line.split("|")[-1].strip() for line in imports.stderr.splitlines() if line.startswith("import time:")}
+    assert "agent.handoff" in loaded and not loaded & {"click", "pydantic", "yaml", "docker", "psycopg", "http.client"}
+
     # --json: one document, the same shape as the command's own.
     as_json = cli(agent_env, "run", "db-connection", "--dry-run", "--json")
     document = json.loads(as_json.stdout)
@@ -173,7 +186,7 @@ def test_a_daemon_that_dies_mid_run_is_not_followed_by_a_second_run(agent_env: d
         daemon = Daemon(env, runbooks, "--dry-run").start()
         try:
             command = subprocess.Popen(
-                [sys.executable, "-m", "agent.cli", "run", "slow", "--dry-run"],
+                [sys.executable, "-m", "agent", "run", "slow", "--dry-run"],
                 env={**env},
                 cwd=REPO,
                 stdout=subprocess.PIPE,
@@ -224,7 +237,7 @@ def test_a_person_at_the_terminal_is_asked_mid_run_by_the_daemon(agent_env: dict
     target, env, runbooks = _bounce_setup(agent_env, tmp_path, dc)
     daemon = Daemon(env, runbooks).start()  # live: it may change things, once a person says so
     state = Path(agent_env["RUNBOOK_STATE_DIR"])
-    command = [sys.executable, "-m", "agent.cli", "run", "ask"]
+    command = [sys.executable, "-m", "agent", "run", "ask"]
 
     def started() -> str:
         return str(dc.api.inspect_container(target.id)["State"]["StartedAt"])
@@ -258,7 +271,7 @@ def test_an_interrupted_command_stops_the_daemons_run_from_changing_anything(
     before = dc.api.inspect_container(target.id)["State"]["StartedAt"]
     leader, follower = pty.openpty()
     command = subprocess.Popen(
-        [sys.executable, "-m", "agent.cli", "run", "ask"],
+        [sys.executable, "-m", "agent", "run", "ask"],
         env=env,
         cwd=REPO,
         stdin=follower,

@@ -250,7 +250,7 @@ def test_scale_swarm_service(dc, agent_env, tmp_path: Path, swarm) -> None:
 def test_manual_remediation_asks_on_a_terminal(dc, agent_env, tmp_path: Path, restore) -> None:
     client = redis.Redis.from_url(stack.AGENT_ENV["REDIS_URL"], decode_responses=True)
     runbooks = write_runbook(tmp_path, QUEUE.format(verb="pause").replace("approval: auto", "approval: manual"))
-    argv = [sys.executable, "-m", "agent.cli", "run", "queue-pause", "--runbooks", str(runbooks)]
+    argv = [sys.executable, "-m", "agent", "run", "queue-pause", "--runbooks", str(runbooks)]
     env = {k: v for k, v in agent_env.items() if k != "NO_COLOR"}
     _, out = run_in_terminal(argv, env, "n")
     assert "Approve pause" in out and "pause queue email" in out  # the exact plan is shown before asking

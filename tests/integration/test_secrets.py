@@ -51,7 +51,7 @@ def test_password_never_appears_in_any_output(dc, agent_env, unique_role, tmp_pa
         for args in (["run", "db-connection", *extra], ["show", "db-connection"], ["run", "no-such-runbook"]):
             args = [*verbose, *args]
             result = subprocess.run(
-                [sys.executable, "-m", "agent.cli", *args],
+                [sys.executable, "-m", "agent", *args],
                 env=env,
                 cwd=REPO,
                 capture_output=True,
@@ -63,7 +63,7 @@ def test_password_never_appears_in_any_output(dc, agent_env, unique_role, tmp_pa
     config = tmp_path / "config.yaml"
     config.write_text(f"database_url: {good}\nread_timeout: nope\n")
     result = subprocess.run(
-        [sys.executable, "-m", "agent.cli", "--config", str(config), "run", "db-connection"],
+        [sys.executable, "-m", "agent", "--config", str(config), "run", "db-connection"],
         env={k: v for k, v in agent_env.items() if k != "DATABASE_URL"},
         cwd=REPO,
         capture_output=True,
@@ -79,7 +79,7 @@ def test_password_never_appears_in_any_output(dc, agent_env, unique_role, tmp_pa
         if stored.exists():
             outputs.append(stored.read_bytes().decode("latin-1"))
     runs = subprocess.run(
-        [sys.executable, "-m", "agent.cli", "runs", "--json"], env=agent_env, cwd=REPO, capture_output=True, text=True
+        [sys.executable, "-m", "agent", "runs", "--json"], env=agent_env, cwd=REPO, capture_output=True, text=True
     )
     outputs.append(runs.stdout)
     leaks = [o for o in outputs if password in o]

@@ -1,0 +1,5 @@
+"""`python -m agent`: the `runbook` command."""
+
+from agent.entry import main
+
+main()
