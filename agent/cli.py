@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import click
 
@@ -276,13 +276,24 @@ def _unknown_on_error(func: F) -> F:
             return func(*args, **kwargs)
         except RunbookError as exc:
             exc.exit_code = 3
+            _nagios_unknown(args[0], kwargs, exc.message)
             raise
         except click.ClickException as exc:  # a malformed --param
+            _nagios_unknown(args[0], kwargs, exc.format_message())
             raise _Unknown(exc.format_message()) from None
         except KeyboardInterrupt:  # click would make it exit 1, WARNING
+            _nagios_unknown(args[0], kwargs, "interrupted")
             raise _Unknown("interrupted") from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _nagios_unknown(state: _State, kwargs: dict[str, Any], message: str) -> None:
+    """With --nagios, an error is also the plugin's output: monitoring systems show stdout, not stderr."""
+    if kwargs.get("nagios"):
+        from agent.nagios import unknown
+
+        state.echo(unknown(str(kwargs.get("runbook_id", "runbook")), message))
 
 
 @cli.command(cls=_VerdictCommand)
@@ -291,6 +302,11 @@ def _unknown_on_error(func: F) -> F:
 @_param_option
 @_param_file_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of text.")
+@click.option(
+    "--nagios",
+    is_flag=True,
+    help="Print as a Nagios/Icinga plugin: `ID STATE - text | perfdata`, then a line per check.",
+)
 @click.option("-y", "--yes", is_flag=True, help="Approve manual remediations (their plans are still shown).")
 @_runbooks_option
 @click.pass_obj
@@ -303,6 +319,7 @@ def run(
     params: tuple[str, ...],
     param_file: Path | None,
     as_json: bool,
+    nagios: bool,
     yes: bool,
     runbooks_dirs: tuple[Path, ...],
 ) -> None:
@@ -311,10 +328,16 @@ def run(
     Manual remediations show their exact plan and ask y/N on a terminal; --yes approves; with neither
     they are recorded as pending. --dry-run runs every check and shows every plan, and changes nothing.
     """
+    if nagios and as_json:
+        raise click.UsageError("--nagios and --json are two output formats: choose one")
     overrides = _parse_params(params, param_file)
-    handed = _hand_over(state, runbook_id, overrides, dry_run=dry_run, as_json=as_json, yes=yes, given=runbooks_dirs)
+    # --nagios is rendered here from the run's JSON document, wherever the run happens.
+    as_document = as_json or nagios
+    handed = _hand_over(
+        state, runbook_id, overrides, dry_run=dry_run, as_json=as_document, yes=yes, given=runbooks_dirs
+    )
     if handed is not None:
-        sys.stdout.write(handed.stdout)
+        sys.stdout.write(_nagios_from_document(handed.stdout) if nagios else handed.stdout)
         sys.stdout.flush()
         sys.stderr.write(handed.stderr)
         sys.exit(handed.exit_code)
@@ -335,8 +358,8 @@ def run(
     store = StateStore(settings.state_path)
     # A dry run's process is a dry-run process: it has no applier to build, whatever happens.
     executor = Executor(runbooks, settings, state.redactor, audit, policy=policy, state=store, dry_run=dry_run)
-    printer = Printer(state.redactor, enabled=not as_json)
-    interactive = not as_json and sys.stdin.isatty() and sys.stdout.isatty()
+    printer = Printer(state.redactor, enabled=not as_document)
+    interactive = not as_document and sys.stdin.isatty() and sys.stdout.isatty()
 
     def approve(step: Any, plan: Any) -> bool | None:
         if yes:
@@ -355,9 +378,20 @@ def run(
     from agent.cli_incidents import deliver, incident_after_run
 
     record, incidents, trouble = incident_after_run(state, runbooks, report)
-    after_run(report, record, trouble, as_json=as_json, printer=printer, raw=click.echo, echo=state.echo)
+    output: Literal["text", "json", "nagios"] = "nagios" if nagios else "json" if as_json else "text"
+    after_run(report, record, trouble, output=output, printer=printer, raw=click.echo, echo=state.echo)
     deliver(state, incidents)
     sys.exit(report.exit_status.exit_code)
+
+
+def _nagios_from_document(document: str) -> str:
+    """The plugin output of a run the daemon did, from the JSON document it printed."""
+    from agent.nagios import render
+
+    try:
+        return render(json.loads(document)) + "\n"
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise _Unknown(f"the local daemon's report was not understood: {exc}") from None
 
 
 def _hand_over(

@@ -476,6 +476,7 @@ class Executor:
                 details=self.redactor.data(outcome.details),
                 metrics=dict(outcome.metrics),
                 code=outcome.code,
+                thresholds=dict(outcome.thresholds),
             )
 
         try:

@@ -415,7 +415,7 @@ def run_for_command(
         report,
         record,
         trouble,
-        as_json=request.as_json,
+        output="json" if request.as_json else "text",
         printer=printer,
         raw=lambda text: print(text, file=out),
         echo=echo,

@@ -20,6 +20,7 @@ class CheckResult:
     details: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
     code: str | None = None
+    thresholds: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -46,6 +47,7 @@ class CheckResult:
             "duration_ms": round(self.duration_ms, 1),
             "details": _copied(self.details),
             "metrics": dict(self.metrics),
+            "thresholds": {k: list(v) for k, v in self.thresholds.items()},
             "code": self.code,
         }
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel
 from rich.console import Console
@@ -253,20 +253,27 @@ def after_run(
     record: Any,
     trouble: str | None,
     *,
-    as_json: bool,
+    output: Literal["text", "json", "nagios"],
     printer: Printer,
     raw: Callable[[str], None],
     echo: Callable[..., None],
 ) -> None:
     """What `runbook run` prints once its run is over, wherever the run happened (in the command itself
-    or in the local daemon it was handed to): the report or its JSON, the incident, and warnings on
-    stderr. `raw` writes a line as is; `echo(text, err=False)` masks secrets and escapes control codes."""
-    if as_json:
+    or in the local daemon it was handed to): the report, its JSON or its Nagios plugin output, the
+    incident, and warnings on stderr. `raw` writes a line as is; `echo(text, err=False)` masks secrets
+    and escapes control codes."""
+    if output in ("json", "nagios"):
         data = report.to_json()
         data["incident"] = record.id if record else None
         if trouble:
             data["incident_error"] = trouble
-        raw(json.dumps(printer.redactor.data(data), indent=2))
+        data = printer.redactor.data(data)
+        if output == "nagios":
+            from agent.nagios import render
+
+            raw(render(data))
+        else:
+            raw(json.dumps(data, indent=2))
     else:
         printer.report(report)
         if record is not None:

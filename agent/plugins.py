@@ -28,6 +28,9 @@ class Outcome:
     metrics: dict[str, float] = field(default_factory=dict)
     # A stable machine-readable reason for anything not OK (e.g. "container_not_running").
     code: str | None = None
+    # The (warn, crit) levels a metric was judged against, WARNING/CRITICAL at or above them (Nagios
+    # perfdata and graphs show them beside the value).
+    thresholds: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
 
 
 P = TypeVar("P", bound=BaseModel)

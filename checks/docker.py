@@ -297,6 +297,7 @@ def log_matches(ctx: CheckContext, params: LogMatchParams) -> Outcome:
         summary,
         details={"samples": [f"{n}: {line}" for n, line in matched[-5:]]},
         metrics={"matches": float(len(matched))},
+        thresholds={"matches": (params.warn, params.crit)},
         code="log_pattern_found" if status is not Status.OK else None,
     )
 
@@ -351,6 +352,7 @@ def error_rate(ctx: CheckContext, params: ErrorRateParams) -> Outcome:
         status,
         f"error rate {pct:.1f}% ({errors} of {total} requests 5xx in the last {window})",
         metrics=metrics,
+        thresholds={"error_pct": (params.warn_pct, params.crit_pct)},
         code="error_rate_high" if status is not Status.OK else None,
     )
 
@@ -432,5 +434,9 @@ def stats(ctx: CheckContext, params: StatsParams) -> Outcome:
         f"{top[1]}: CPU {top[2]:.1f}%, memory {top[3]:.1f}% of limit ({top[4] / 2**20:.0f} MiB)",
         details={"containers": [{"name": r[1], "cpu_pct": round(r[2], 2), "mem_pct": round(r[3], 2)} for r in rows]},
         metrics={"cpu_pct": round(max(r[2] for r in rows), 2), "mem_pct": round(max(r[3] for r in rows), 2)},
+        thresholds={
+            "cpu_pct": (params.cpu_warn_pct, params.cpu_crit_pct),
+            "mem_pct": (params.mem_warn_pct, params.mem_crit_pct),
+        },
         code="resource_use_high" if status is not Status.OK else None,
     )

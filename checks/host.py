@@ -35,6 +35,7 @@ def disk(ctx: CheckContext, params: DiskParams) -> Outcome:
         status,
         f"{params.path}: {usage.percent:.0f}% used, {usage.free / 2**30:.1f} GiB free",
         metrics={"used_pct": usage.percent, "free_bytes": float(usage.free)},
+        thresholds={"used_pct": (params.warn_pct, params.crit_pct)},
         code="disk_full" if status is not Status.OK else None,
     )
 
@@ -53,6 +54,7 @@ def memory(ctx: CheckContext, params: MemoryParams) -> Outcome:
         status,
         f"memory {mem.percent:.0f}% used, {mem.available / 2**30:.1f} GiB available",
         metrics={"used_pct": mem.percent, "available_bytes": float(mem.available)},
+        thresholds={"used_pct": (params.warn_pct, params.crit_pct)},
         code="memory_high" if status is not Status.OK else None,
     )
 
@@ -77,6 +79,7 @@ def cpu(ctx: CheckContext, params: CpuParams) -> Outcome:
         status,
         f"CPU {pct:.0f}% over {sample:g}s",
         metrics={"cpu_pct": pct},
+        thresholds={"cpu_pct": (params.warn_pct, params.crit_pct)},
         code="cpu_high" if status is not Status.OK else None,
     )
 
@@ -97,6 +100,7 @@ def load(ctx: CheckContext, params: LoadParams) -> Outcome:
         status,
         f"load {one:.2f} {five:.2f} {fifteen:.2f} on {cpus} CPUs ({per_cpu:.2f} per CPU)",
         metrics={"load1": one, "load5": five, "load15": fifteen, "load5_per_cpu": round(per_cpu, 2)},
+        thresholds={"load5_per_cpu": (params.warn_per_cpu, params.crit_per_cpu)},
         code="load_high" if status is not Status.OK else None,
     )
 

@@ -116,5 +116,6 @@ def get(ctx: CheckContext, params: GetParams) -> Outcome:
         status,
         f"HTTP {status_code} from {params.url} in {ms:.0f} ms",
         metrics=metrics,
+        thresholds={"latency_ms": (params.warn_ms, params.crit_ms)},
         code="http_slow" if status is not Status.OK else None,
     )

@@ -80,6 +80,7 @@ def connections(ctx: CheckContext, params: ConnectionsParams) -> Outcome:
         f"{used} of {maximum} connections in use ({pct:.0f}%)",
         details={"by_state": by_state},
         metrics={"connections": float(used), "max_connections": float(maximum), "used_pct": round(pct, 1)},
+        thresholds={"used_pct": (params.warn_pct, params.crit_pct)},
         code="db_connections_exhausted" if status is not Status.OK else None,
     )
 
@@ -115,6 +116,7 @@ def idle_in_transaction(ctx: CheckContext, params: IdleInTransactionParams) -> O
             ]
         },
         metrics={"idle_in_transaction": float(count), "oldest_idle_s": round(oldest, 1)},
+        thresholds={"idle_in_transaction": (params.warn, params.crit)},
         code="db_idle_in_transaction" if status is not Status.OK else None,
     )
 
@@ -143,5 +145,6 @@ def long_query(ctx: CheckContext, params: LongQueryParams) -> Outcome:
         f"longest query running {seconds:.0f}s (pid {pid})",
         details={"pid": pid, "query": text},
         metrics={"longest_query_s": round(seconds, 1)},
+        thresholds={"longest_query_s": (params.warn_seconds, params.crit_seconds)},
         code="db_long_query" if status is not Status.OK else None,
     )

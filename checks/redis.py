@@ -77,6 +77,7 @@ def memory(ctx: CheckContext, params: MemoryParams) -> Outcome:
         status,
         f"{used / 2**20:.1f} MiB of {limit / 2**20:.0f} MiB maxmemory ({pct:.0f}%)",
         metrics=metrics,
+        thresholds={"used_pct": (params.warn_pct, params.crit_pct)},
         code="redis_memory_high" if status is not Status.OK else None,
     )
 
@@ -122,6 +123,7 @@ def queue_depth(ctx: CheckContext, params: QueueDepthParams) -> Outcome:
         f"queue {params.queue}: {depth} jobs waiting ({key}, {kind})",
         details={"key": key, "type": kind},
         metrics={"depth": float(depth)},
+        thresholds={"depth": (params.warn, params.crit)},
         code="queue_backed_up" if status is not Status.OK else None,
     )
 
@@ -143,5 +145,6 @@ def failed_jobs(ctx: CheckContext, params: FailedJobsParams) -> Outcome:
         f"queue {params.queue}: {count} failed jobs ({key})",
         details={"key": key, "type": kind},
         metrics={"failed": float(count)},
+        thresholds={"failed": (params.warn, params.crit)},
         code="failed_jobs" if status is not Status.OK else None,
     )

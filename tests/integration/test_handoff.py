@@ -90,6 +90,11 @@ def test_a_run_is_handed_to_the_local_daemon_with_the_same_output(
     loaded = {line.split("|")[-1].strip() for line in imports.stderr.splitlines() if line.startswith("import time:")}
     assert "agent.handoff" in loaded and not loaded & {"click", "pydantic", "yaml", "docker", "psycopg", "http.client"}
 
+    # --nagios: the daemon's JSON document, rendered by the command as a plugin's output.
+    nagios = cli(agent_env, "run", "db-connection", "--dry-run", "--nagios")
+    assert nagios.returncode == 0 and runs(state)[-1][2] == daemon.proc.pid, nagios.stderr
+    assert nagios.stdout.startswith("DB-CONNECTION OK - all 7 checks OK | ") and "pool_used_pct=" in nagios.stdout
+
     # --json: one document, the same shape as the command's own.
     as_json = cli(agent_env, "run", "db-connection", "--dry-run", "--json")
     document = json.loads(as_json.stdout)
