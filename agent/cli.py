@@ -158,6 +158,26 @@ def list_(state: _State, runbooks_dirs: tuple[Path, ...], as_json: bool) -> None
         _print_json(state, rows)
 
 
+@cli.command("schema")
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), help="Write it to FILE instead.")
+@click.pass_obj
+@_errors_as_one_line
+def schema_command(state: _State, out: Path | None) -> None:
+    """The JSON Schema (draft 2020-12) of runbook files, for editors: with yaml-language-server, a runbook
+    starting `# yaml-language-server: $schema=runbook.schema.json` is checked and completed as typed."""
+    from agent.runbook_schema import runbook_schema
+
+    text = json.dumps(runbook_schema(), indent=2, ensure_ascii=False) + "\n"
+    if out is None:
+        click.echo(text, nl=False)
+        return
+    try:
+        out.write_text(text)
+    except OSError as exc:
+        raise ConfigError(f"{out}: cannot write the schema: {exc.strerror}") from None
+    click.echo(f"wrote {out}", err=True)
+
+
 @cli.command()
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 @_json_option

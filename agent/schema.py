@@ -14,6 +14,7 @@ from pydantic import (
     Field,
     StringConstraints,
     Tag,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -87,9 +88,28 @@ def parse_duration(value: Any, *, allow_zero: bool = False) -> float:
     return seconds
 
 
-Duration = Annotated[float, BeforeValidator(parse_duration)]
+# What editors check as a duration is typed (agent.runbook_schema): the same forms, in JSON Schema's
+# regex dialect (ECMA-262), a number also allowed.
+DURATION_PATTERN = rf"^\s*{_NUMBER}\s*(?:{_UNITS}(?:\s*{_NUMBER}\s*{_UNITS})*\s*)?$"
+
+
+def _duration_json(*, zero: bool, unit: str = "seconds") -> WithJsonSchema:
+    return WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "number", "minimum" if zero else "exclusiveMinimum": 0},
+                {"type": "string", "pattern": DURATION_PATTERN},
+            ],
+            "description": f"A duration: 90s, 1m30s, 1h30m, 2w, 500ms, or a number of {unit}.",
+        }
+    )
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration), _duration_json(zero=False)]
 # For quiet times, where none at all is a fair choice.
-DurationOrZero = Annotated[float, BeforeValidator(lambda v: parse_duration(v, allow_zero=True))]
+DurationOrZero = Annotated[
+    float, BeforeValidator(lambda v: parse_duration(v, allow_zero=True)), _duration_json(zero=True)
+]
 
 
 def _milliseconds(value: Any) -> Any:
@@ -103,7 +123,7 @@ def _milliseconds(value: Any) -> Any:
 
 
 # Thresholds in milliseconds (an HTTP check's latency): `250` or `250ms`, `1.5s`.
-DurationMs = Annotated[float, BeforeValidator(_milliseconds)]
+DurationMs = Annotated[float, BeforeValidator(_milliseconds), _duration_json(zero=False, unit="milliseconds")]
 Identifier = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]*$", max_length=64)]
 RunbookId = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]*$", max_length=64)]
 PluginName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*$")]
