@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 
 .DEFAULT_GOAL := help
-.PHONY: help install docker sandbox sandbox-down lint unit integration test demo bench clean
+.PHONY: help install docker sandbox sandbox-down lint unit integration test demo bench image clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -46,6 +46,9 @@ demo: sandbox ## The sandbox, a real fault, the runbook that diagnoses it, the a
 bench: sandbox ## Benchmarks: runbook against the by-hand and Ansible peers, one run; writes bench/results.json
 	bash bench/ensure-peers.sh
 	$(PY) -m bench.run
+
+image: install docker ## The daemon's container image (runbook:latest) on the local Debian base, nothing pulled
+	$(PY) deploy/build_image.py --tag runbook:latest
 
 clean: sandbox-down ## Remove the sandbox and the virtualenv
 	rm -rf $(VENV) .venv-ansible .pytest_cache .mypy_cache .ruff_cache

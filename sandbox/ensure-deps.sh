@@ -2,7 +2,8 @@
 # What the tests and the demo need on the host, from Debian's packages: the PostgreSQL client tools
 # (pg_dump/psql, for postgres.restore), debootstrap (to build the sandbox's base image), the real
 # Prometheus Alertmanager with amtool (end-to-end alert delivery tests), Icinga 2's binary (its own
-# performance-data parser checks `runbook run --nagios`; no Icinga daemon is run), and a Docker
+# performance-data parser checks `runbook run --nagios`; no Icinga daemon is run), systemd-analyze (to
+# verify the shipped unit), and a Docker
 # engine answering on /var/run/docker.sock (docker.io, dockerd started in the background: CI starts
 # with nothing running).
 set -euo pipefail
@@ -32,6 +33,7 @@ command -v pg_dump >/dev/null || missing+=(postgresql-client)
 command -v debootstrap >/dev/null || missing+=(debootstrap)
 command -v dockerd >/dev/null || missing+=(docker.io)
 command -v prometheus-alertmanager >/dev/null || missing+=(prometheus-alertmanager)
+command -v systemd-analyze >/dev/null || missing+=(systemd)  # `systemd-analyze verify` of deploy/runbook.service
 [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
 # The binary alone: what it recommends would install and start Icinga's services.
 command -v icinga2 >/dev/null || apt_install --no-install-recommends icinga2-bin
