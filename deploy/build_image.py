@@ -16,6 +16,8 @@ import sys
 from importlib.metadata import version
 from pathlib import Path
 
+import docker
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -30,7 +32,7 @@ def build(tag: str, base: str = stack.BASE_IMAGE) -> str:
     try:
         try:
             dc.images.get(base)
-        except Exception:  # noqa: BLE001 - missing (or unreadable): build it as the sandbox does
+        except docker.errors.ImageNotFound:  # built as the sandbox builds it
             subprocess.run(["bash", str(REPO / "sandbox" / "build-base-image.sh"), base], check=True)
         # Wheels for the base's own Python, not this one's: dependencies differ by version. pip's
         # --python-version does not reach `python_full_version` markers, so the one such dependency (redis
