@@ -26,7 +26,7 @@ sandbox: install docker ## Start the sandbox stack (idempotent; builds its image
 sandbox-down: install ## Remove the sandbox stack
 	$(PY) -m sandbox.stack down
 
-lint: install ## ruff (lint and format check) on everything, mypy --strict on agent/
+lint: install ## ruff (lint and format check) on everything, mypy --strict on agent/, checks/, remediations/
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy

@@ -11,6 +11,7 @@ from agent.config import Settings
 from agent.context import ApplyContext, RunClients
 from agent.exceptions import ApplyError
 from agent.plugins import Effect
+from agent.registry import installed_modules
 
 __all__ = ["DEFAULT_EFFECT_MODULES", "Applier"]
 
@@ -22,9 +23,12 @@ DEFAULT_EFFECT_MODULES: Mapping[str, str] = {
 
 
 class Applier:
-    def __init__(self, settings: Settings, modules: Mapping[str, str] = DEFAULT_EFFECT_MODULES) -> None:
+    def __init__(self, settings: Settings, modules: Mapping[str, str] | None = None) -> None:
         # Effects wait on slow things (a container stopping, a health check passing): their own timeout.
         self._clients = RunClients(settings.model_copy(update={"read_timeout": settings.apply_timeout}))
+        # The installed families' effects (entry points `runbook.effects`), unless given (tests).
+        if modules is None:
+            modules = installed_modules("runbook.effects", DEFAULT_EFFECT_MODULES)
         self._modules = dict(modules)
         self._effects: dict[str, Effect] = {}
 

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
-from agent.apply import DEFAULT_EFFECT_MODULES, Applier
+from agent.apply import Applier
 from agent.audit import AuditLog, timestamp
 from agent.config import Settings
 from agent.context import CheckContext, RunClients
@@ -196,7 +196,7 @@ class Executor:
         *,
         policy: EnvironmentPolicy | None = None,
         state: StateStore | None = None,
-        effect_modules: Mapping[str, str] = DEFAULT_EFFECT_MODULES,
+        effect_modules: Mapping[str, str] | None = None,
         dry_run: bool = False,
     ) -> None:
         self.runbooks = runbooks
@@ -208,7 +208,8 @@ class Executor:
         # Dry run is a property of the process: a dry-run executor has no effects to load, so no path
         # through it (a run, an approval, a scheduled sweep) can build an applier.
         self.dry_run = dry_run
-        self._effect_modules = None if dry_run else effect_modules
+        self._can_apply = not dry_run
+        self._effect_modules = effect_modules  # None: the installed families' (agent.apply)
         self.close_later = False  # the daemon sets it (see _close)
         self.templates = runbooks.templates
         self.registry = runbooks.registry
@@ -222,7 +223,7 @@ class Executor:
         return context
 
     def _applier(self) -> Applier | None:
-        if self._effect_modules is None or self.policy.mode != "apply":
+        if not self._can_apply or self.policy.mode != "apply":
             return None
         return Applier(self.settings, self._effect_modules)
 

@@ -10,17 +10,23 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-from agent.context import CheckContext
-from agent.docker_engine import read_logs
-from agent.exceptions import TargetUnreachable
-from agent.patterns import compile_linear, compile_linear_bytes
-from agent.plugins import Outcome, PluginSet
-from agent.schema import Duration
-from agent.status import Status, worst
+from agent.plugin_api import (
+    CheckContext,
+    Duration,
+    Outcome,
+    Params,
+    PluginSet,
+    Status,
+    TargetUnreachable,
+    above,
+    compile_linear,
+    compile_linear_bytes,
+    read_logs,
+    worst,
+)
 from checks import _cgroups
-from checks._thresholds import above
 
 plugins = PluginSet("docker")
 
@@ -29,11 +35,7 @@ plugins = PluginSet("docker")
 MAX_LOG_LINES = 20_000
 
 
-class _Params(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Target(_Params):
+class Target(Params):
     """A container by name, or every container of a compose service."""
 
     container: str | None = Field(None, description="Container name or id.")
@@ -96,7 +98,7 @@ def _missing(target: Target) -> Outcome:
     return Outcome(Status.CRITICAL, f"no container for {_describe(target)}", code="container_missing")
 
 
-class EngineParams(_Params):
+class EngineParams(Params):
     pass
 
 
@@ -179,7 +181,7 @@ def container_state(ctx: CheckContext, params: ContainerParams) -> Outcome:
     )
 
 
-class ReplicasParams(_Params):
+class ReplicasParams(Params):
     service: str = Field(description="Compose service name.")
     project: str | None = Field(None, description="Compose project; default: the configured compose_project.")
     min: int = Field(1, ge=0, description="Fewer running replicas than this is CRITICAL.")

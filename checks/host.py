@@ -5,22 +5,14 @@ from __future__ import annotations
 import os
 
 import psutil
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from agent.context import CheckContext
-from agent.plugins import Outcome, PluginSet
-from agent.schema import Duration
-from agent.status import Status
-from checks._thresholds import above
+from agent.plugin_api import CheckContext, Duration, Outcome, Params, PluginSet, Status, above
 
 plugins = PluginSet("host")
 
 
-class _Params(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class DiskParams(_Params):
+class DiskParams(Params):
     path: str = Field("/", description="A path on the filesystem to measure.")
     warn_pct: float = Field(80.0, ge=0, le=100)
     crit_pct: float = Field(90.0, ge=0, le=100)
@@ -40,7 +32,7 @@ def disk(ctx: CheckContext, params: DiskParams) -> Outcome:
     )
 
 
-class MemoryParams(_Params):
+class MemoryParams(Params):
     warn_pct: float = Field(85.0, ge=0, le=100)
     crit_pct: float = Field(95.0, ge=0, le=100)
 
@@ -59,7 +51,7 @@ def memory(ctx: CheckContext, params: MemoryParams) -> Outcome:
     )
 
 
-class CpuParams(_Params):
+class CpuParams(Params):
     sample: Duration = Field(
         0.25,
         description="How long to measure (psutil's first unsampled reading is meaningless); the run's other"
@@ -84,7 +76,7 @@ def cpu(ctx: CheckContext, params: CpuParams) -> Outcome:
     )
 
 
-class LoadParams(_Params):
+class LoadParams(Params):
     warn_per_cpu: float = Field(1.5, gt=0, description="5-minute load per CPU for WARNING.")
     crit_per_cpu: float = Field(3.0, gt=0, description="5-minute load per CPU for CRITICAL.")
 
@@ -105,7 +97,7 @@ def load(ctx: CheckContext, params: LoadParams) -> Outcome:
     )
 
 
-class ProcessParams(_Params):
+class ProcessParams(Params):
     name: str = Field(description="Process name (as in `ps -e`) or a word of its command line.")
     min: int = Field(1, ge=1, description="Fewer such processes than this is CRITICAL.")
 

@@ -8,14 +8,9 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
-from agent.context import CheckContext
-from agent.exceptions import TargetUnreachable
-from agent.plugins import Outcome, PluginSet
-from agent.schema import DurationMs
-from agent.status import Status
-from checks._thresholds import above
+from agent.plugin_api import CheckContext, DurationMs, Outcome, Params, PluginSet, Status, TargetUnreachable, above
 
 plugins = PluginSet("http")
 
@@ -23,9 +18,7 @@ plugins = PluginSet("http")
 MAX_BODY = 1_048_576
 
 
-class GetParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class GetParams(Params):
     url: str = Field(description="http(s) URL to GET (credentials in it are masked in all output).")
     expect_status: list[int] = Field([200], description="Status codes that count as healthy.")
     contains: str | None = Field(None, description="Text the body must contain (in its first MiB).")

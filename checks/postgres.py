@@ -4,21 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from agent.context import CheckContext
-from agent.exceptions import TargetUnreachable
-from agent.plugins import Outcome, PluginSet
-from agent.schema import Duration
-from agent.status import Status
-from checks._thresholds import above
+from agent.plugin_api import CheckContext, Duration, Outcome, Params, PluginSet, Status, TargetUnreachable, above
 
 plugins = PluginSet("postgres")
 
 
-class _Params(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class _Params(Params):
     dsn: str = Field(description="libpq connection string or URL (secret: its password is always masked).")
 
 

@@ -6,21 +6,15 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from agent.context import CheckContext
-from agent.exceptions import TargetUnreachable
-from agent.plugins import Outcome, PluginSet
-from agent.status import Status
-from checks._thresholds import above
+from agent.plugin_api import CheckContext, Outcome, Params, PluginSet, Status, TargetUnreachable, above
 
 plugins = PluginSet("redis")
 T = TypeVar("T")
 
 
-class _Params(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class _Params(Params):
     url: str = Field(description="Redis URL, e.g. redis://:password@host:6379/0 (password always masked).")
 
 

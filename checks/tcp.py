@@ -5,19 +5,14 @@ from __future__ import annotations
 import socket
 import time
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from agent.context import CheckContext
-from agent.exceptions import TargetUnreachable
-from agent.plugins import Outcome, PluginSet
-from agent.status import Status
+from agent.plugin_api import CheckContext, Outcome, Params, PluginSet, Status, TargetUnreachable
 
 plugins = PluginSet("tcp")
 
 
-class ConnectParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class ConnectParams(Params):
     host: str = Field(description="Host name or address.")
     port: int = Field(ge=1, le=65535)
 

@@ -4,13 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-from agent.changes import Change, EffectSpec
-from agent.context import PlanContext
-from agent.exceptions import PlanError
-from agent.plugins import PluginSet
-from agent.schema import Duration
+from agent.plugin_api import Change, Duration, EffectSpec, Params, PlanContext, PlanError, PluginSet
 from checks.docker import Target
 from remediations._container import NUMBER_LABEL, config_digest, volumes_kept
 
@@ -132,9 +128,7 @@ def restart(ctx: PlanContext, params: RestartParams) -> list[Change]:
 # --- scale ---------------------------------------------------------------------------------------------------
 
 
-class ScaleParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class ScaleParams(Params):
     service: str = Field(description="Compose (or Swarm) service to scale.")
     project: str | None = Field(None, description="Compose project; default: the configured compose_project.")
     replicas: int = Field(ge=0, description="Replica count to set (the guide scales workers to 10).")

@@ -6,13 +6,9 @@ import hashlib
 import os
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import Field, SecretStr
 
-from agent.changes import Change, EffectSpec
-from agent.context import PlanContext
-from agent.exceptions import PlanError
-from agent.plugins import PluginSet
-from agent.schema import Duration
+from agent.plugin_api import Change, Duration, EffectSpec, Params, PlanContext, PlanError, PluginSet
 
 plugins = PluginSet("postgres")
 
@@ -42,9 +38,7 @@ class RestoreSpec(EffectSpec):
     sha256: str
 
 
-class _Params(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class _Params(Params):
     dsn: str = Field(description="libpq connection string or URL.")
 
 

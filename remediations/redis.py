@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import Field, SecretStr
 
-from agent.changes import Change, EffectSpec
-from agent.context import PlanContext
-from agent.plugins import PluginSet
+from agent.plugin_api import Change, EffectSpec, Params, PlanContext, PluginSet
 
 plugins = PluginSet("redis")
 
@@ -17,9 +15,7 @@ class FlagSpec(EffectSpec):
     field: str
 
 
-class QueueParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class QueueParams(Params):
     url: str = Field(description="Redis URL.")
     queue: str = Field(description="Queue name.")
     key_format: str = Field("bull:{queue}:meta", description="Hash holding the queue's pause flag (BullMQ: meta).")

@@ -6,9 +6,7 @@ import contextlib
 import time
 from typing import Any
 
-from agent.context import ApplyContext
-from agent.exceptions import ApplyError
-from agent.plugins import EffectSet
+from agent.plugin_api import ApplyContext, ApplyError, EffectSet
 from remediations._container import Blueprint, blueprint, config_digest
 from remediations.docker import CreateReplicaSpec, RecreateSpec, RemoveSpec, RestartSpec, ServiceScaleSpec
 

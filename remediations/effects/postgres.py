@@ -8,10 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from agent.context import ApplyContext
-from agent.exceptions import ApplyError
-from agent.files import open_private, private_dir
-from agent.plugins import EffectSet
+from agent.plugin_api import ApplyContext, ApplyError, EffectSet, open_private, private_dir
 from remediations.postgres import ARCHIVE_MAGIC, DumpSpec, RestoreSpec, TerminateSpec, sha256_of
 
 effects = EffectSet("postgres")

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from agent.context import ApplyContext
-from agent.plugins import EffectSet
+from agent.plugin_api import ApplyContext, EffectSet
 from remediations.redis import FlagSpec
 
 effects = EffectSet("redis")

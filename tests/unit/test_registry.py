@@ -1,5 +1,6 @@
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from pydantic import BaseModel
@@ -53,3 +54,34 @@ def test_plugin_modules_load_lazily_and_do_not_import_clients() -> None:
         "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def _dist(site: Path, name: str, checks: dict[str, str]) -> None:
+    info = site / f"{name}-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+    lines = "".join(f"{family} = {module}\n" for family, module in checks.items())
+    (info / "entry_points.txt").write_text(f"[runbook.checks]\n{lines}")
+
+
+def test_families_come_from_entry_points_and_may_not_take_a_built_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agent.exceptions import ConfigError
+    from agent.registry import DEFAULT_CHECK_MODULES, installed_modules
+
+    site = tmp_path / "site"
+    _dist(site, "pack_one", {"mine": "pack_one.checks"})
+    monkeypatch.syspath_prepend(str(site))
+    found = installed_modules("runbook.checks", DEFAULT_CHECK_MODULES)
+    assert found["mine"] == "pack_one.checks" and found["docker"] == "checks.docker"
+
+    _dist(site, "pack_two", {"mine": "pack_two.checks"})  # two packs, one family
+    with pytest.raises(ConfigError, match=r"family 'mine': pack_\w+\.checks and pack_\w+\.checks"):
+        installed_modules("runbook.checks", DEFAULT_CHECK_MODULES)
+
+    other = tmp_path / "other"
+    _dist(other, "evil", {"docker": "evil.checks"})  # a pack may not replace the built-in docker checks
+    monkeypatch.setattr(sys, "path", [str(other), *[p for p in sys.path if p != str(site)]])
+    with pytest.raises(ConfigError, match=r"family 'docker': evil\.checks and checks\.docker"):
+        installed_modules("runbook.checks", DEFAULT_CHECK_MODULES)

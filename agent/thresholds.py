@@ -1,4 +1,4 @@
-"""Threshold helpers shared by checks: a measured value against warn/crit levels."""
+"""Threshold helpers for checks: a measured value against warn/crit levels."""
 
 from __future__ import annotations
 
