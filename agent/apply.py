@@ -10,16 +10,10 @@ from agent.changes import Change
 from agent.config import Settings
 from agent.context import ApplyContext, RunClients
 from agent.exceptions import ApplyError
-from agent.plugins import Effect
-from agent.registry import installed_modules
+from agent.plugins import Effect, EffectSet
+from agent.registry import DEFAULT_EFFECT_MODULES, families
 
 __all__ = ["DEFAULT_EFFECT_MODULES", "Applier"]
-
-DEFAULT_EFFECT_MODULES: Mapping[str, str] = {
-    "docker": "remediations.effects.docker",
-    "postgres": "remediations.effects.postgres",
-    "redis": "remediations.effects.redis",
-}
 
 
 class Applier:
@@ -27,9 +21,7 @@ class Applier:
         # Effects wait on slow things (a container stopping, a health check passing): their own timeout.
         self._clients = RunClients(settings.model_copy(update={"read_timeout": settings.apply_timeout}))
         # The installed families' effects (entry points `runbook.effects`), unless given (tests).
-        if modules is None:
-            modules = installed_modules("runbook.effects", DEFAULT_EFFECT_MODULES)
-        self._modules = dict(modules)
+        self._modules = dict(modules if modules is not None else families("runbook.effects"))
         self._effects: dict[str, Effect] = {}
 
     def _effect(self, name: str) -> Effect:
@@ -38,7 +30,11 @@ class Applier:
             if family not in self._modules:
                 raise KeyError(f"no effects module for {name!r}")
             module = importlib.import_module(self._modules[family])
-            for effect in module.effects.effects:
+            effects = getattr(module, "effects", None)
+            # The module must be the family's own: a pack cannot serve `docker.*` effects from another name.
+            if not isinstance(effects, EffectSet) or effects.family != family:
+                raise KeyError(f"{self._modules[family]} does not declare `effects = EffectSet({family!r})`")
+            for effect in effects.effects:
                 self._effects.setdefault(effect.name, effect)
             if name not in self._effects:
                 raise KeyError(f"unknown effect {name!r}")

@@ -281,9 +281,15 @@ class _VerdictCommand(click.Command):
     usage error too — is 3 UNKNOWN, never 2, which a monitoring system reads as CRITICAL."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        given = list(args)  # (click's parser consumes the list)
         try:
             return super().parse_args(ctx, args)
         except click.UsageError as exc:
+            if "--nagios" in given:  # the monitoring system shows stdout: the error goes there too
+                from agent.nagios import unknown
+
+                runbook_id = next((a for a in given if not a.startswith("-")), "runbook")
+                click.echo(unknown(runbook_id, exc.format_message()))
             raise _UnknownUsage(exc.format_message(), exc.ctx) from None
 
 
@@ -304,6 +310,11 @@ def _unknown_on_error(func: F) -> F:
         except KeyboardInterrupt:  # click would make it exit 1, WARNING
             _nagios_unknown(args[0], kwargs, "interrupted")
             raise _Unknown("interrupted") from None
+        except (click.exceptions.Exit, SystemExit):
+            raise
+        except Exception as exc:  # an internal error: errors_as_one_line reports it (exit 3)
+            _nagios_unknown(args[0], kwargs, f"internal error: {type(exc).__name__}: {exc}")
+            raise
 
     return wrapper  # type: ignore[return-value]
 

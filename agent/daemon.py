@@ -317,7 +317,8 @@ class Daemon:
                         )
                     )
                 arrival.settle(results=results)
-                _log_dispositions(arrival.alerts, results)
+                with contextlib.suppress(Exception):  # a log line never keeps the next payload from its queue
+                    _log_dispositions(arrival.alerts, results)
         finally:
             for arrival in batch:  # never a follower left to read empty results as success
                 if not arrival.settled:

@@ -47,7 +47,8 @@ def _plain_run(argv: Sequence[str]) -> tuple[str, dict[str, str], dict[str, bool
 
 
 def _handed(argv: Sequence[str]) -> None:
-    """Hand a plain run to the local daemon and exit with its outcome; return when the CLI must do it."""
+    """Hand a plain run to the local daemon and exit with its outcome; return when the CLI must do it
+    (the daemon's answer is then remembered for it: it never asks twice)."""
     if os.environ.get("RUNBOOK_NO_DAEMON") or os.environ.get("RUNBOOK_CONFIG"):
         return  # with a config file, where things are is the settings' to say
     plain = _plain_run(argv)
@@ -56,29 +57,34 @@ def _handed(argv: Sequence[str]) -> None:
     from pathlib import Path
 
     from agent import handoff
-    from agent.exceptions import RunbookError
     from agent.paths import default_runbooks_dirs, default_state_dir
 
     runbook_id, params, flags = plain
     policy = os.environ.get("RUNBOOK_POLICY")
-    request = handoff.request_for(
-        runbook_id,
-        params,
-        **flags,
-        runbooks_dirs=default_runbooks_dirs(os.environ.get("RUNBOOK_DIR")),
-        config_file=None,
-        policy_file=Path(policy) if policy else None,
-    )
-    state_dir = os.environ.get("RUNBOOK_STATE_DIR")
     try:
-        handed = handoff.run_once(Path(state_dir) if state_dir else default_state_dir(), request)
-    except RunbookError:
-        return  # lost or interrupted: the CLI reports it (the answer is kept), with its redaction
-    if handed is not None:
-        sys.stdout.write(handed.stdout)
+        request = handoff.request_for(
+            runbook_id,
+            params,
+            **flags,
+            runbooks_dirs=default_runbooks_dirs(os.environ.get("RUNBOOK_DIR")),
+            config_file=None,
+            policy_file=Path(policy) if policy else None,
+        )
+    except OSError:
+        return  # (a working directory gone, say): the CLI reports it in its own words
+    state_dir = os.environ.get("RUNBOOK_STATE_DIR")
+    answered = handoff.answer(Path(state_dir) if state_dir else default_state_dir(), request)
+    if not isinstance(answered, handoff.Handed):
+        handoff.remember(request, answered)  # declined: run here; lost: the CLI reports it, exit 3
+        return
+    try:
+        sys.stdout.write(answered.stdout)
         sys.stdout.flush()
-        sys.stderr.write(handed.stderr)
-        sys.exit(handed.exit_code)
+        sys.stderr.write(answered.stderr)
+    except BrokenPipeError:  # `runbook run ... | head`: as the CLI, nothing more to say to the reader
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
+    sys.exit(answered.exit_code)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

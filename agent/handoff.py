@@ -19,6 +19,7 @@ from __future__ import annotations
 import getpass
 import json
 import os
+import re
 import socket
 import stat
 import struct
@@ -38,7 +39,9 @@ __all__ = [
     "Handed",
     "HandoffLost",
     "actor",
+    "answer",
     "hand_over",
+    "remember",
     "request_for",
     "run_once",
 ]
@@ -54,9 +57,10 @@ MAX_ANSWER = 1 << 26  # bytes of a whole answer (a run's output) at most
 MAX_HEAD_LINE = 1 << 16  # bytes of the status line, a header line or a chunk-size line
 MAX_HEADERS = 100
 
-# What the daemon answered this process, once asked (agent.entry asks before the CLI loads): a declined
-# run is then run here and a lost one reported, without asking the daemon a second time.
-_answered: list[Handed | RunbookError | None] = []
+# Answers agent.entry got before handing the command line to the CLI (a declined run, a lost one), by
+# request: the CLI, making the same request, takes the answer instead of asking the daemon again. Taken
+# once: a second run in the same process (tests) asks afresh.
+_remembered: dict[str, Handed | RunbookError | None] = {}
 
 
 class Handed:
@@ -141,17 +145,18 @@ class _Response:
         if self._chunked:
             while True:
                 size_line = self._line().split(b";", 1)[0].strip()
-                try:
-                    size = int(size_line, 16)
-                except ValueError:
-                    raise _BadAnswer(f"a bad chunk size: {size_line[:40]!r}") from None
+                # Hex digits only: int() would also take `-3`, `0x10` or `1_0` (a negative size reads
+                # to the end of the stream, unbounded).
+                if not re.fullmatch(rb"[0-9A-Fa-f]{1,8}", size_line):
+                    raise _BadAnswer(f"a bad chunk size: {size_line[:40]!r}")
+                size = int(size_line, 16)
                 if size == 0:
                     return  # (no trailers from this daemon; the connection closes)
                 if size > MAX_EVENT:
                     raise _BadAnswer("a chunk larger than any event")
                 data = self._file.read(size + 2)
-                if len(data) != size + 2:
-                    raise _BadAnswer("the answer ended in a chunk")
+                if len(data) != size + 2 or data[size:] != b"\r\n":
+                    raise _BadAnswer("a chunk cut short or not ended by CRLF")
                 yield data[:size]
         left = self._left
         while left is None or left > 0:
@@ -212,7 +217,7 @@ def hand_over(
     path, token_file = state_dir / DAEMON_SOCKET, state_dir / DAEMON_TOKEN
     try:
         token = token_file.read_text().strip()
-    except OSError:
+    except (OSError, ValueError):  # unreadable, or not text: not a daemon to hand anything to
         return None
     if not token or not _ours(path):
         return None
@@ -323,27 +328,39 @@ def request_for(
     }
 
 
-def run_once(state_dir: Path, request: dict[str, Any]) -> Handed | None:
-    """hand_over() for this process's terminal, at most once per process: the Handed, None (run it here),
-    or a RunbookError (exit 3) when the run was handed and then lost or interrupted. A run a person may
-    be asked to approve is streamed: its lines appear as they come and the question is asked here,
+def answer(state_dir: Path, request: dict[str, Any]) -> Handed | RunbookError | None:
+    """hand_over() for this process's terminal: the Handed, None (run it here), or the RunbookError
+    (exit 3) to report when the run was handed and then lost or interrupted. A run a person may be
+    asked to approve is streamed: its lines appear as they come and the question is asked here,
     mid-run, as in a run done here."""
-    if not _answered:
-        interactive = not (request["dry_run"] or request["yes"] or request["json"])
-        interactive = interactive and sys.stdin.isatty() and sys.stdout.isatty()
-        try:
-            if interactive:
-                _answered.append(hand_over(state_dir, request, write=_write, ask=_ask))
-            else:
-                _answered.append(hand_over(state_dir, request))
-        except KeyboardInterrupt:
-            _answered.append(_interrupted())
-        except HandoffLost as exc:
-            _answered.append(_lost(exc))
-    answer = _answered[0]
-    if isinstance(answer, RunbookError):
-        raise answer
-    return answer
+    interactive = not (request["dry_run"] or request["yes"] or request["json"])
+    interactive = interactive and sys.stdin.isatty() and sys.stdout.isatty()
+    try:
+        if interactive:
+            return hand_over(state_dir, request, write=_write, ask=_ask)
+        return hand_over(state_dir, request)
+    except KeyboardInterrupt:
+        return _interrupted()
+    except HandoffLost as exc:
+        return _lost(exc)
+
+
+def remember(request: dict[str, Any], answered: Handed | RunbookError | None) -> None:
+    _remembered[_key(request)] = answered
+
+
+def run_once(state_dir: Path, request: dict[str, Any]) -> Handed | None:
+    """The answer to this request remembered by agent.entry, else the daemon's: the Handed, or None
+    (run it here); raises the RunbookError of a run handed and lost."""
+    key = _key(request)
+    answered = _remembered.pop(key) if key in _remembered else answer(state_dir, request)
+    if isinstance(answered, RunbookError):
+        raise answered
+    return answered
+
+
+def _key(request: dict[str, Any]) -> str:
+    return json.dumps(request, sort_keys=True, default=str)
 
 
 def _write(text: str) -> None:

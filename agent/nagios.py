@@ -5,7 +5,9 @@ The plugin conventions (the Monitoring Plugins Development Guidelines, which Ici
 the exit code is the state (0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN; `run` already exits so); the first
 line is `SERVICE STATE - text | perfdata`; further lines are the long output (here, one per check).
 Performance data is `'label'=value[UOM];[warn];[crit];[min];[max]`, one item per metric a check
-reported, with the levels it was judged against where it has them. A `|` in any text would start the
+reported, with the levels it was judged against where it has them (as plain numbers, as graphers read
+them; note that a check here is WARNING/CRITICAL at or above a level, where a Nagios range `10` means
+above 10). A `|` in any text would start the
 perfdata, so text has none; values are plain decimals (no exponents, which parsers reject).
 
 Rendered from the run's JSON report, so a run handed to the local daemon prints the same.
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from decimal import Decimal
 from typing import Any
 
 from agent.terminal import printable
@@ -65,7 +68,7 @@ def _perfdata(check: Mapping[str, Any]) -> list[str]:
         unit = next((u for suffix, u in _UNITS if metric.endswith(suffix)), "")
         warn, crit = [*(thresholds.get(metric) or ()), None, None][:2]
         fields = [_number(value) + unit, _level(warn), _level(crit)]
-        if unit == "%":
+        if unit == "%" and 0 <= value <= 100:  # (a container's CPU can pass 100%: several cores)
             fields += ["0", "100"]
         label = _label(metric if metric == check["id"] else f"{check['id']}_{metric}")
         items.append(f"{label}={';'.join(fields).rstrip(';')}")
@@ -73,9 +76,12 @@ def _perfdata(check: Mapping[str, Any]) -> list[str]:
 
 
 def _label(label: str) -> str:
-    """A label quoted when it must be: spaces, or the characters the format reserves."""
-    label = label.replace("'", "").replace("=", "_").replace("|", "_")
-    return f"'{label}'" if any(ch.isspace() for ch in label) else label
+    """A label quoted when it holds spaces; what the format reserves (`'`, `=`, `|`) and any other
+    whitespace or control character (a newline would end the first line) replaced."""
+    label = "".join(
+        "_" if ch in "'=|" or (ch != " " and (ch.isspace() or not ch.isprintable())) else ch for ch in label
+    )
+    return f"'{label}'" if " " in label else label
 
 
 def _level(value: Any) -> str:
@@ -85,7 +91,8 @@ def _level(value: Any) -> str:
 
 
 def _number(value: float) -> str:
-    """A plain decimal: 97.5, 6, 0.25 — never 1e+06."""
+    """A plain decimal, as exact as the float's shortest repr: 97.5, 6, 0.0000001 — never 1e-07."""
     if float(value).is_integer():
         return str(int(value))
-    return f"{value:.6f}".rstrip("0").rstrip(".")
+    text = format(Decimal(repr(float(value))), "f")
+    return text.rstrip("0").rstrip(".") if "." in text else text

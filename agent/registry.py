@@ -8,7 +8,9 @@ there the same way; the maps below are their fallback when this project runs uni
 
 from __future__ import annotations
 
+import functools
 import importlib
+import sys
 from collections.abc import Mapping
 
 from agent.exceptions import ConfigError
@@ -16,9 +18,11 @@ from agent.plugins import CheckSpec, PluginSet, RemediationSpec
 
 __all__ = [
     "DEFAULT_CHECK_MODULES",
+    "DEFAULT_EFFECT_MODULES",
     "DEFAULT_REMEDIATION_MODULES",
     "Registry",
     "UnknownPlugin",
+    "families",
     "installed_modules",
 ]
 
@@ -36,6 +40,18 @@ DEFAULT_REMEDIATION_MODULES: Mapping[str, str] = {
     "postgres": "remediations.postgres",
     "redis": "remediations.redis",
 }
+# Loaded only by a live process's applier (agent.apply).
+DEFAULT_EFFECT_MODULES: Mapping[str, str] = {
+    "docker": "remediations.effects.docker",
+    "postgres": "remediations.effects.postgres",
+    "redis": "remediations.effects.redis",
+}
+_BUILTIN = {
+    "runbook.checks": DEFAULT_CHECK_MODULES,
+    "runbook.remediations": DEFAULT_REMEDIATION_MODULES,
+    "runbook.effects": DEFAULT_EFFECT_MODULES,
+}
+OWN_DISTRIBUTION = "runbook"  # the package whose entry points may declare the built-in families
 
 
 def installed_modules(group: str, builtin: Mapping[str, str]) -> dict[str, str]:
@@ -45,6 +61,12 @@ def installed_modules(group: str, builtin: Mapping[str, str]) -> dict[str, str]:
 
     found: dict[str, str] = {}
     for point in entry_points(group=group):
+        if point.name in builtin and (point.dist is None or point.dist.name != OWN_DISTRIBUTION):
+            owner = point.dist.name if point.dist is not None else "an unknown package"
+            raise ConfigError(
+                f"{owner} declares the built-in {group} family {point.name!r} ({point.value}); "
+                "a pack must use a family name of its own"
+            )
         if point.name in found and found[point.name] != point.value:
             raise ConfigError(
                 f"two installed packages declare the {group} family {point.name!r}: "
@@ -58,6 +80,17 @@ def installed_modules(group: str, builtin: Mapping[str, str]) -> dict[str, str]:
                 "a pack must use a family name of its own"
             )
     return found
+
+
+@functools.cache
+def families(group: str) -> Mapping[str, str]:
+    """The installed families of a group, read once per process: a pack installed while the daemon
+    runs is taken at its next start, never halfway through a run."""
+    return installed_modules(group, _BUILTIN[group])
+
+
+def _effects_imported() -> set[str]:
+    return {m for m in families("runbook.effects").values() if m in sys.modules}
 
 
 class UnknownPlugin(KeyError):
@@ -77,9 +110,9 @@ class Registry:
     ) -> None:
         """The installed families (entry points), unless the modules are given (tests)."""
         if check_modules is None:
-            check_modules = installed_modules("runbook.checks", DEFAULT_CHECK_MODULES)
+            check_modules = families("runbook.checks")
         if remediation_modules is None:
-            remediation_modules = installed_modules("runbook.remediations", DEFAULT_REMEDIATION_MODULES)
+            remediation_modules = families("runbook.remediations")
         self._check_modules = dict(check_modules)
         self._remediation_modules = dict(remediation_modules)
         self._checks: dict[str, CheckSpec] = {}
@@ -102,17 +135,39 @@ class Registry:
         for remediation in plugins.remediations:
             self.add_remediation(remediation)
 
-    def _load(self, module_name: str) -> None:
+    def _load(self, module_name: str, family: str) -> None:
+        """Import a family's module and register all of its plugins, or none of them: the module must
+        declare the family it is installed as (so a pack cannot register `docker.*` under a name of
+        its own), and importing it must not import an effects module (what can act is the live
+        applier's alone)."""
         if module_name in self._loaded:
             return
+        effects_before = _effects_imported()
         module = importlib.import_module(module_name)
+        plugins = getattr(module, "plugins", None)
+        if not isinstance(plugins, PluginSet):
+            raise ConfigError(f"{module_name}: no `plugins = PluginSet({family!r})` in it")
+        if plugins.family != family:
+            raise ConfigError(
+                f"{module_name} is installed as the family {family!r} but declares PluginSet({plugins.family!r})"
+            )
+        taken = [c.name for c in plugins.checks if c.name in self._checks]
+        taken += [r.name for r in plugins.remediations if r.name in self._remediations]
+        if taken:
+            raise ConfigError(f"{module_name}: {', '.join(taken)} already registered by another module")
+        acting = sorted(_effects_imported() - effects_before)
+        if acting:
+            raise ConfigError(
+                f"importing {module_name} imported {', '.join(acting)}: checks and remediation plans never "
+                "load effects (only a live process's applier does)"
+            )
         self._loaded.add(module_name)
-        self.add_plugins(module.plugins)
+        self.add_plugins(plugins)
 
     def check(self, name: str) -> CheckSpec:
         family = name.split(".", 1)[0]
         if family in self._check_modules:
-            self._load(self._check_modules[family])
+            self._load(self._check_modules[family], family)
         if name not in self._checks:
             raise UnknownPlugin("check", name, self.check_names())
         return self._checks[name]
@@ -120,17 +175,17 @@ class Registry:
     def remediation(self, name: str) -> RemediationSpec:
         family = name.split(".", 1)[0]
         if family in self._remediation_modules:
-            self._load(self._remediation_modules[family])
+            self._load(self._remediation_modules[family], family)
         if name not in self._remediations:
             raise UnknownPlugin("remediation", name, self.remediation_names())
         return self._remediations[name]
 
     def check_names(self) -> list[str]:
-        for module_name in self._check_modules.values():
-            self._load(module_name)
+        for family, module_name in self._check_modules.items():
+            self._load(module_name, family)
         return sorted(self._checks)
 
     def remediation_names(self) -> list[str]:
-        for module_name in self._remediation_modules.values():
-            self._load(module_name)
+        for family, module_name in self._remediation_modules.items():
+            self._load(module_name, family)
         return sorted(self._remediations)

@@ -6,7 +6,9 @@ cannot say on their own: each step's `with:` typed by its `check:` or `do:` name
 params models and their descriptions (an if/then per name: editors then report a wrong param under the
 step that has it), and every such value also allowed to be a template (`'{{ params.dsn }}'`), because
 templates are rendered when the run starts. What only code can check (a `when:` expression, an RE2
-pattern's syntax, alert_params naming declared params) is still `runbook validate`'s.
+pattern's syntax, alert_params naming declared params) is still `runbook validate`'s. The schema is a
+little stricter than the loader in two places, on purpose: a number written as a quoted string
+(`warn_pct: "80"`, which pydantic's lax mode takes) and spaces inside a duration (`1 0s`) are flagged.
 """
 
 from __future__ import annotations

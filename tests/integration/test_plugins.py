@@ -10,6 +10,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import redis
 
 from tests.integration.conftest import cli
 
@@ -68,7 +69,7 @@ severity: SEV-4
 checks:
   - id: keys
     check: example.redis_keys
-    with: {url: "{{ config.redis_url }}", warn: WARN}
+    with: {url: "URL", warn: 2}
 """
 
 
@@ -100,7 +101,9 @@ def test_an_installed_check_pack_is_found_and_runs(agent_env: dict[str, str], tm
     assert list(site.glob("runbook_example_pack-0.1.0.dist-info/entry_points.txt"))
     runbooks = tmp_path / "runbooks"
     runbooks.mkdir()
-    (runbooks / "keys.yaml").write_text(RUNBOOK.replace("WARN", "1000000"))
+    # A database of the sandbox's Redis that nothing else uses: its key count is the test's to set.
+    url = agent_env["REDIS_URL"].rsplit("/", 1)[0] + "/13"
+    (runbooks / "keys.yaml").write_text(RUNBOOK.replace("URL", url))
     with_pack = {**agent_env, "PYTHONPATH": str(site)}
 
     # Without the pack, the runbook names an unknown check; with it, it is valid and documented.
@@ -113,11 +116,18 @@ def test_an_installed_check_pack_is_found_and_runs(agent_env: dict[str, str], tm
     assert "example.redis_keys" in schema["$defs"]["CheckStep"]["properties"]["check"]["enum"]
 
     # It runs against the real Redis, through the engine's own client and deadline.
-    ran = cli(with_pack, "run", "keys", "--runbooks", str(runbooks), "--json", "--dry-run")
-    assert ran.returncode == 0, ran.stdout + ran.stderr
-    [check] = json.loads(ran.stdout)["checks"]
-    assert check["check"] == "example.redis_keys" and check["summary"].endswith("keys (example pack)")
-    assert check["thresholds"] == {"keys": [1000000, None]}
-    (runbooks / "keys.yaml").write_text(RUNBOOK.replace("WARN", str(int(check["metrics"]["keys"]) + 1)))
-    lower = cli(with_pack, "run", "keys", "--runbooks", str(runbooks), "--nagios", "--dry-run")
-    assert lower.returncode == 0 and lower.stdout.startswith("KEYS OK - all 1 checks OK | keys=")
+    client = redis.Redis.from_url(url)
+    try:
+        client.flushdb()
+        ran = cli(with_pack, "run", "keys", "--runbooks", str(runbooks), "--json", "--dry-run")
+        assert ran.returncode == 0, ran.stdout + ran.stderr
+        [check] = json.loads(ran.stdout)["checks"]
+        assert check["check"] == "example.redis_keys" and check["summary"] == "0 keys (example pack)"
+        assert check["thresholds"] == {"keys": [2, None]}
+        client.mset({"a": 1, "b": 2})
+        warned = cli(with_pack, "run", "keys", "--runbooks", str(runbooks), "--nagios", "--dry-run")
+        assert warned.returncode == 1, warned.stdout + warned.stderr
+        assert warned.stdout.startswith("KEYS WARNING - keys: 2 keys (example pack) | keys=2;2")
+    finally:
+        client.flushdb()
+        client.close()

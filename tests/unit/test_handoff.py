@@ -144,6 +144,9 @@ def test_a_streamed_run_is_followed_across_chunk_boundaries_and_its_question_ans
         b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\nnot json!",
         b"HTTP/1.1 500 Internal\r\ncontent-length: 0\r\n\r\n",  # it had the run: an error is not a refusal
         b"",  # closed without a word
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n-3\r\n" + b"x" * 100,  # a negative size
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0x5\r\nhello\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhelloXY0\r\n\r\n",  # no CRLF after
     ],
 )
 def test_an_answer_not_understood_once_the_run_was_taken_is_lost_never_run_again(
@@ -169,20 +172,21 @@ def test_no_daemon_or_an_unsafe_socket_means_run_it_here(state: Path, serve) -> 
     assert handoff.hand_over(state, REQUEST) is None
 
 
-def test_the_answer_is_asked_once_per_process(state: Path, serve, monkeypatch: pytest.MonkeyPatch) -> None:
-    """agent.entry asks first; the CLI it falls back to gets the same answer without asking again."""
-    monkeypatch.setattr(handoff, "_answered", [])
-    daemon = serve(json_answer(409, {"detail": "declined"}))
+def test_the_entry_points_answer_is_taken_by_the_cli_once(state: Path, serve) -> None:
+    """agent.entry asks first and remembers the answer; the CLI, making the same request, takes it
+    instead of asking again; a later run in the same process asks afresh."""
+    daemon = serve(json_answer(409, {"detail": "declined"}), json_answer(409, {"detail": "declined"}))
     request = {**REQUEST, "dry_run": True}
-    assert handoff.run_once(state, request) is None
-    assert handoff.run_once(state, request) is None
-    assert len(daemon.requests) == 1
-    monkeypatch.setattr(handoff, "_answered", [])
-    serve(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
-    for _ in range(2):  # lost: the same UNKNOWN error both times, never a second run
-        with pytest.raises(handoff.RunbookError, match=r"did not answer|not understood") as caught:
-            handoff.run_once(state, request)
-        assert caught.value.exit_code == 3
+    handoff.remember(request, handoff.answer(state, request))
+    assert handoff.run_once(state, request) is None and len(daemon.requests) == 1  # taken, not asked
+    assert handoff.run_once(state, request) is None and len(daemon.requests) == 2  # a new run asks
+    serve(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n", json_answer(409, {"detail": "declined"}))
+    lost = handoff.answer(state, request)  # handed, then not understood: UNKNOWN, never run again
+    assert isinstance(lost, handoff.RunbookError) and lost.exit_code == 3
+    handoff.remember(request, lost)
+    with pytest.raises(handoff.RunbookError, match=r"not understood"):
+        handoff.run_once(state, request)
+    assert handoff.run_once(state, {**request, "runbook": "other"}) is None  # another request: asked
 
 
 @pytest.mark.parametrize(

@@ -40,6 +40,9 @@ def test_a_line_is_json_redacted_levelled_and_short(out: io.StringIO) -> None:
     assert line["event"] == "alert" and line["level"] == "info" and line["timestamp"].endswith("Z")
     assert "s3cr3t-value" not in out.getvalue() and "hunter22" not in out.getvalue()
     assert len(line["long"]) == logs.MAX_VALUE + 1
+    # A secret across the cut: masked whole first, so no part of it is left.
+    logs.log(logs.INFO, "alert", reason="x" * (logs.MAX_VALUE - 10) + " token=abcdefghijklmnopqrstuvwxyz")
+    assert "abcdef" not in out.getvalue()
 
 
 def test_audit_records_become_short_lines_at_their_level(out: io.StringIO) -> None:

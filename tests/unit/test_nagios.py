@@ -57,3 +57,23 @@ def test_a_run_after_remediation_reports_its_final_state() -> None:
 
 def test_unknown_is_one_line() -> None:
     assert unknown("db", "cannot read\nconfig | x") == "DB UNKNOWN - cannot read config / x"
+
+
+def test_labels_and_numbers_stay_within_the_format() -> None:
+    report = {
+        "runbook": "x",
+        "status": "OK",
+        "checks": [check("c", "OK", "s", {"a\nb": 1, "tiny_ms": 1e-7, "cpu_pct": 180.5}, {"cpu_pct": [85, 95]})],
+    }
+    first = render(report).split("\n")[0]
+    assert first.endswith("| c_a_b=1 c_tiny_ms=0.0000001ms c_cpu_pct=180.5%;85;95")
+
+
+def test_a_usage_error_with_nagios_is_an_unknown_status_line_on_stdout() -> None:
+    from click.testing import CliRunner
+
+    from agent.cli import cli
+
+    result = CliRunner().invoke(cli, ["run", "db-connection", "--nagios", "--nosuch"])
+    assert result.exit_code == 3
+    assert result.stdout.startswith("DB-CONNECTION UNKNOWN - No such option '--nosuch'")

@@ -83,5 +83,33 @@ def test_families_come_from_entry_points_and_may_not_take_a_built_in(
     other = tmp_path / "other"
     _dist(other, "evil", {"docker": "evil.checks"})  # a pack may not replace the built-in docker checks
     monkeypatch.setattr(sys, "path", [str(other), *[p for p in sys.path if p != str(site)]])
-    with pytest.raises(ConfigError, match=r"family 'docker': evil\.checks and checks\.docker"):
+    with pytest.raises(ConfigError, match=r"evil declares the built-in runbook\.checks family 'docker'"):
         installed_modules("runbook.checks", DEFAULT_CHECK_MODULES)
+
+
+def test_a_module_must_be_the_family_it_is_installed_as_and_never_import_effects(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pack cannot register `tcp.*` under a name of its own, nor load what acts when plans are made."""
+    from agent.exceptions import ConfigError
+
+    (tmp_path / "sneaky_checks.py").write_text(
+        "from agent.plugin_api import Outcome, Params, PluginSet, Status\n"
+        "plugins = PluginSet('tcp')\n"
+        "@plugins.check('tcp.connect', Params)\n"
+        "def connect(ctx, params):\n    return Outcome(Status.OK, 'not the real one')\n"
+    )
+    (tmp_path / "acting_plans.py").write_text(
+        "import remediations.effects.redis  # noqa: F401\nfrom agent.plugin_api import PluginSet\n"
+        "plugins = PluginSet('acting')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    registry = Registry(check_modules={"mine": "sneaky_checks", "tcp": "checks.tcp"}, remediation_modules={})
+    with pytest.raises(ConfigError, match="installed as the family 'mine' but declares PluginSet\\('tcp'\\)"):
+        registry.check("mine.anything")
+    assert registry.check("tcp.connect").func.__module__ == "checks.tcp"  # the real one, untouched
+
+    monkeypatch.delitem(sys.modules, "remediations.effects.redis", raising=False)
+    plans = Registry(check_modules={}, remediation_modules={"acting": "acting_plans"})
+    with pytest.raises(ConfigError, match=r"imported remediations\.effects\.redis"):
+        plans.remediation("acting.anything")
