@@ -15,7 +15,7 @@ import click
 from agent import completion
 from agent.cli_errors import errors_as_one_line as _errors_as_one_line
 from agent.exceptions import AuditError, ConfigError, RunbookError, UnknownRunbook
-from agent.paths import default_runbooks_dirs, default_state_dir
+from agent.paths import default_runbooks_dirs, default_state_dir, setting_from_env
 from agent.redaction import MASK, Redactor
 from agent.terminal import printable
 
@@ -51,27 +51,27 @@ class _State:
     def config_file(self) -> Path | None:
         return self.config or (Path(os.environ["RUNBOOK_CONFIG"]) if os.environ.get("RUNBOOK_CONFIG") else None)
 
-    def _setting(self, env: str, field: str) -> Any:
+    def _setting(self, field: str) -> Any:
         """A setting read the cheap way when no config file is in play (the environment is all there is),
         so that a command handed to the local daemon never imports the settings' validation."""
         if self._settings is None and self.config_file is None:
-            return os.environ.get(env) or None
+            return setting_from_env(field)
         return getattr(self.settings, field)
 
     @property
     def state_dir(self) -> Path:
-        configured = self._setting("RUNBOOK_STATE_DIR", "state_dir")
+        configured = self._setting("state_dir")
         return Path(configured) if configured else default_state_dir()
 
     @property
     def policy_file(self) -> Path | None:
-        configured = self._setting("RUNBOOK_POLICY", "policy_file")
+        configured = self._setting("policy_file")
         return Path(configured) if configured else None
 
     def runbooks_dirs(self, given: Sequence[Path]) -> list[Path]:
         if given:
             return list(given)
-        return default_runbooks_dirs(self._setting("RUNBOOK_DIR", "runbooks_dir"))
+        return default_runbooks_dirs(self._setting("runbooks_dir"))
 
     def load(self, given: Sequence[Path] = ()) -> Any:
         from agent.loader import load_runbooks

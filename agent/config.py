@@ -1,7 +1,18 @@
-"""Settings: targets (DATABASE_URL, REDIS_URL, DOCKER_HOST), paths and timeouts, from env and a config file."""
+"""Settings: targets (DATABASE_URL, REDIS_URL, DOCKER_HOST), paths, timeouts and limits.
+
+Read through pydantic-settings from, strongest first: the environment (every setting has a variable:
+`RUNBOOK_<SETTING>`, plus the names people already export: DATABASE_URL, REDIS_URL, DOCKER_HOST,
+RUNBOOK_DIR, RUNBOOK_POLICY, RUNBOOK_ENV), secrets in files (`DATABASE_URL_FILE=/run/secrets/db`, a
+Docker secret or a systemd credential named after the setting: `database_url`), then the YAML config
+file (--config / RUNBOOK_CONFIG), then the defaults. Every problem is reported, each naming where its
+value came from.
+"""
 
 from __future__ import annotations
 
+import contextvars
+import json
+import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -9,26 +20,22 @@ from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from agent.exceptions import ConfigError
-from agent.paths import default_state_dir
+from agent.paths import DOCKER_SECRETS, SECRET_SETTINGS, SETTING_VARIABLES, default_state_dir
+from agent.redaction import Redactor
 from agent.schema import Duration, DurationOrZero
 
-__all__ = ["ENV_VARS", "Settings", "load_settings"]
+__all__ = ["Settings", "load_settings"]
 
-# Environment variable -> setting. The environment wins over the config file.
-ENV_VARS: dict[str, str] = {
-    "DATABASE_URL": "database_url",
-    "REDIS_URL": "redis_url",
-    "DOCKER_HOST": "docker_host",
-    "RUNBOOK_DIR": "runbooks_dir",
-    "RUNBOOK_AUDIT_LOG": "audit_log",
-    "RUNBOOK_STATE_DIR": "state_dir",
-    "RUNBOOK_COMPOSE_PROJECT": "compose_project",
-    "RUNBOOK_POLICY": "policy_file",
-    "RUNBOOK_ENV": "environment",
-    "RUNBOOK_BACKUP_DIR": "backup_dir",
-}
+MAX_SECRET_FILE = 65_536  # bytes of a secret read from a file: a DSN, never a disk image
+MAX_CONFIG_FILE = 1 << 20
+
+# pydantic-settings logs every source's values at DEBUG when PYDANTIC_SETTINGS_DEBUG is set: DSNs with
+# their passwords. Never below WARNING here.
+logging.getLogger("pydantic_settings").setLevel(logging.WARNING)
 
 
 def _default_state_dir() -> Path:
@@ -99,28 +106,202 @@ class Settings(BaseModel):
         }
 
 
-def load_settings(config_file: Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
-    """Settings from an optional YAML file (RUNBOOK_CONFIG) overlaid by the environment."""
-    env = os.environ if env is None else env
-    values: dict[str, Any] = {}
-    path = config_file or (Path(env["RUNBOOK_CONFIG"]) if env.get("RUNBOOK_CONFIG") else None)
-    if path is not None:
+# What one load reads (set by load_settings for the sources below; a context variable, so that two
+# threads loading settings at once each see their own).
+_LOAD: contextvars.ContextVar[_Load] = contextvars.ContextVar("runbook_settings_load")
+
+
+class _Load:
+    def __init__(self, env: Mapping[str, str], config_file: Path | None) -> None:
+        self.env = env
+        self.config_file = config_file
+        self.origin: dict[str, str] = {}  # setting -> where its value came from (for error messages)
+        self.problems: list[str] = []  # found while reading, before validation
+
+
+class _Environment(PydanticBaseSettingsSource):
+    """Each setting's variables (agent.paths.SETTING_VARIABLES), the RUNBOOK_ one first, and NAME_FILE
+    for the secret ones. A list setting takes JSON or comma-separated names."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # (the whole mapping is made in __call__)
+
+    def __call__(self) -> dict[str, Any]:
+        load = _LOAD.get()
+        values: dict[str, Any] = {}
+        for name, variables in SETTING_VARIABLES.items():
+            for variable in variables:  # the first one set wins: a variable, or (a secret) its _FILE
+                file_variable = f"{variable}_FILE" if name in SECRET_SETTINGS else None
+                given, from_file = load.env.get(variable), load.env.get(file_variable) if file_variable else None
+                if given and from_file:
+                    load.problems.append(f"{variable} and {file_variable} are both set: give {name} one way")
+                    break
+                if given:
+                    values[name], load.origin[name] = given, variable
+                    break
+                if from_file and file_variable:
+                    value = _read_secret(Path(from_file), file_variable, load)
+                    if value:
+                        values[name], load.origin[name] = value, file_variable
+                    break
+            if name == "template_env" and isinstance(values.get(name), str):
+                names = _names(values[name])
+                if names is None:
+                    del values[name]  # blank: unset, as an empty variable is
+                else:
+                    values[name] = names
+        return values
+
+
+class _SecretFiles(PydanticBaseSettingsSource):
+    """Secret settings from files named after them: Docker secrets (/run/secrets/database_url) and
+    systemd credentials ($CREDENTIALS_DIRECTORY/database_url, LoadCredential=database_url:...). Only for
+    a setting the environment did not give (its value wins; these files are then not even read)."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        load = _LOAD.get()
+        values: dict[str, Any] = {}
+        directories = [DOCKER_SECRETS]
+        if load.env.get("CREDENTIALS_DIRECTORY"):
+            directories.append(Path(load.env["CREDENTIALS_DIRECTORY"]))  # systemd's, stronger
+        for name in sorted(SECRET_SETTINGS):
+            variables = SETTING_VARIABLES[name]
+            if any(load.env.get(v) or load.env.get(f"{v}_FILE") for v in variables):
+                continue
+            for directory in directories:
+                path = directory / name
+                try:
+                    present = path.is_file()
+                except OSError as exc:  # a directory only root may read, a name too long
+                    load.problems.append(f"{path}: cannot read: {exc.strerror}")
+                    continue
+                if present:
+                    value = _read_secret(path, str(path), load)
+                    if value:
+                        values[name], load.origin[name] = value, str(path)
+        return values
+
+
+class _ConfigFile(PydanticBaseSettingsSource):
+    """The YAML config file, if there is one. What is wrong with it is reported with the rest; its text
+    never is (a YAML error's excerpt could hold a password)."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        load = _LOAD.get()
+        path = load.config_file
+        if path is None:
+            return {}
         try:
-            loaded = yaml.safe_load(path.read_text()) or {}
+            if not path.is_file():
+                load.problems.append(f"{path}: cannot read config file: not a regular file")
+                return {}
+            with path.open("rb") as handle:
+                data = handle.read(MAX_CONFIG_FILE + 1)
         except OSError as exc:
-            raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from None
+            load.problems.append(f"{path}: cannot read config file: {exc.strerror}")
+            return {}
+        if len(data) > MAX_CONFIG_FILE:
+            load.problems.append(f"{path}: a config file larger than {MAX_CONFIG_FILE} bytes")
+            return {}
+        try:
+            loaded = yaml.safe_load(data.decode()) or {}
+        except UnicodeDecodeError:
+            load.problems.append(f"{path}: not UTF-8 text")
+            return {}
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+            mark = getattr(exc, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+            load.problems.append(f"{where}: not valid YAML: {getattr(exc, 'problem', None) or 'syntax error'}")
+            return {}
         if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: expected a mapping of settings")
-        values.update(loaded)
-    for var, field in ENV_VARS.items():
-        if env.get(var):
-            values[field] = env[var]
+            load.problems.append(f"{path}: expected a mapping of settings")
+            return {}
+        for key in loaded:
+            load.origin.setdefault(str(key), str(path))
+        return loaded
+
+
+class _Sourced(Settings, BaseSettings):
+    """Settings as loaded: the same model, filled from the sources above in their order of strength."""
+
+    model_config = SettingsConfigDict(extra="forbid", frozen=True)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (_Environment(settings_cls), _SecretFiles(settings_cls), _ConfigFile(settings_cls))
+
+
+def _read_secret(path: Path, named_by: str, load: _Load) -> str | None:
+    """A secret file's text without its trailing newline; None (and a problem) if it cannot be had.
+    Regular files only: a pipe is read by the command itself, never by two readers."""
+    where = named_by if named_by == str(path) else f"{named_by}={path}"
     try:
-        return Settings(**values)
+        with path.open("rb") as handle:
+            data = handle.read(MAX_SECRET_FILE + 1)
+    except OSError as exc:
+        load.problems.append(f"{where}: cannot read: {exc.strerror}")
+        return None
+    if len(data) > MAX_SECRET_FILE:
+        load.problems.append(f"{where}: larger than {MAX_SECRET_FILE} bytes")
+        return None
+    try:
+        text = data.decode().rstrip("\r\n")  # the newline editors and `echo` add
+    except UnicodeDecodeError:
+        load.problems.append(f"{where}: not UTF-8 text")
+        return None
+    if not text:
+        load.problems.append(f"{where}: empty")
+        return None
+    return text
+
+
+def _names(value: str) -> Any:
+    """A list setting from a variable: a JSON list, or names separated by commas; None when blank."""
+    text = value.strip()
+    if not text:
+        return None
+    if text.startswith("["):
+        try:
+            return json.loads(text)
+        except ValueError:
+            return text  # validation says what is wrong with it
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def load_settings(config_file: Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Settings from the environment, secret files and an optional YAML file (RUNBOOK_CONFIG), in that
+    order of strength. Every problem is reported at once (ConfigError, one line each)."""
+    env = os.environ if env is None else env
+    path = config_file or (Path(env["RUNBOOK_CONFIG"]) if env.get("RUNBOOK_CONFIG") else None)
+    load = _Load(env, path)
+    token = _LOAD.set(load)
+    lines: list[str] = []
+    settings: Settings | None = None
+    try:
+        settings = _Sourced()
     except ValidationError as exc:
-        where = str(path) if path else "environment"
-        first = exc.errors()[0]
-        field = ".".join(str(p) for p in first["loc"]) or "settings"
-        raise ConfigError(f"{where}: {field}: {first['msg']}") from None
+        for error in exc.errors():
+            field = ".".join(str(p) for p in error["loc"]) or "settings"
+            where = load.origin.get(str(error["loc"][0]) if error["loc"] else "", "settings")
+            message = str(error["msg"]).removeprefix("Value error, ")
+            lines.append(f"{where}: {field}: {message}")
+    finally:
+        _LOAD.reset(token)
+    if load.problems or lines or settings is None:
+        # A message may quote what was given (`got 'postgresql://u:pw@h'`): masked as all output is.
+        redactor = Redactor()
+        raise ConfigError("\n".join(redactor.text(line) for line in load.problems + lines))
+    return settings

@@ -57,22 +57,22 @@ def _handed(argv: Sequence[str]) -> None:
     from pathlib import Path
 
     from agent import handoff
-    from agent.paths import default_runbooks_dirs, default_state_dir
+    from agent.paths import default_runbooks_dirs, default_state_dir, setting_from_env
 
     runbook_id, params, flags = plain
-    policy = os.environ.get("RUNBOOK_POLICY")
+    policy = setting_from_env("policy_file")
     try:
         request = handoff.request_for(
             runbook_id,
             params,
             **flags,
-            runbooks_dirs=default_runbooks_dirs(os.environ.get("RUNBOOK_DIR")),
+            runbooks_dirs=default_runbooks_dirs(setting_from_env("runbooks_dir")),
             config_file=None,
             policy_file=Path(policy) if policy else None,
         )
     except OSError:
         return  # (a working directory gone, say): the CLI reports it in its own words
-    state_dir = os.environ.get("RUNBOOK_STATE_DIR")
+    state_dir = setting_from_env("state_dir")
     answered = handoff.answer(Path(state_dir) if state_dir else default_state_dir(), request)
     if not isinstance(answered, handoff.Handed):
         handoff.remember(request, answered)  # declined: run here; lost: the CLI reports it, exit 3

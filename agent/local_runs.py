@@ -35,7 +35,15 @@ from agent.exceptions import AuditError, RunbookError
 from agent.files import open_private, private_dir
 from agent.handoff import ANSWER_ROUTE, PROTOCOL, ROUTE
 from agent.loader import digest
-from agent.paths import DAEMON_LOCK, DAEMON_SOCKET, DAEMON_TOKEN, ENV_NAMES, env_digest, files_digest
+from agent.paths import (
+    DAEMON_LOCK,
+    DAEMON_SOCKET,
+    DAEMON_TOKEN,
+    ENV_NAMES,
+    env_digest,
+    files_digest,
+    secret_files,
+)
 from agent.server import over_unix_socket
 from agent.terminal import APPROVE_PROMPT, printable
 
@@ -153,7 +161,7 @@ class LocalSocket:
             token=token,
             runbooks_dirs=tuple(str(p.resolve()) for p in runbooks_dirs),
             env=dict(os.environ),
-            files_digest=files_digest([config_file, policy_file]),
+            files_digest=files_digest([config_file, policy_file, *secret_files()]),
             cwd=os.getcwd(),
             lock=lock,
         )

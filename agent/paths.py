@@ -11,11 +11,16 @@ __all__ = [
     "DAEMON_LOCK",
     "DAEMON_SOCKET",
     "DAEMON_TOKEN",
+    "DOCKER_SECRETS",
     "ENV_NAMES",
+    "SECRET_SETTINGS",
+    "SETTING_VARIABLES",
     "default_runbooks_dirs",
     "default_state_dir",
     "env_digest",
     "files_digest",
+    "secret_files",
+    "setting_from_env",
 ]
 
 DAEMON_LOCK = "daemon.lock"  # held by the daemon that has the socket
@@ -41,24 +46,70 @@ def default_state_dir(env: Mapping[str, str] | None = None) -> Path:
     return Path(base) / "runbook"
 
 
+# Each setting's environment variables, the strongest first: RUNBOOK_<SETTING> for every one, and the
+# names people already export (DATABASE_URL, RUNBOOK_DIR...). agent.config reads them; here (without
+# pydantic) so that `runbook run` can find its state directory, and compare the environment with a
+# local daemon's, before loading anything heavy.
+SETTING_VARIABLES: dict[str, tuple[str, ...]] = {
+    "database_url": ("RUNBOOK_DATABASE_URL", "DATABASE_URL"),
+    "redis_url": ("RUNBOOK_REDIS_URL", "REDIS_URL"),
+    "docker_host": ("RUNBOOK_DOCKER_HOST", "DOCKER_HOST"),
+    "compose_project": ("RUNBOOK_COMPOSE_PROJECT",),
+    "runbooks_dir": ("RUNBOOK_RUNBOOKS_DIR", "RUNBOOK_DIR"),
+    "state_dir": ("RUNBOOK_STATE_DIR",),
+    "audit_log": ("RUNBOOK_AUDIT_LOG",),
+    "connect_timeout": ("RUNBOOK_CONNECT_TIMEOUT",),
+    "read_timeout": ("RUNBOOK_READ_TIMEOUT",),
+    "max_parallel_checks": ("RUNBOOK_MAX_PARALLEL_CHECKS",),
+    "policy_file": ("RUNBOOK_POLICY_FILE", "RUNBOOK_POLICY"),
+    "environment": ("RUNBOOK_ENVIRONMENT", "RUNBOOK_ENV"),
+    "max_targets_per_run": ("RUNBOOK_MAX_TARGETS_PER_RUN",),
+    "default_limit": ("RUNBOOK_DEFAULT_LIMIT",),
+    "limit_window": ("RUNBOOK_LIMIT_WINDOW",),
+    "default_cooldown": ("RUNBOOK_DEFAULT_COOLDOWN",),
+    "lock_ttl": ("RUNBOOK_LOCK_TTL",),
+    "apply_timeout": ("RUNBOOK_APPLY_TIMEOUT",),
+    "backup_dir": ("RUNBOOK_BACKUP_DIR",),
+    "template_env": ("RUNBOOK_TEMPLATE_ENV",),
+    "alert_retention": ("RUNBOOK_ALERT_RETENTION",),
+    "run_retention": ("RUNBOOK_RUN_RETENTION",),
+}
+# Settings that hold passwords: also read from a file (NAME_FILE, a Docker secret, a systemd credential).
+SECRET_SETTINGS = frozenset({"database_url", "redis_url"})
+DOCKER_SECRETS = Path("/run/secrets")
+
 # What the settings and the runbooks' templates read from the environment by default. A run handed to
 # the local daemon must be the run this process would do: the same values, or the daemon declines.
 ENV_NAMES = (
-    "DATABASE_URL",
-    "REDIS_URL",
-    "DOCKER_HOST",
+    *(name for names in SETTING_VARIABLES.values() for name in names),
+    *(f"{name}_FILE" for setting in sorted(SECRET_SETTINGS) for name in SETTING_VARIABLES[setting]),
     "RUNBOOK_CONFIG",
-    "RUNBOOK_DIR",
-    "RUNBOOK_AUDIT_LOG",
-    "RUNBOOK_STATE_DIR",
-    "RUNBOOK_COMPOSE_PROJECT",
-    "RUNBOOK_POLICY",
-    "RUNBOOK_ENV",
-    "RUNBOOK_BACKUP_DIR",
+    "CREDENTIALS_DIRECTORY",
     "XDG_STATE_HOME",
     "HOME",
     "APP_URL",
 )
+
+
+def setting_from_env(setting: str, env: Mapping[str, str] | None = None) -> str | None:
+    """A setting's value as the environment gives it (its strongest variable), or None: the cheap read,
+    for when no config file is in play."""
+    env = os.environ if env is None else env
+    return next((env[name] for name in SETTING_VARIABLES[setting] if env.get(name)), None)
+
+
+def secret_files(env: Mapping[str, str] | None = None) -> list[Path]:
+    """The files secret settings may be read from (agent.config): their contents are compared, by
+    digest, before a run is handed to the local daemon."""
+    env = os.environ if env is None else env
+    files = [
+        Path(env[f"{name}_FILE"])
+        for setting in sorted(SECRET_SETTINGS)
+        for name in SETTING_VARIABLES[setting]
+        if env.get(f"{name}_FILE")
+    ]
+    directories = [DOCKER_SECRETS] + ([Path(env["CREDENTIALS_DIRECTORY"])] if env.get("CREDENTIALS_DIRECTORY") else [])
+    return files + [directory / setting for directory in directories for setting in sorted(SECRET_SETTINGS)]
 
 
 def env_digest(env: Mapping[str, str], names: Iterable[str]) -> str:
@@ -72,16 +123,27 @@ def env_digest(env: Mapping[str, str], names: Iterable[str]) -> str:
     return hasher.hexdigest()
 
 
+MAX_DIGESTED = 1 << 20  # bytes of a config, policy or secret file compared; larger ones are never matched
+
+
 def files_digest(paths: Iterable[Path | None]) -> str:
-    """A digest of the files' contents (config and policy files): whether they changed since."""
+    """A digest of the files' contents (config, policy and secret files): whether they changed since.
+    Only regular files are read, and only up to MAX_DIGESTED: a pipe (`DATABASE_URL_FILE=<(pass db)`)
+    or a device must not be drained or waited on here, so it gets a digest that matches nothing, and
+    the run is never handed over (the command reads its secret itself)."""
     import hashlib
+    import stat as stat_module
 
     hasher = hashlib.sha256()
     for path in paths:
         data = b"\0none"
         if path is not None:
             try:
-                data = path.read_bytes()
+                status = path.stat()
+                if not stat_module.S_ISREG(status.st_mode) or status.st_size > MAX_DIGESTED:
+                    data = b"\0unmatchable" + os.urandom(16)
+                else:
+                    data = path.read_bytes()
             except OSError:
                 data = b"\0unreadable"
         hasher.update(hashlib.sha256(data).digest())

@@ -1,0 +1,154 @@
+"""Settings through pydantic-settings: every setting from RUNBOOK_<SETTING>, the names people already
+export, secrets from files (NAME_FILE, Docker secrets, systemd credentials), the YAML file below the
+environment, and every problem reported at once, each naming where its value came from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent.config import Settings, load_settings
+from agent.exceptions import ConfigError
+from agent.paths import ENV_NAMES, SETTING_VARIABLES
+
+
+def test_every_setting_has_a_runbook_variable_and_the_handoff_compares_them_all() -> None:
+    assert set(SETTING_VARIABLES) == set(Settings.model_fields)
+    for setting, names in SETTING_VARIABLES.items():
+        assert f"RUNBOOK_{setting.upper()}" in names, setting
+        assert set(names) <= set(ENV_NAMES)
+    assert {"DATABASE_URL_FILE", "RUNBOOK_DATABASE_URL_FILE", "REDIS_URL_FILE", "CREDENTIALS_DIRECTORY"} <= set(
+        ENV_NAMES
+    )
+
+
+def test_each_setting_from_its_variable(tmp_path: Path) -> None:
+    env = {
+        "RUNBOOK_STATE_DIR": str(tmp_path),
+        "RUNBOOK_CONNECT_TIMEOUT": "1.5s",
+        "RUNBOOK_READ_TIMEOUT": "1m",
+        "RUNBOOK_MAX_PARALLEL_CHECKS": "3",
+        "RUNBOOK_MAX_TARGETS_PER_RUN": "2",
+        "RUNBOOK_DEFAULT_LIMIT": "7",
+        "RUNBOOK_LIMIT_WINDOW": "2h",
+        "RUNBOOK_DEFAULT_COOLDOWN": "0",
+        "RUNBOOK_LOCK_TTL": "10m",
+        "RUNBOOK_APPLY_TIMEOUT": "90s",
+        "RUNBOOK_TEMPLATE_ENV": "APP_URL, SHOP_URL",
+        "RUNBOOK_ALERT_RETENTION": "1w",
+        "RUNBOOK_RUN_RETENTION": "30d",
+        "RUNBOOK_ENVIRONMENT": "staging",
+        "RUNBOOK_REDIS_URL": "redis://new:6379/0",
+        "REDIS_URL": "redis://old:6379/0",  # the RUNBOOK_ name is the stronger
+        "DATABASE_URL": "postgresql://db/app",
+    }
+    settings = load_settings(env=env)
+    assert (settings.connect_timeout, settings.read_timeout, settings.max_parallel_checks) == (1.5, 60.0, 3)
+    assert (settings.max_targets_per_run, settings.default_limit, settings.limit_window) == (2, 7, 7200.0)
+    assert (settings.default_cooldown, settings.lock_ttl, settings.apply_timeout) == (0.0, 600.0, 90.0)
+    assert settings.template_env == ["APP_URL", "SHOP_URL"]
+    assert (settings.alert_retention, settings.run_retention) == (7 * 86400.0, 30 * 86400.0)
+    assert settings.environment == "staging" and settings.redis_url == "redis://new:6379/0"
+    assert settings.database_url == "postgresql://db/app" and isinstance(settings, Settings)
+    assert load_settings(env={**env, "RUNBOOK_TEMPLATE_ENV": '["A", "B"]'}).template_env == ["A", "B"]
+
+
+def test_secrets_from_files_docker_secrets_and_systemd_credentials(tmp_path: Path) -> None:
+    secret = tmp_path / "db-url"
+    secret.write_text("postgresql://app:s3cret@db/app\n")  # the newline editors and echo add
+    assert load_settings(env={"DATABASE_URL_FILE": str(secret)}).database_url == "postgresql://app:s3cret@db/app"
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (credentials / "redis_url").write_text("redis://:pw@cache:6379/0")
+    loaded = load_settings(env={"CREDENTIALS_DIRECTORY": str(credentials)})
+    assert loaded.redis_url == "redis://:pw@cache:6379/0"
+    # A variable is stronger than a credential file; the variable and its _FILE together are an error.
+    assert load_settings(env={"CREDENTIALS_DIRECTORY": str(credentials), "REDIS_URL": "redis://x"}).redis_url == (
+        "redis://x"
+    )
+    with pytest.raises(ConfigError, match="DATABASE_URL and DATABASE_URL_FILE are both set"):
+        load_settings(env={"DATABASE_URL": "postgresql://x", "DATABASE_URL_FILE": str(secret)})
+    with pytest.raises(ConfigError, match=r"REDIS_URL_FILE=.*nosuch: cannot read"):
+        load_settings(env={"REDIS_URL_FILE": str(tmp_path / "nosuch")})
+
+
+def test_the_environment_is_stronger_than_the_file_and_every_problem_is_reported(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("compose_project: shop\nlock_ttl: 5m\nmax_parallel_checks: many\nnosuch: 1\n")
+    with pytest.raises(ConfigError) as raised:
+        load_settings(config, env={"RUNBOOK_LOCK_TTL": "never", "RUNBOOK_DEFAULT_LIMIT": "0"})
+    lines = raised.value.message.splitlines()
+    assert (
+        f"{config}: max_parallel_checks: Input should be a valid integer, unable to parse string as an integer" in lines
+    )
+    assert any(line.startswith(f"{config}: nosuch: Extra inputs are not permitted") for line in lines)
+    assert any(line.startswith("RUNBOOK_LOCK_TTL: lock_ttl: expected a duration") for line in lines)
+    assert any(line.startswith("RUNBOOK_DEFAULT_LIMIT: default_limit: Input should be greater") for line in lines)
+    assert len(lines) == 4, lines
+    config.write_text("compose_project: shop\nlock_ttl: 5m\n")
+    settings = load_settings(config, env={"RUNBOOK_COMPOSE_PROJECT": "web"})
+    assert (settings.compose_project, settings.lock_ttl) == ("web", 300.0)
+
+
+def test_the_first_variable_set_wins_and_only_a_variable_with_its_own_file_conflicts(tmp_path: Path) -> None:
+    secret = tmp_path / "db"
+    secret.write_text("postgresql://file/app")
+    env = {"DATABASE_URL": "postgresql://legacy/app", "RUNBOOK_DATABASE_URL_FILE": str(secret)}
+    assert load_settings(env=env).database_url == "postgresql://file/app"  # RUNBOOK_ names first
+    env = {"RUNBOOK_DATABASE_URL": "postgresql://new/app", "DATABASE_URL_FILE": str(secret)}
+    assert load_settings(env=env).database_url == "postgresql://new/app"
+    (tmp_path / "empty").write_text("\n")
+    with pytest.raises(ConfigError, match="empty"):
+        load_settings(env={"DATABASE_URL_FILE": str(tmp_path / "empty")})
+
+
+def test_secret_files_are_not_read_for_a_setting_the_environment_gives(tmp_path: Path) -> None:
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (credentials / "database_url").write_bytes(b"\xff\xfe not text")
+    env = {"CREDENTIALS_DIRECTORY": str(credentials)}
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_settings(env=env)
+    assert load_settings(env={**env, "DATABASE_URL": "postgresql://x/app"}).database_url == "postgresql://x/app"
+
+
+def test_problems_never_quote_a_secret_and_all_sources_report(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("database_url: postgresql://u:s3cretpw@h/db: x\n")  # a YAML error on that line
+    with pytest.raises(ConfigError) as raised:
+        load_settings(config, env={"RUNBOOK_CONNECT_TIMEOUT": "postgresql://u:an0ther@h/db", "REDIS_URL_FILE": "/"})
+    message = raised.value.message
+    assert "s3cretpw" not in message and "an0ther" not in message
+    assert f"{config}:1:" in message and "not valid YAML" in message
+    assert "REDIS_URL_FILE=/: cannot read" in message and "RUNBOOK_CONNECT_TIMEOUT: connect_timeout" in message
+    config.write_bytes(b"\xff\xfe")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_settings(config, env={})
+    config.write_text("- a list\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_settings(config, env={})
+
+
+def test_a_blank_list_variable_is_unset() -> None:
+    assert load_settings(env={"RUNBOOK_TEMPLATE_ENV": "  "}).template_env == ["APP_URL"]
+
+
+def test_a_secret_from_a_pipe_is_never_read_for_the_handoff_digest(tmp_path: Path) -> None:
+    """The handoff's files digest does not drain a pipe (the command reads it itself) and matches nothing."""
+    import os
+
+    from agent.paths import files_digest
+
+    read, write = os.pipe()
+    try:
+        os.write(write, b"postgresql://u:pw@h/db\n")
+        pipe = Path(f"/dev/fd/{read}")
+        assert files_digest([pipe]) != files_digest([pipe])  # never matched: never handed over
+        assert os.read(read, 100) == b"postgresql://u:pw@h/db\n"  # still all there
+    finally:
+        os.close(read)
+        os.close(write)
+    regular = tmp_path / "f"
+    regular.write_text("x")
+    assert files_digest([regular]) == files_digest([regular])
