@@ -18,6 +18,13 @@ import pytest
 
 from agent.audit import AuditLog
 from agent.config import Settings, load_settings
+
+# Ryuk, testcontainers' reaper, is an image from a registry this machine cannot reach: off. Each test
+# removes what it made (`.stop()` in its fixture or `finally`), and every such container is labelled
+# io.runbook.test=1 for a manual sweep.
+os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
+from testcontainers.core.container import DockerContainer
+
 from agent.executor import Executor
 from agent.loader import LoadedRunbook, RunbookSet
 from agent.models import CheckResult
@@ -122,27 +129,29 @@ def probe(tmp_path: Path, dc: docker.DockerClient) -> Probe:
     return run
 
 
+def throwaway_container(command: list[str], *, name: str | None = None, **kwargs: Any) -> DockerContainer:
+    """A container a test makes and throws away, through testcontainers: from the locally built sandbox
+    image (nothing is pulled: it is present), labelled as a test's, started now; `.stop()` removes it.
+    `kwargs` are docker-py's (labels are added to the test's own)."""
+    labels = {"io.runbook.test": "1", **kwargs.pop("labels", {})}
+    container = DockerContainer(stack.IMAGE, name=name or f"rbtest-{uuid.uuid4().hex[:8]}")
+    return container.with_command(command).with_kwargs(labels=labels, **kwargs).start()
+
+
 @pytest.fixture
 def throwaway(dc: docker.DockerClient) -> Iterator[Callable[..., Any]]:
-    """Start short-lived containers from the sandbox image (no ports, default bridge); removed after."""
-    made: list[Any] = []
+    """Start short-lived containers from the sandbox image (no ports, default bridge); removed after.
+    Each is a testcontainers container; the test gets docker-py's object for it."""
+    made: list[DockerContainer] = []
 
     def start(command: list[str], **kwargs: Any) -> Any:
-        container = dc.containers.run(
-            stack.IMAGE,
-            command,
-            name=f"rbtest-{uuid.uuid4().hex[:8]}",
-            detach=True,
-            labels={"io.runbook.test": "1"},
-            **kwargs,
-        )
-        made.append(container)
-        return container
+        made.append(throwaway_container(command, **kwargs))
+        return made[-1].get_wrapped_container()
 
     yield start
     for container in made:
         with contextlib.suppress(docker.errors.NotFound):
-            container.remove(force=True)
+            container.stop()
 
 
 def world(dc: docker.DockerClient) -> dict[str, Any]:

@@ -152,3 +152,11 @@ def test_sandbox_is_compose_labelled(dc) -> None:
     assert app.labels["com.docker.compose.project"] == stack.PROJECT
     assert app.labels["com.docker.compose.service"] == "app"
     assert app.attrs["HostConfig"]["PortBindings"]["8080/tcp"] == [{"HostIp": "127.0.0.1", "HostPort": "58080"}]
+
+
+def test_throwaway_containers_are_testcontainers_from_the_local_image_without_ryuk(dc, throwaway) -> None:
+    container = throwaway(["sleep", "60"])
+    assert container.labels["org.testcontainers"] == "true" and container.labels["io.runbook.test"] == "1"
+    assert container.image.tags == [stack.IMAGE] or stack.IMAGE in container.image.tags
+    # No reaper: its image is in a registry this machine cannot reach; each fixture removes its own.
+    assert not [c for c in dc.containers.list(all=True) if any("ryuk" in tag for tag in c.image.tags)]

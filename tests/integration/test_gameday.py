@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 from sandbox import faults, stack
-from tests.integration.conftest import REPO, checks_by_id, run_runbook, starts, world
+from tests.integration.conftest import REPO, checks_by_id, run_runbook, starts, throwaway_container, world
 
 pytestmark = pytest.mark.integration
 
@@ -147,17 +147,15 @@ remediations:
 """
 
 
-def _crashy(dc, throwaway_name: str, service: str, seconds: float):
-    return dc.containers.run(
-        stack.IMAGE,
+def _crashy(throwaway_name: str, service: str, seconds: float):
+    """A container of the sandbox's compose project that dies after `seconds`, every time it is started."""
+    return throwaway_container(
         ["sh", "-c", f"sleep {seconds}; exit 1"],
         name=throwaway_name,
-        detach=True,
         labels={
             "com.docker.compose.project": stack.PROJECT,
             "com.docker.compose.service": service,
             "com.docker.compose.container-number": "1",
-            "io.runbook.test": "1",
         },
     )
 
@@ -175,7 +173,8 @@ def crashy_runbooks(tmp_path: Path):
 
 def test_restart_loop_stops_at_the_limit_then_escalates(dc, agent_env, crashy_runbooks) -> None:
     runbooks = crashy_runbooks("crashy")
-    container = _crashy(dc, "sandbox-crashy-1", "crashy", 2)
+    crashy = _crashy("sandbox-crashy-1", "crashy", 2)
+    container = crashy.get_wrapped_container()
     try:
         container.wait(timeout=30)
         since = time.time()
@@ -197,12 +196,13 @@ def test_restart_loop_stops_at_the_limit_then_escalates(dc, agent_env, crashy_ru
         assert decisions == ["applied", "applied", "denied", "denied"]
         assert starts(dc, "sandbox-crashy-1", since) == 2
     finally:
-        container.remove(force=True)
+        crashy.stop()
 
 
 def test_restart_not_resolved_opens_the_circuit(dc, agent_env, crashy_runbooks) -> None:
     runbooks = crashy_runbooks("crashy2", extra="    verify: [container]\n    verify_timeout: 4s")
-    container = _crashy(dc, "sandbox-crashy2-1", "crashy2", 0.5)
+    crashy = _crashy("sandbox-crashy2-1", "crashy2", 0.5)
+    container = crashy.get_wrapped_container()
     try:
         container.wait(timeout=30)
         since = time.time()
@@ -220,4 +220,4 @@ def test_restart_not_resolved_opens_the_circuit(dc, agent_env, crashy_runbooks) 
         )
         assert "circuit open: container:sandbox-crashy2-1" in status.stdout
     finally:
-        container.remove(force=True)
+        crashy.stop()

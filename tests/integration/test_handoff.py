@@ -22,8 +22,8 @@ from typing import Any
 import httpx
 import pytest
 
-from sandbox import faults, stack
-from tests.integration.conftest import REPO, cli, run_in_terminal
+from sandbox import faults
+from tests.integration.conftest import REPO, cli, run_in_terminal, throwaway_container
 from tests.integration.harness import TOKEN, Daemon
 
 pytestmark = pytest.mark.integration
@@ -217,13 +217,11 @@ def test_a_daemon_that_dies_mid_run_is_not_followed_by_a_second_run(agent_env: d
 def _bounce_setup(agent_env: dict[str, str], tmp_path: Path, dc: Any) -> tuple[Any, dict[str, str], Path]:
     """A container of a compose project of its own, and a runbook whose manual remediation restarts it."""
     project = f"rbtest-{uuid.uuid4().hex[:8]}"  # the only project it may touch
-    target = dc.containers.run(
-        stack.IMAGE,
+    target = throwaway_container(
         ["sleep", "600"],
         name=f"{project}-ask-1",
-        detach=True,
-        labels={"com.docker.compose.project": project, "com.docker.compose.service": "ask", "io.runbook.test": "1"},
-    )
+        labels={"com.docker.compose.project": project, "com.docker.compose.service": "ask"},
+    ).get_wrapped_container()
     runbooks = tmp_path / "ask"
     runbooks.mkdir()
     (runbooks / "ask.yaml").write_text(
