@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import queue
 import threading
 import time
@@ -581,7 +582,7 @@ def _log_dispositions(alerts: list[IncomingAlert], results: list[Disposition]) -
     rest counted in one line (a 10,000-alert group is one line more, not 10,000)."""
     if not logs.enabled(logs.INFO):
         return
-    for alert, result in list(zip(alerts, results, strict=True))[: logs.MAX_ALERT_LINES]:
+    for alert, result in itertools.islice(zip(alerts, results, strict=True), logs.MAX_ALERT_LINES):
         logs.log(
             logs.INFO,
             "alert",
