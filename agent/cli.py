@@ -16,7 +16,7 @@ from agent import completion
 from agent.cli_errors import errors_as_one_line as _errors_as_one_line
 from agent.exceptions import AuditError, ConfigError, RunbookError, UnknownRunbook
 from agent.paths import default_runbooks_dirs, default_state_dir, setting_from_env
-from agent.redaction import MASK, Redactor
+from agent.redaction import MASK, Redactor, secrets_in_url
 from agent.terminal import printable
 
 if TYPE_CHECKING:  # pydantic and yaml load only for commands that read the config, never for --help
@@ -45,6 +45,8 @@ class _State:
             for url in (self._settings.database_url, self._settings.redis_url, self._settings.docker_host):
                 if url:
                     self.redactor.add(url)
+            if self._settings.alertmanager_url:  # its password, if it has one; where it is may be shown
+                self.redactor.add(*secrets_in_url(self._settings.alertmanager_url))
         return self._settings
 
     @property

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -27,6 +27,7 @@ from agent.exceptions import ConfigError
 from agent.paths import DOCKER_SECRETS, SECRET_SETTINGS, SETTING_VARIABLES, default_state_dir
 from agent.redaction import Redactor
 from agent.schema import Duration, DurationOrZero
+from agent.silences import check_url
 
 __all__ = ["Settings", "load_settings"]
 
@@ -77,6 +78,15 @@ class Settings(BaseModel):
     )
     alert_retention: Duration = Field(14 * 86400.0, gt=0, description="Alerts kept this long (14d).")
     run_retention: Duration = Field(90 * 86400.0, gt=0, description="Finished runs kept this long (90d).")
+    alertmanager_url: str | None = Field(
+        None,
+        description="Alertmanager, for the silences of remediations with `silence: true` (basic auth may be in it).",
+    )
+
+    @field_validator("alertmanager_url")
+    @classmethod
+    def _http_url(cls, url: str | None) -> str | None:
+        return None if url is None else check_url(url)
 
     @model_validator(mode="after")
     def _timeouts_ordered(self) -> Settings:

@@ -73,9 +73,11 @@ SETTING_VARIABLES: dict[str, tuple[str, ...]] = {
     "template_env": ("RUNBOOK_TEMPLATE_ENV",),
     "alert_retention": ("RUNBOOK_ALERT_RETENTION",),
     "run_retention": ("RUNBOOK_RUN_RETENTION",),
+    "alertmanager_url": ("RUNBOOK_ALERTMANAGER_URL",),
 }
 # Settings that hold passwords: also read from a file (NAME_FILE, a Docker secret, a systemd credential).
-SECRET_SETTINGS = frozenset({"database_url", "redis_url"})
+# (alertmanager_url: it may carry basic-auth credentials.)
+SECRET_SETTINGS = frozenset({"database_url", "redis_url", "alertmanager_url"})
 DOCKER_SECRETS = Path("/run/secrets")
 
 # What the settings and the runbooks' templates read from the environment by default. A run handed to

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,6 +25,7 @@ from agent.policy import EnvironmentPolicy
 from agent.redaction import Redactor
 from agent.registry import Registry
 from agent.schema import RemediationStep
+from agent.silences import SilenceError, Silencer, rfc3339
 from agent.state import StateStore
 from agent.status import Status
 from agent.templating import TemplateError, Templates
@@ -32,6 +35,9 @@ __all__ = ["ApproveCallback", "Remediator", "RunAudit"]
 # Asked for a manual remediation: True approved, False rejected, None nobody could be asked (pending).
 ApproveCallback = Callable[[RemediationStep, Plan], bool | None]
 CheckRunner = Callable[[list[str]], list[CheckResult]]
+# How long a silence outlives verify_timeout when the runbook sets no silence_timeout: time for the apply
+# itself. Should the agent die mid-change, the silence ends by itself then.
+SILENCE_ALLOWANCE = 600.0
 
 
 class RunAudit(Protocol):
@@ -70,6 +76,17 @@ class Denial:
 
 
 Guard = Callable[[_Attempt], Denial | None]
+
+
+@dataclass(frozen=True)
+class _Silence:
+    """A silence this remediation made, and what changing its end needs (the same matchers and start)."""
+
+    silencer: Silencer
+    id: str
+    labels: dict[str, str]
+    starts: float
+    comment: str
 
 
 class Remediator:
@@ -331,12 +348,24 @@ class Remediator:
         return True
 
     def _apply_verify(self, a: _Attempt, decision: RemediationDecision, lost: threading.Event) -> None:
-        assert self.applier is not None
-        step, plan, run, audit = a.step, a.plan, a.run, a.run.audit
+        step, plan, audit = a.step, a.plan, a.run.audit
         # Fail closed: if this record cannot be written, nothing is applied.
         audit.record("apply_started", remediation=step.id, fingerprint=plan.fingerprint, targets=plan.targets)
         if audit.error:
             return self._decide(decision, "denied", f"audit log unavailable, nothing is applied: {audit.error}")
+        silence = self._silence(a)
+        try:
+            if audit.error:  # the log broke since apply_started: fail closed, as before it
+                return self._decide(decision, "denied", f"audit log unavailable, nothing is applied: {audit.error}")
+            self._apply_changes(a, decision, lost)
+        finally:
+            if silence is not None:
+                self._unsilence(a, decision, silence)
+        return None
+
+    def _apply_changes(self, a: _Attempt, decision: RemediationDecision, lost: threading.Event) -> None:
+        assert self.applier is not None
+        step, plan, run, audit = a.step, a.plan, a.run, a.run.audit
         self._decide(decision, "applied", f"approved by {decision.approver}")
         decision.applied = True
         run.changed.update(plan.targets)
@@ -391,6 +420,105 @@ class Remediator:
                 "not resolved: " + "; ".join(f"{r.id} {r.status.value}" for r in results if r.status is not Status.OK),
             )
         return None
+
+    # --- Alertmanager silences --------------------------------------------------------------------------
+
+    def _silence(self, a: _Attempt) -> _Silence | None:
+        """With `silence: true`, silence the alert that started the run while its change is applied and
+        verified: the people it would page hear from the escalation instead, if the fix fails. Only an
+        alert Alertmanager has now, and only if a silence of its labels would mute nothing else. A silence
+        that cannot be made is recorded and the change goes on: the fix matters more than the quiet."""
+        step, run = a.step, a.run
+        if not step.silence:
+            return None
+        found = self._silence_target(run.run_id)
+        if isinstance(found, str):
+            run.audit.record("silence_skipped", remediation=step.id, reason=found)
+            return None
+        url, labels = found
+        # A little in the past: an agent's clock ahead of Alertmanager's would make it a pending silence,
+        # muting nothing (Alertmanager moves a start in the past to its own now).
+        starts = time.time() - 60
+        ends = time.time() + (step.silence_timeout or step.verify_timeout + SILENCE_ALLOWANCE)
+        comment = (
+            f"runbook {a.runbook.spec.id}, run {run.run_id}: remediation {step.id} is being applied and"
+            " verified; expired when it fails, soon after it is verified"
+        )
+        silencer: Silencer | None = None
+        try:
+            silencer = Silencer(
+                url,
+                connect_timeout=self.settings.connect_timeout,
+                timeout=self.settings.read_timeout,
+                created_by=f"runbook@{socket.gethostname()}",
+            )
+            same, others = silencer.others(labels)
+            if not same or others:
+                why = (
+                    "Alertmanager has no such alert now"
+                    if not same
+                    else f"a silence of its labels would also mute {others} other alert(s)"
+                )
+                run.audit.record("silence_skipped", remediation=step.id, reason=why)
+                return None
+            # Recorded before it is made, like every change: if this cannot be recorded, none is made.
+            run.audit.record(
+                "silence_requested",
+                remediation=step.id,
+                alertmanager=self.redactor.text(silencer.where),
+                matchers=self.redactor.data(labels),
+                ends_at=rfc3339(ends),
+            )
+            if run.audit.error:
+                return None
+            silence_id = silencer.create(labels, starts=starts, ends=ends, comment=comment)
+        except Exception as exc:  # any failure (a bad answer, a bug) is the silence's, never the fix's
+            error = str(exc) if isinstance(exc, SilenceError) else f"{type(exc).__name__}: {exc}"
+            run.audit.record("silence_failed", remediation=step.id, error=self.redactor.text(error))
+            if silencer is not None:  # a create whose answer was lost may have made one all the same
+                with contextlib.suppress(Exception):
+                    for orphan in silencer.ours(labels, run.run_id):
+                        silencer.expire(orphan)
+                        run.audit.record("silence_expired", remediation=step.id, silence_id=orphan, outcome=None)
+            return None
+        run.audit.record("silence_created", remediation=step.id, silence_id=silence_id, ends_at=rfc3339(ends))
+        return _Silence(silencer, silence_id, labels, starts, comment)
+
+    def _silence_target(self, run_id: str) -> tuple[str, dict[str, str]] | str:
+        """The Alertmanager and the labels of the alert that started the run, or why there are none."""
+        url = self.settings.alertmanager_url
+        if url is None:
+            return "no alertmanager_url in the config"
+        alert = self._state.run_alert(run_id)
+        if alert is None:
+            return "the run was not started by an alert, or the alert's record is past its retention"
+        if alert["source"] != "alertmanager":
+            return f"the run's alert came from {alert['source']}, not from Alertmanager"
+        return url, alert["labels"]
+
+    def _unsilence(self, a: _Attempt, decision: RemediationDecision, silence: _Silence) -> None:
+        """Verified: the silence ends `silence_grace` from now (Prometheus must evaluate the rule again to
+        resolve the alert; a silence gone before that would let the stale alert page). Anything else, at
+        once: if the alert still fires, people hear it."""
+        step, audit = a.step, a.run.audit
+        try:
+            if decision.outcome == "resolved" and step.silence_grace > 0:
+                ends = time.time() + step.silence_grace
+                now_id = silence.silencer.end_at(
+                    silence.id, silence.labels, starts=silence.starts, ends=ends, comment=silence.comment
+                )
+                audit.record(
+                    "silence_ends", remediation=step.id, silence_id=now_id, ends_at=rfc3339(ends), outcome="resolved"
+                )
+                return
+            silence.silencer.expire(silence.id)
+        except Exception as exc:
+            error = str(exc) if isinstance(exc, SilenceError) else f"{type(exc).__name__}: {exc}"
+            audit.record(
+                "silence_expire_failed", remediation=step.id, silence_id=silence.id, error=self.redactor.text(error)
+            )
+            return
+        audit.record("silence_expired", remediation=step.id, silence_id=silence.id, outcome=decision.outcome)
 
     def apply_approved(
         self,

@@ -174,7 +174,29 @@ class RemediationStep(_Strict):
     cooldown: DurationOrZero | None = Field(None, description="Quiet time on a target after a change; default 60s.")
     verify: list[Identifier] = Field(default_factory=list, description="Checks re-run until OK after applying.")
     verify_timeout: Duration = Field(60.0, description="How long verify may wait for the checks to pass.")
+    silence: bool = Field(
+        False,
+        description="Silence the alert that started the run in Alertmanager (alertmanager_url in config) while"
+        " this remediation is applied and verified; expired when verified or failed.",
+    )
+    silence_timeout: Duration | None = Field(
+        None,
+        le=86400,
+        description="The longest the silence lasts should the agent never end it; default verify_timeout + 10m.",
+    )
+    silence_grace: DurationOrZero = Field(
+        120.0,
+        le=3600,
+        description="How long the silence stays once the fix is verified, so the alert can resolve (2m); 0: none."
+        " A fix that fails ends it at once.",
+    )
     description: str = ""
+
+    @model_validator(mode="after")
+    def _silence_timeout_silences(self) -> RemediationStep:
+        if not self.silence and (self.silence_timeout is not None or "silence_grace" in self.model_fields_set):
+            raise ValueError("silence_timeout and silence_grace are for a remediation with silence: true")
+        return self
 
 
 class Schedule(_Strict):

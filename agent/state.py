@@ -85,6 +85,8 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             last_error TEXT, sent REAL, claim TEXT, UNIQUE (event_key, channel))""",
         "CREATE INDEX outbox_due ON outbox (status, channel, next_attempt)",
     ),
+    # 4: the alert that started a run, found by the run (its labels are what a remediation silences).
+    ("CREATE INDEX alerts_run_started ON alerts (run_id) WHERE disposition = 'run_started'",),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -519,6 +521,15 @@ class StateStore:
                 "INSERT OR REPLACE INTO flags (name, value, at, actor) VALUES (?, 'resolved', ?, 'alert')",
                 [(f"resolved:{runbook}:{target}", now) for runbook, target in resolved],
             )
+
+    def run_alert(self, run_id: str) -> dict[str, Any] | None:
+        """The alert that started a run (its source, name and labels), if an alert did and it is kept."""
+        row = self._read(
+            "SELECT source, name, labels FROM alerts WHERE run_id = ? AND disposition = 'run_started'"
+            " ORDER BY id LIMIT 1",
+            (run_id,),
+        ).fetchone()
+        return {"source": row[0], "name": row[1], "labels": json.loads(row[2])} if row else None
 
     def alert_count(self) -> int:
         return int(self._read("SELECT count(*) FROM alerts").fetchone()[0])

@@ -131,9 +131,12 @@ class Alertmanager:
 
 
 @contextmanager
-def alertmanager(tmp_path: Path, daemon_url: str, token: str = TOKEN) -> Iterator[Alertmanager]:
-    """The real Alertmanager (Debian's package), delivering to the daemon quickly."""
-    port = free_port()
+def alertmanager(
+    tmp_path: Path, daemon_url: str, token: str = TOKEN, port: int | None = None
+) -> Iterator[Alertmanager]:
+    """The real Alertmanager (Debian's package), delivering to the daemon quickly; on `port` if given (a
+    daemon that silences alerts is told where it will be before it starts)."""
+    port = port or free_port()
     config = tmp_path / "alertmanager.yml"
     config.write_text(
         textwrap.dedent(f"""

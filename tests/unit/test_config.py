@@ -42,8 +42,10 @@ def test_each_setting_from_its_variable(tmp_path: Path) -> None:
         "RUNBOOK_REDIS_URL": "redis://new:6379/0",
         "REDIS_URL": "redis://old:6379/0",  # the RUNBOOK_ name is the stronger
         "DATABASE_URL": "postgresql://db/app",
+        "RUNBOOK_ALERTMANAGER_URL": "http://am:9093",
     }
     settings = load_settings(env=env)
+    assert settings.alertmanager_url == "http://am:9093"
     assert (settings.connect_timeout, settings.read_timeout, settings.max_parallel_checks) == (1.5, 60.0, 3)
     assert (settings.max_targets_per_run, settings.default_limit, settings.limit_window) == (2, 7, 7200.0)
     assert (settings.default_cooldown, settings.lock_ttl, settings.apply_timeout) == (0.0, 600.0, 90.0)
@@ -128,6 +130,21 @@ def test_problems_never_quote_a_secret_and_all_sources_report(tmp_path: Path) ->
     config.write_text("- a list\n")
     with pytest.raises(ConfigError, match="expected a mapping"):
         load_settings(config, env={})
+
+
+def test_the_alertmanager_url_is_an_http_url_and_may_come_from_a_file(tmp_path: Path) -> None:
+    secret = tmp_path / "am"
+    secret.write_text("https://runbook:s3cret@am.example:9093\n")
+    assert load_settings(env={"RUNBOOK_ALERTMANAGER_URL_FILE": str(secret)}).alertmanager_url == (
+        "https://runbook:s3cret@am.example:9093"
+    )
+    with pytest.raises(ConfigError, match=r"alertmanager_url.*http:// or https://"):
+        load_settings(env={"RUNBOOK_ALERTMANAGER_URL": "am.example:9093"})
+    # A password with a stray "/" makes the URL mean another host: refused, the password never quoted.
+    for bad in ("http://runbook:1234/Zm9vYmFy@am:9093", "http://runbook:s3cr/et@am:9093", "http://am:99999"):
+        with pytest.raises(ConfigError, match="percent-encode") as info:
+            load_settings(env={"RUNBOOK_ALERTMANAGER_URL": bad})
+        assert "Zm9vYmFy" not in str(info.value) and "s3cr" not in str(info.value)
 
 
 def test_a_blank_list_variable_is_unset() -> None:

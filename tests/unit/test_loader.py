@@ -145,3 +145,17 @@ def test_trigger_regex_must_compile(write_runbook: WriteRunbook) -> None:
     path = write_runbook("demo.yaml", GOOD.replace("severity: SEV-2", bad_trigger))
     (problem,) = problems([path])
     assert problem.startswith(f"{path}:5: triggers: label alertname: invalid regex 'Db(('")
+
+
+def test_a_silence_timeout_needs_a_silence(write_runbook: WriteRunbook) -> None:
+    silenced = GOOD.replace(
+        'when: checks.app.status == "CRITICAL" and checks.db.ok', "silence: true\n    silence_timeout: 20m"
+    )
+    spec = load_runbooks([write_runbook("demo.yaml", silenced).parent]).runbooks["demo"].spec
+    assert spec.remediations[0].silence and spec.remediations[0].silence_timeout == 1200.0
+    path = write_runbook("demo.yaml", silenced.replace("silence: true", "silence: false"))
+    (problem,) = problems([path])
+    assert (
+        problem.startswith(f"{path}:")
+        and "silence_timeout and silence_grace are for a remediation with silence: true" in problem
+    )
