@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import socket
 import threading
 import time
@@ -80,13 +79,14 @@ Guard = Callable[[_Attempt], Denial | None]
 
 @dataclass(frozen=True)
 class _Silence:
-    """A silence this remediation made, and what changing its end needs (the same matchers and start)."""
+    """A silence this remediation made (id None: its create's answer was lost, so it may exist all the
+    same: looked for by `marker` in its comment once the change is done)."""
 
     silencer: Silencer
-    id: str
+    id: str | None
     labels: dict[str, str]
-    starts: float
     comment: str
+    marker: str
 
 
 class Remediator:
@@ -431,21 +431,23 @@ class Remediator:
         step, run = a.step, a.run
         if not step.silence:
             return None
-        found = self._silence_target(run.run_id)
-        if isinstance(found, str):
-            run.audit.record("silence_skipped", remediation=step.id, reason=found)
-            return None
-        url, labels = found
         # A little in the past: an agent's clock ahead of Alertmanager's would make it a pending silence,
         # muting nothing (Alertmanager moves a start in the past to its own now).
         starts = time.time() - 60
         ends = time.time() + (step.silence_timeout or step.verify_timeout + SILENCE_ALLOWANCE)
+        marker = f"run {run.run_id}: remediation {step.id} is"
         comment = (
-            f"runbook {a.runbook.spec.id}, run {run.run_id}: remediation {step.id} is being applied and"
-            " verified; expired when it fails, soon after it is verified"
+            f"runbook {a.runbook.spec.id}, {marker} being applied and verified;"
+            " expired when it fails, soon after it is verified"
         )
         silencer: Silencer | None = None
+        sent = False
         try:
+            found = self._silence_target(run.run_id)
+            if isinstance(found, str):
+                run.audit.record("silence_skipped", remediation=step.id, reason=found)
+                return None
+            url, labels = found
             silencer = Silencer(
                 url,
                 connect_timeout=self.settings.connect_timeout,
@@ -471,18 +473,15 @@ class Remediator:
             )
             if run.audit.error:
                 return None
+            sent = True
             silence_id = silencer.create(labels, starts=starts, ends=ends, comment=comment)
         except Exception as exc:  # any failure (a bad answer, a bug) is the silence's, never the fix's
             error = str(exc) if isinstance(exc, SilenceError) else f"{type(exc).__name__}: {exc}"
             run.audit.record("silence_failed", remediation=step.id, error=self.redactor.text(error))
-            if silencer is not None:  # a create whose answer was lost may have made one all the same
-                with contextlib.suppress(Exception):
-                    for orphan in silencer.ours(labels, run.run_id):
-                        silencer.expire(orphan)
-                        run.audit.record("silence_expired", remediation=step.id, silence_id=orphan, outcome=None)
-            return None
+            # A create whose answer was lost may have made one all the same: looked for after the fix.
+            return _Silence(silencer, None, labels, comment, marker) if sent and silencer is not None else None
         run.audit.record("silence_created", remediation=step.id, silence_id=silence_id, ends_at=rfc3339(ends))
-        return _Silence(silencer, silence_id, labels, starts, comment)
+        return _Silence(silencer, silence_id, labels, comment, marker)
 
     def _silence_target(self, run_id: str) -> tuple[str, dict[str, str]] | str:
         """The Alertmanager and the labels of the alert that started the run, or why there are none."""
@@ -501,24 +500,57 @@ class Remediator:
         resolve the alert; a silence gone before that would let the stale alert page). Anything else, at
         once: if the alert still fires, people hear it."""
         step, audit = a.step, a.run.audit
-        try:
-            if decision.outcome == "resolved" and step.silence_grace > 0:
-                ends = time.time() + step.silence_grace
-                now_id = silence.silencer.end_at(
-                    silence.id, silence.labels, starts=silence.starts, ends=ends, comment=silence.comment
-                )
-                audit.record(
-                    "silence_ends", remediation=step.id, silence_id=now_id, ends_at=rfc3339(ends), outcome="resolved"
-                )
-                return
-            silence.silencer.expire(silence.id)
-        except Exception as exc:
+        silencer = silence.silencer
+
+        def failed(silence_id: str | None, exc: Exception) -> None:
             error = str(exc) if isinstance(exc, SilenceError) else f"{type(exc).__name__}: {exc}"
             audit.record(
-                "silence_expire_failed", remediation=step.id, silence_id=silence.id, error=self.redactor.text(error)
+                "silence_expire_failed", remediation=step.id, silence_id=silence_id, error=self.redactor.text(error)
             )
-            return
+
+        if silence.id is None:  # its create's answer was lost: expire whatever it made
+            try:
+                orphans = silencer.ours(silence.labels, silence.marker)
+            except Exception as exc:
+                return failed(None, exc)
+            for orphan in orphans:
+                try:
+                    silencer.expire(orphan)
+                    audit.record("silence_expired", remediation=step.id, silence_id=orphan, outcome=decision.outcome)
+                except Exception as exc:
+                    failed(orphan, exc)
+            return None
+        if decision.outcome == "resolved" and step.silence_grace > 0:
+            ends = time.time() + step.silence_grace
+            try:
+                now_id = silencer.end_at(silence.id, silence.labels, ends=ends, comment=silence.comment)
+            except Exception as exc:  # then at once rather than at its timeout
+                failed(silence.id, exc)
+            else:
+                if now_id is None:
+                    audit.record(
+                        "silence_expired",
+                        remediation=step.id,
+                        silence_id=silence.id,
+                        outcome=decision.outcome,
+                        note="it had ended before the fix was verified (by a person, or at silence_timeout)",
+                    )
+                else:
+                    audit.record(
+                        "silence_ends",
+                        remediation=step.id,
+                        silence_id=now_id,
+                        replaced=silence.id if now_id != silence.id else None,
+                        ends_at=rfc3339(ends),
+                        outcome="resolved",
+                    )
+                return None
+        try:
+            silencer.expire(silence.id)
+        except Exception as exc:
+            return failed(silence.id, exc)
         audit.record("silence_expired", remediation=step.id, silence_id=silence.id, outcome=decision.outcome)
+        return None
 
     def apply_approved(
         self,

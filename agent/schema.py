@@ -181,14 +181,13 @@ class RemediationStep(_Strict):
     )
     silence_timeout: Duration | None = Field(
         None,
-        le=86400,
-        description="The longest the silence lasts should the agent never end it; default verify_timeout + 10m.",
+        description="The longest the silence lasts should the agent never end it (at least verify_timeout,"
+        " at most 1d); default verify_timeout + 10m.",
     )
     silence_grace: DurationOrZero = Field(
         120.0,
-        le=3600,
-        description="How long the silence stays once the fix is verified, so the alert can resolve (2m); 0: none."
-        " A fix that fails ends it at once.",
+        description="How long the silence stays once the fix is verified, so the alert can resolve (2m, at most"
+        " 1h); 0: none. A fix that fails ends it at once.",
     )
     description: str = ""
 
@@ -196,6 +195,10 @@ class RemediationStep(_Strict):
     def _silence_timeout_silences(self) -> RemediationStep:
         if not self.silence and (self.silence_timeout is not None or "silence_grace" in self.model_fields_set):
             raise ValueError("silence_timeout and silence_grace are for a remediation with silence: true")
+        if self.silence_timeout is not None and not self.verify_timeout <= self.silence_timeout <= 86400:
+            raise ValueError("silence_timeout must be at least verify_timeout and at most 1d")
+        if self.silence_grace > 3600:
+            raise ValueError("silence_grace must be at most 1h")
         return self
 
 

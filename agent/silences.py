@@ -119,11 +119,20 @@ class Silencer:
 
     def create(self, labels: Mapping[str, str], *, starts: float, ends: float, comment: str) -> str:
         """A silence of these labels from `starts` to `ends` (Unix times); its id."""
-        return self._set(None, labels, starts=starts, ends=ends, comment=comment)
+        return self._set(None, labels, starts=rfc3339(starts), ends=ends, comment=comment)
 
-    def end_at(self, silence_id: str, labels: Mapping[str, str], *, starts: float, ends: float, comment: str) -> str:
-        """Move an active silence's end (the same matchers and start). Alertmanager changes it in place,
-        or, if it cannot, expires it and makes another: the id returned is the one in force."""
+    def end_at(self, silence_id: str, labels: Mapping[str, str], *, ends: float, comment: str) -> str | None:
+        """Move the end of a silence still in force; None if it is not (a person expired it, or it ran
+        out): a silence somebody ended is never made again. Sent with the start Alertmanager stored, so
+        it changes in place; if Alertmanager cannot, it expires it and makes another: the id returned is
+        the one in force."""
+        current = self._json("GET", f"/api/v2/silence/{quote(silence_id, safe='')}", None, MAX_ANSWER)
+        state = (current.get("status") or {}).get("state") if isinstance(current, dict) else None
+        if state not in ("active", "pending"):
+            return None
+        starts = current.get("startsAt")
+        if not isinstance(starts, str) or len(starts) > 64:
+            raise SilenceError(f"{self.where} answered with an unusable silence")
         return self._set(silence_id, labels, starts=starts, ends=ends, comment=comment)
 
     def expire(self, silence_id: str, *, attempts: int = 3) -> None:
@@ -137,7 +146,8 @@ class Silencer:
                 if attempt == attempts - 1:
                     raise
             else:
-                if 200 <= status < 300 or status == 404 or "already expired" in answer:
+                # Gone: 404, or Alertmanager 0.25's HTTP 500 "silence not found" / "already expired".
+                if 200 <= status < 300 or status == 404 or "already expired" in answer or "not found" in answer:
                     return
                 if attempt == attempts - 1 or status < 500:
                     raise SilenceError(f"{self.where} answered HTTP {status}: {_printable(answer)}")
@@ -160,12 +170,10 @@ class Silencer:
                 found.append(s["id"])
         return found
 
-    def _set(
-        self, silence_id: str | None, labels: Mapping[str, str], *, starts: float, ends: float, comment: str
-    ) -> str:
+    def _set(self, silence_id: str | None, labels: Mapping[str, str], *, starts: str, ends: float, comment: str) -> str:
         body: dict[str, Any] = {
             "matchers": matchers(labels),
-            "startsAt": rfc3339(starts),
+            "startsAt": starts,
             "endsAt": rfc3339(ends),
             "createdBy": self.created_by,
             "comment": comment[:1000],
@@ -198,22 +206,32 @@ class Silencer:
         if self._auth:
             headers["Authorization"] = self._auth
 
+        cut_off = threading.Event()
+
         def cut() -> None:  # the whole request's deadline: a slow trickle of bytes cannot hold it open
+            cut_off.set()
             with contextlib.suppress(OSError, AttributeError):
                 conn.sock.shutdown(socket.SHUT_RDWR)
+
+        def left() -> float:
+            remaining = self._timeout - (time.monotonic() - started)
+            if remaining <= 0 or cut_off.is_set():
+                raise TimeoutError
+            return remaining
 
         watchdog = threading.Timer(self._timeout, cut)
         watchdog.daemon = True
         started = time.monotonic()
         try:
             watchdog.start()
-            conn.connect()
-            conn.sock.settimeout(self._timeout)
+            conn.connect()  # (a name that is slow to resolve can take longer: checked right after)
+            conn.sock.settimeout(left())
             conn.request(method, self._base + path, body=body, headers=headers)
             response = conn.getresponse()
             answer = response.read(limit + 1)
+            left()  # a body cut at the deadline is a timeout, not a bad answer
         except (OSError, http.client.HTTPException, ValueError, UnicodeError) as exc:
-            if time.monotonic() - started >= self._timeout:
+            if cut_off.is_set() or time.monotonic() - started >= self._timeout:
                 raise SilenceError(f"{self.where}: no answer within {self._timeout:g}s") from None
             raise SilenceError(f"{self.where}: {str(exc) or type(exc).__name__}") from None
         finally:

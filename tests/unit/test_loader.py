@@ -159,3 +159,6 @@ def test_a_silence_timeout_needs_a_silence(write_runbook: WriteRunbook) -> None:
         problem.startswith(f"{path}:")
         and "silence_timeout and silence_grace are for a remediation with silence: true" in problem
     )
+    short = silenced.replace("silence_timeout: 20m", "silence_timeout: 10s")  # shorter than verify_timeout (60s)
+    (problem,) = problems([write_runbook("demo.yaml", short)])
+    assert "silence_timeout must be at least verify_timeout and at most 1d" in problem

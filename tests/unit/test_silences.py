@@ -34,8 +34,10 @@ class StubAlertmanager:
     def __init__(self) -> None:
         self.requests: list[tuple[str, str, Any]] = []
         self.alerts: list[dict[str, Any]] = [{"labels": dict(LABELS)}]
+        self.silences: dict[str, dict[str, Any]] = {}
         self.fail_create = False
-        self.slow = 0.0
+        self.slow = 0.0  # seconds before any answer
+        self.slow_create = 0.0  # seconds before answering a create (made all the same)
         stub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -52,20 +54,32 @@ class StubAlertmanager:
 
             def do_GET(self) -> None:
                 stub.requests.append(("GET", self.path, None))
-                query = parse_qs(urlsplit(self.path).query)
-                self._answer(200, stub.alerts if self.path.startswith("/api/v2/alerts") else [])
-                assert query["filter"]
+                path = urlsplit(self.path).path
+                if path == "/api/v2/alerts":
+                    assert parse_qs(urlsplit(self.path).query)["filter"]
+                    self._answer(200, stub.alerts)
+                elif path == "/api/v2/silences":
+                    self._answer(200, list(stub.silences.values()))
+                else:
+                    silence = stub.silences.get(path.rsplit("/", 1)[-1])
+                    self._answer(200 if silence else 404, silence or "silence not found")
 
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 stub.requests.append(("POST", self.path, body))
                 if stub.fail_create:
-                    self._answer(400, "bad matchers")
-                else:
-                    self._answer(200, {"silenceID": body.get("id") or str(uuid.uuid4())})
+                    return self._answer(400, "bad matchers")
+                silence_id = body.get("id") or str(uuid.uuid4())
+                stub.silences[silence_id] = {**body, "id": silence_id, "status": {"state": "active"}}
+                time.sleep(stub.slow_create)
+                self._answer(200, {"silenceID": silence_id})
 
             def do_DELETE(self) -> None:
                 stub.requests.append(("DELETE", self.path, None))
+                silence = stub.silences.get(self.path.rsplit("/", 1)[-1])
+                if silence is None:
+                    return self._answer(500, "silence not found")
+                silence["status"]["state"] = "expired"
                 self._answer(200, "")
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -182,12 +196,38 @@ def test_verified_the_silence_ends_after_its_grace(h: Harness, am: StubAlertmana
     )
     assert rem.outcome == "resolved"
     assert [e["event"] for e in events] == ["silence_requested", "silence_created", "silence_ends"]
-    assert am.methods() == ["GET", "POST", "POST"]  # is it there, create, move its end
-    create, end = am.requests[1][2], am.requests[2][2]
+    # is the alert there, create; then is the silence still in force, move its end (same start, matchers)
+    assert am.methods() == ["GET", "POST", "GET", "POST"]
+    create, end = am.requests[1][2], am.requests[3][2]
     assert create["matchers"] == matchers(LABELS) and "id" not in create
     assert end["id"] == events[1]["silence_id"] and end["startsAt"] == create["startsAt"]
     assert end["matchers"] == create["matchers"]
     assert events[2]["ends_at"] == end["endsAt"] and abs(_epoch(end["endsAt"]) - (time.time() + 180)) < 30
+
+
+def test_a_silence_a_person_ended_is_never_made_again(
+    h: Harness, am: StubAlertmanager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def person_expires_it() -> None:
+        for silence in am.silences.values():
+            silence["status"]["state"] = "expired"
+
+    monkeypatch.setattr(fake_effects, "DURING", [person_expires_it])
+    rem, events = silenced(
+        h, am, {"with": {"heals": True}, "verify": ["health"], "verify_timeout": "5s", "silence_grace": "3m"}
+    )
+    assert rem.outcome == "resolved" and am.methods() == ["GET", "POST", "GET"]  # looked, left it ended
+    assert events[-1]["event"] == "silence_expired" and "had ended" in events[-1]["note"]
+
+
+def test_a_create_whose_answer_is_lost_is_expired_after_the_fix(h: Harness, am: StubAlertmanager) -> None:
+    am.slow_create = 6.0  # made, but answered after the agent's read_timeout (4s)
+    rem, events = silenced(h, am, {})
+    assert rem.outcome == "applied" and fake_effects.applied == ["thing:a"]
+    assert [e["event"] for e in events] == ["silence_requested", "silence_failed", "silence_expired"]
+    assert "no answer within" in events[1]["error"]
+    (made,) = am.silences.values()
+    assert made["status"]["state"] == "expired" and events[2]["silence_id"] == made["id"]
 
 
 def _epoch(stamp: str) -> float:
@@ -199,6 +239,7 @@ def test_a_failed_fix_or_no_grace_expires_it_at_once(h: Harness, am: StubAlertma
     assert rem.outcome == "apply_failed" and rem.escalation
     assert [e["event"] for e in events] == ["silence_requested", "silence_created", "silence_expired"]
     assert am.methods() == ["GET", "POST", "DELETE"] and am.requests[2][1].endswith(events[1]["silence_id"])
+    assert Silencer(am.url, connect_timeout=1, timeout=5).expire("no-such-silence") is None  # gone is expired
     am.requests.clear()
     h.state.reset_breaker("thing:a")
     rem, events = silenced(h, am, {"verify": ["health"], "verify_timeout": "1s", "silence_grace": "3m"})
