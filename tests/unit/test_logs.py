@@ -90,3 +90,23 @@ def test_a_request_line_names_the_route_template_never_the_raw_path(out: io.Stri
         "127.0.0.1",
     )
     assert "abc" not in out.getvalue() and "token" not in out.getvalue()
+
+
+def test_the_daemon_logs_without_loading_rich_and_rich_still_loads_after() -> None:
+    """structlog would import rich and pygments for tracebacks these logs never render (~4 MB a daemon)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import io, sys\n"
+        "from agent import logs\n"
+        "from agent.redaction import Redactor\n"
+        "out = io.StringIO()\n"
+        "logs.configure('info', 'console', Redactor(), out)\n"
+        "logs.log(logs.ERROR, 'something_failed', reason='x')\n"
+        "print('rich' in sys.modules, 'pygments' in sys.modules, 'something_failed' in out.getvalue())\n"
+        "import rich.console\n"
+        "print(rich.console.Console is not None)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout.split() == ["False", "False", "True", "True"], done.stdout + done.stderr
