@@ -18,7 +18,18 @@ from agent.exceptions import AuditError
 from agent.files import open_private
 from agent.redaction import Redactor
 
-__all__ = ["GENESIS", "AuditLog", "AuditSink", "RepairResult", "VerifyResult", "read_records", "repair", "verify"]
+__all__ = [
+    "GENESIS",
+    "AuditLog",
+    "AuditSink",
+    "ChainRecord",
+    "RepairResult",
+    "VerifyResult",
+    "merged",
+    "read_records",
+    "repair",
+    "verify",
+]
 
 GENESIS = "0" * 64
 
@@ -312,3 +323,42 @@ def verify(path: Path) -> VerifyResult:
     if marker.get("sha256") != prev:
         return VerifyResult(False, count, "the last record is not the one the agent wrote (edited)", count)
     return VerifyResult(True, count)
+
+
+@dataclass(frozen=True)
+class ChainRecord:
+    """One record of a merged view, and the chain (agent's audit log) it came from."""
+
+    chain: str
+    record: dict[str, Any]
+
+
+def merged(paths: list[Path], run_id: str | None = None) -> list[ChainRecord]:
+    """The records of several agents' audit logs (each agent keeps its own chain) in one timeline, ordered
+    by their time, then by chain and sequence: what every agent that touched a run saw and did. Each chain
+    is verified first; one that is not intact is refused (AuditError naming it and its first bad line),
+    since its order and content cannot be trusted. Times come from each agent's clock: keep them in sync
+    (NTP) for the order across agents to mean anything."""
+    found: list[tuple[float, int, int, ChainRecord]] = []
+    for index, path in enumerate(paths):
+        if not path.exists():
+            raise AuditError(f"{path}: no audit log")
+        result = verify(path)
+        if not result.ok:
+            where = f"{path}:{result.line}" if result.line else str(path)
+            raise AuditError(f"{where}: {result.problem}; not merged")
+        for record in read_records(path):
+            if run_id is None or record.get("run_id") == run_id:
+                seq = record.get("seq")
+                at = (_epoch(record.get("ts")), index, seq if isinstance(seq, int) else 0)
+                found.append((*at, ChainRecord(str(path), record)))
+    found.sort(key=lambda item: item[:3])
+    return [item[3] for item in found]
+
+
+def _epoch(stamp: Any) -> float:
+    """A record's time as a number (ISO strings do not sort as text: `...:15Z` after `...:15.000001Z`)."""
+    try:
+        return datetime.fromisoformat(str(stamp).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return 0.0

@@ -941,17 +941,28 @@ def audit_verify(state: _State, file: Path | None, as_json: bool) -> None:
 
 
 @audit.command("show")
-@click.argument("file", required=False, type=click.Path(path_type=Path))
+@click.argument("files", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--run", "run_id", help="Only this run's records.", shell_complete=completion.run_ids)
 @click.option("--json", "as_json", is_flag=True, help="Print the records as JSON lines.")
 @click.pass_obj
 @_errors_as_one_line
-def audit_show(state: _State, file: Path | None, run_id: str | None, as_json: bool) -> None:
-    """Show audit records, oldest first."""
-    from agent.audit import read_records
+def audit_show(state: _State, files: tuple[Path, ...], run_id: str | None, as_json: bool) -> None:
+    """Show audit records, oldest first.
+
+    Given several agents' audit logs (FILES: each agent keeps its own chain), each chain is verified and
+    their records are merged into one timeline, each line naming the log it came from: what every agent
+    that touched a run saw and did."""
+    from agent.audit import merged, read_records
     from agent.output import audit_line
 
-    path = file or state.settings.audit_path
+    if len(files) > 1:
+        for item in merged(list(files), run_id):
+            if as_json:
+                click.echo(json.dumps({"chain": item.chain, **item.record}))
+            else:
+                click.echo(printable(f"[{item.chain}] {audit_line(item.record)}"))
+        return
+    path = files[0] if files else state.settings.audit_path
     if not path.exists():
         raise AuditError(f"{path}: no audit log yet")
     for record in read_records(path):

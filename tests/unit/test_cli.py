@@ -135,6 +135,49 @@ def test_audit_verify_names_the_bad_line(tmp_path: Path) -> None:
     assert code == 1 and err.startswith(f"{log}:2: hash chain broken")
 
 
+def test_audit_show_merges_the_agents_chains_of_a_run_each_verified(tmp_path: Path) -> None:
+    """Two agents touched one run, each with its own chain: one timeline, in time order, each record
+    naming its chain; a chain that is not intact is refused, naming it and its first bad line."""
+    from agent.audit import AuditSink
+
+    a, b = tmp_path / "agent-a" / "audit.jsonl", tmp_path / "agent-b" / "audit.jsonl"
+    for path in (a, b):
+        path.parent.mkdir(mode=0o700)
+
+    def at(second: int, micro: int = 0) -> str:
+        return f"2026-11-29T10:00:{second:02d}{f'.{micro:06d}' if micro else ''}Z"
+
+    AuditSink(a).write_many(
+        [
+            {"ts": at(1), "event": "run_started", "run_id": "r1", "actor": "alert@a"},
+            {"ts": at(2), "event": "run_started", "run_id": "other", "actor": "alert@a"},
+            {"ts": at(5, 1), "event": "run_interrupted", "run_id": "r1", "actor": "daemon@a"},
+        ]
+    )
+    AuditSink(b).write_many(
+        [
+            {"ts": at(3), "event": "approval", "run_id": "r1", "actor": "alice@b"},
+            {"ts": at(5), "event": "apply_started", "run_id": "r1", "actor": "alice@b"},  # .000000: before 5.000001
+        ]
+    )
+    code, out, err = invoke("audit", "show", str(a), str(b), "--run", "r1", "--json")
+    assert code == 0, err
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [(r["event"], r["chain"]) for r in rows] == [
+        ("run_started", str(a)),
+        ("approval", str(b)),
+        ("apply_started", str(b)),
+        ("run_interrupted", str(a)),
+    ]
+    code, out, _ = invoke("audit", "show", str(a), str(b), "--run", "r1")
+    assert code == 0 and out.splitlines()[1].startswith(f"[{b}] {at(3)} #1 r1 approval")
+
+    lines = b.read_text().splitlines(keepends=True)
+    b.write_text(lines[0].replace("alice", "mallory") + lines[1])
+    code, out, err = invoke("audit", "show", str(a), str(b), "--run", "r1")
+    assert code == 1 and out == "" and err.startswith(f"{b}:2: hash chain broken") and "not merged" in err
+
+
 def test_verbose_tracebacks_are_redacted(monkeypatch: pytest.MonkeyPatch) -> None:
     from agent import cli as cli_module
 
