@@ -12,7 +12,7 @@ A pack is a Python package with entry points, e.g. in its pyproject.toml:
 
 The entry point's name is the family: every check or remediation of the module is `<family>.<name>`.
 Effects are a group of their own because only a live process's applier may load them (a dry run never
-imports anything that can act). The built-in families (docker, postgres, redis, host, http, tcp) are
+imports anything that can act). The built-in families (docker, swarm, postgres, redis, host, http, tcp) are
 registered the same way.
 """
 

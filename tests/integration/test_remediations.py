@@ -1,5 +1,5 @@
 """Remediations not covered by the game days, each against the real service: postgres.restore,
-redis.pause_queue/resume_queue, and docker.scale of a Swarm service on a single-node swarm."""
+redis.pause_queue/resume_queue (Swarm services: test_swarm.py)."""
 
 from __future__ import annotations
 
@@ -200,51 +200,6 @@ def test_pause_and_resume_queue(dc, agent_env, tmp_path: Path, restore) -> None:
     code, report = run(agent_env, runbooks, "queue-resume")
     assert (report["remediations"][0]["decision"], code) == ("applied", 0)
     assert faults.wait_for(lambda: client.llen("bull:email:wait") == 0, timeout=30)
-
-
-SWARM = """
-id: swarm-scale
-title: Scale a swarm service
-severity: SEV-2
-checks:
-  - id: engine
-    check: docker.engine
-remediations:
-  - id: scale
-    do: docker.scale
-    with: {service: rbtest-swarm-worker, replicas: 3, max_replicas: 5}
-    when: "true"
-    approval: auto
-"""
-
-
-@pytest.fixture
-def swarm(dc):
-    joined = False
-    if not dc.info().get("Swarm", {}).get("ControlAvailable"):
-        dc.swarm.init(advertise_addr="127.0.0.1", listen_addr="127.0.0.1:2377")
-        joined = True
-    service = dc.services.create(stack.IMAGE, command=["sleep", "600"], name="rbtest-swarm-worker")
-    yield service
-    service.remove()
-    if joined:
-        dc.swarm.leave(force=True)
-        # Leaving a swarm breaks the embedded DNS of bridge networks made before it (Docker 20.10):
-        # the sandbox gets a fresh network so the tests after this one see a working stack.
-        stack.down(dc)
-        stack.up(dc)
-
-
-def test_scale_swarm_service(dc, agent_env, tmp_path: Path, swarm) -> None:
-    runbooks = write_runbook(tmp_path, SWARM)
-    code, report = run(agent_env, runbooks, "swarm-scale", "--dry-run")
-    change = report["remediations"][0]["plan"]["changes"][0]
-    assert (change["effect"], change["before"], change["after"]) == ("docker.service.scale", 1, 3)
-    code, report = run(agent_env, runbooks, "swarm-scale")
-    assert (report["remediations"][0]["decision"], code) == ("applied", 0)
-    swarm.reload()
-    assert swarm.attrs["Spec"]["Mode"]["Replicated"]["Replicas"] == 3
-    assert faults.wait_for(lambda: sum(t["Status"]["State"] == "running" for t in swarm.tasks()) == 3, timeout=60)
 
 
 def test_manual_remediation_asks_on_a_terminal(dc, agent_env, tmp_path: Path, restore) -> None:

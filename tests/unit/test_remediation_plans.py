@@ -140,3 +140,57 @@ def test_blueprint_keeps_the_container_and_drops_only_what_the_old_image_gave() 
 def test_scale_is_bounded_by_the_runbook() -> None:
     with pytest.raises(ValueError, match="above max_replicas"):
         ScaleParams(service="worker", replicas=30, max_replicas=20)
+
+
+# --- Swarm services --------------------------------------------------------------------------------------
+
+
+class FakeSwarm:
+    def __init__(self, service: dict[str, Any] | None) -> None:
+        self.service = service
+
+    def swarm_service(self, name: str) -> dict[str, Any] | None:
+        return self.service
+
+
+def swarm_service(env: list[str], previous: list[str] | None = None, force: int = 0) -> dict[str, Any]:
+    def spec(values: list[str]) -> dict[str, Any]:
+        return {
+            "Name": "worker",
+            "TaskTemplate": {"ContainerSpec": {"Image": "app:v2", "Env": values}, "ForceUpdate": force},
+            "Mode": {"Replicated": {"Replicas": 3}},
+            "UpdateConfig": {"Parallelism": 1, "Order": "start-first"},
+        }
+
+    found: dict[str, Any] = {"ID": "svc1", "Version": {"Index": 42}, "Spec": spec(env)}
+    if previous is not None:
+        found["PreviousSpec"] = spec(previous)
+    return found
+
+
+def test_swarm_restart_plans_a_forced_update_bound_to_the_version() -> None:
+    from remediations.swarm import ServiceParams, restart
+
+    (change,) = restart(FakeContext(FakeSwarm(swarm_service(["A=1"], force=4))), ServiceParams(service="worker"))
+    assert (change.effect, change.target, change.before, change.after) == (
+        "swarm.service.force_update",
+        "service:worker",
+        4,
+        5,
+    )
+    assert change.spec.version == 42 and change.spec.force_update == 5
+    assert change.summary == "rolling restart of swarm service worker (3 replicas, 1 at a time, start-first)"
+    with pytest.raises(PlanError, match="no swarm service worker"):
+        restart(FakeContext(FakeSwarm(None)), ServiceParams(service="worker"))
+
+
+def test_swarm_rollback_names_what_differs_and_binds_the_previous_spec() -> None:
+    from remediations.swarm import ServiceParams, spec_digest
+    from remediations.swarm import rollback as swarm_rollback
+
+    with pytest.raises(PlanError, match="no previous spec"):
+        swarm_rollback(FakeContext(FakeSwarm(swarm_service(["A=2"]))), ServiceParams(service="worker"))
+    service = swarm_service(["A=2"], previous=["A=1"])
+    (change,) = swarm_rollback(FakeContext(FakeSwarm(service)), ServiceParams(service="worker"))
+    assert change.summary.endswith("(same image; differs in TaskTemplate.ContainerSpec.Env)")
+    assert change.spec.previous_digest == spec_digest(service["PreviousSpec"]) and change.spec.version == 42
