@@ -298,15 +298,18 @@ class ReadOnlyDocker:
         return [dict(client.api.inspect_image(i["Id"])) for i in client.api.images(name=repository)]
 
     def swarm_service(self, name: str) -> dict[str, Any] | None:
+        """The Swarm service named exactly `name` (the engine would also take an id or a unique prefix of
+        one: a name a runbook or an alert gives never reaches another service that way)."""
         import docker.errors
 
         client = self._clients.docker()
         try:
             if not client.info().get("Swarm", {}).get("ControlAvailable"):
                 return None
-            return dict(client.api.inspect_service(name))
+            found = dict(client.api.inspect_service(name))
         except docker.errors.NotFound:
             return None
+        return found if (found.get("Spec") or {}).get("Name") == name else None
 
 
 class ReadOnlySQL:

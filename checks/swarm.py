@@ -15,13 +15,17 @@ from checks.docker import _within_deadline
 
 plugins = PluginSet("swarm")
 
-MAX_TASKS = 1000  # tasks of one service looked at (the newest): a service that crash-loops keeps history
+MAX_TASKS = 1000  # tasks looked at for failures and their reasons (the newest); counts come from the manager
 MAX_MESSAGE = 200  # characters of a task's error shown
+MAX_NODES_SHOWN = 100  # nodes listed in a result's details (all are counted)
 
 
 class ServiceParams(Params):
-    service: str = Field(description="Swarm service name (or id).")
-    window: Duration = Field(600.0, description="Task failures this recent count (10m).")
+    service: str = Field(description="Swarm service name (exactly: never an id or a prefix of one).")
+    window: Duration = Field(
+        600.0,
+        description="Task failures this recent count (10m; Swarm keeps a few tasks per slot: task_history_limit).",
+    )
     warn_failures: int = Field(1, ge=1, description="Failed tasks in the window from which it is WARNING.")
     crit_failures: int = Field(3, ge=1, description="Failed tasks in the window from which it is CRITICAL.")
 
@@ -56,41 +60,72 @@ def _why(task: dict[str, Any]) -> str:
     return "".join(c if c.isprintable() else "?" for c in shown[:MAX_MESSAGE])
 
 
+def _counts(client: Any, inspected: dict[str, Any], tasks: list[dict[str, Any]]) -> tuple[int, int]:
+    """(desired, running) tasks, as the manager counts them (ServiceStatus, API 1.41: right for global
+    services and during restarts too); counted from the task list on an older engine."""
+    import docker.errors
+
+    try:
+        listed = client.api.services(filters={"id": inspected["ID"]}, status=True)
+        status = next((s.get("ServiceStatus") for s in listed if s.get("ID") == inspected["ID"]), None)
+        if status:
+            return int(status.get("DesiredTasks", 0)), int(status.get("RunningTasks", 0))
+    except docker.errors.InvalidVersion:
+        pass
+    wanted = [t for t in tasks if t.get("DesiredState") == "running"]
+    running = sum((t.get("Status") or {}).get("State") == "running" for t in wanted)
+    mode = inspected["Spec"].get("Mode") or {}
+    return (int(mode["Replicated"].get("Replicas", 1)) if "Replicated" in mode else len(wanted)), running
+
+
+def service_by_name(client: Any, name: str) -> dict[str, Any] | None:
+    """The service named exactly `name`. The engine would also take an id or a unique id prefix: a
+    name a runbook (or an alert, through a pattern) gives must never reach another service that way."""
+    import docker.errors
+
+    try:
+        found: dict[str, Any] = client.api.inspect_service(name)
+    except docker.errors.NotFound:
+        return None
+    return found if found.get("Spec", {}).get("Name") == name else None
+
+
 @plugins.check("swarm.service", ServiceParams)
 @_within_deadline
 def service(ctx: CheckContext, params: ServiceParams) -> Outcome:
     """A Swarm service: tasks running against desired, tasks failed recently (and the last error), tasks
-    the scheduler cannot place (and why), and an update that paused."""
-    import docker.errors
-
+    the scheduler cannot place (and why), and an update that paused or was rolled back for failing."""
     client = _manager(ctx)
     if client is None:
         return _not_manager()
-    try:
-        inspected = client.api.inspect_service(params.service)
-    except docker.errors.NotFound:
+    inspected = service_by_name(client, params.service)
+    if inspected is None:
         return Outcome(Status.CRITICAL, f"no swarm service {params.service}", code="service_missing")
-    name = inspected["Spec"].get("Name", params.service)
+    name = params.service
     tasks = client.api.tasks(filters={"service": inspected["ID"]})
-    tasks.sort(key=lambda t: str(t.get("UpdatedAt", "")), reverse=True)
-    tasks = tasks[:MAX_TASKS]
-    wanted = [t for t in tasks if t.get("DesiredState") == "running"]
-    running = [t for t in wanted if (t.get("Status") or {}).get("State") == "running"]
-    mode = inspected["Spec"].get("Mode") or {}
-    desired = int(mode["Replicated"].get("Replicas", 1)) if "Replicated" in mode else len(wanted)
+    desired, running = _counts(client, inspected, tasks)
+    # Newest first, by time (RFC 3339 text does not sort: "...:00Z" after "...:00.5Z"); the failures and
+    # reasons shown come from the newest MAX_TASKS (Swarm keeps a few per slot: task_history_limit).
+    tasks.sort(key=lambda t: _epoch((t.get("Status") or {}).get("Timestamp")) or 0.0, reverse=True)
+    history = tasks[:MAX_TASKS]
     since = time.time() - params.window
     failed = [
         t
-        for t in tasks
+        for t in history
         if (t.get("Status") or {}).get("State") in ("failed", "rejected")
         and (_epoch((t.get("Status") or {}).get("Timestamp")) or 0) >= since
     ]
-    waiting = [t for t in wanted if (t.get("Status") or {}).get("State") in ("pending", "assigned", "preparing")]
+    waiting = [
+        t
+        for t in history
+        if t.get("DesiredState") == "running"
+        and (t.get("Status") or {}).get("State") in ("pending", "assigned", "preparing")
+    ]
 
     statuses = [Status.OK]
-    parts = [f"{name}: {len(running)}/{desired} tasks running"]
+    parts = [f"{name}: {running}/{desired} tasks running"]
     code = None
-    if len(running) < desired:
+    if running < desired:
         statuses.append(Status.CRITICAL if not running else Status.WARNING)
         code = "tasks_not_running"
     if waiting:
@@ -101,10 +136,13 @@ def service(ctx: CheckContext, params: ServiceParams) -> Outcome:
         statuses.append(failures)
         code = code or ("task_failures" if failures is not Status.OK else None)
     update = inspected.get("UpdateStatus") or {}
-    if update.get("State") in ("paused", "rollback_paused"):
-        parts.append(f"update {update['State']}: {str(update.get('Message', ''))[:MAX_MESSAGE]}")
+    message = "".join(c if c.isprintable() else "?" for c in str(update.get("Message", ""))[:MAX_MESSAGE])
+    if update.get("State") in ("paused", "rollback_paused") or (
+        update.get("State") == "rollback_completed" and "failure" in message
+    ):
+        parts.append(f"update {update['State']}: {message}")
         statuses.append(Status.WARNING)
-        code = code or "update_paused"
+        code = code or "update_failed"
     status = worst(statuses)
     return Outcome(
         status,
@@ -116,7 +154,7 @@ def service(ctx: CheckContext, params: ServiceParams) -> Outcome:
             "update": update.get("State"),
             "failed": [{"task": t["ID"][:12], "error": _why(t)} for t in failed[:10]],
         },
-        metrics={"desired": float(desired), "running": float(len(running)), "failed_recent": float(len(failed))},
+        metrics={"desired": float(desired), "running": float(running), "failed_recent": float(len(failed))},
         code=code if status is not Status.OK else None,
         thresholds={"failed_recent": (float(params.warn_failures), float(params.crit_failures))},
     )
@@ -133,9 +171,10 @@ def nodes(ctx: CheckContext, params: NodesParams) -> Outcome:
     for node in client.api.nodes():
         spec, status = node.get("Spec") or {}, node.get("Status") or {}
         manager = node.get("ManagerStatus")
+        hostname = str((node.get("Description") or {}).get("Hostname") or node["ID"][:12])[:64]
         rows.append(
             {
-                "node": (node.get("Description") or {}).get("Hostname") or node["ID"][:12],
+                "node": "".join(c if c.isprintable() else "?" for c in hostname),
                 "role": spec.get("Role"),
                 "state": status.get("State"),
                 "availability": spec.get("Availability"),
@@ -157,7 +196,7 @@ def nodes(ctx: CheckContext, params: NodesParams) -> Outcome:
     return Outcome(
         status,
         "; ".join(parts),
-        details={"nodes": rows},
+        details={"nodes": rows[:MAX_NODES_SHOWN]},
         metrics={
             "nodes": float(len(rows)),
             "ready": float(len(usable)),

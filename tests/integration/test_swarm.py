@@ -20,6 +20,9 @@ from tests.integration.conftest import run_runbook
 pytestmark = pytest.mark.integration
 
 
+JOINED: dict[str, bool] = {}
+
+
 @pytest.fixture(scope="module")
 def manager() -> Iterator[docker.DockerClient]:
     """This engine as a single-node swarm manager, for the module's tests."""
@@ -28,6 +31,7 @@ def manager() -> Iterator[docker.DockerClient]:
     if not client.info().get("Swarm", {}).get("ControlAvailable"):
         client.swarm.init(advertise_addr="127.0.0.1", listen_addr="127.0.0.1:2377")
         joined = True
+    JOINED["here"] = joined
     yield client
     for service in client.services.list(filters={"label": "io.runbook.test=1"}):
         service.remove()
@@ -40,10 +44,16 @@ def manager() -> Iterator[docker.DockerClient]:
     client.close()
 
 
+# A task that stops at once when asked (a bare `sleep` as PID 1 ignores SIGTERM: 10 s per replacement).
+SLEEPER = ["sh", "-c", "trap 'exit 0' TERM; sleep 600 & wait"]
+
+
 def make_service(client: docker.DockerClient, command: list[str], **kwargs: Any) -> Any:
     name = f"rbtest-{uuid.uuid4().hex[:8]}"
     kwargs.setdefault("restart_policy", docker.types.RestartPolicy(condition="any", delay=1_000_000_000))
-    return client.services.create(stack.IMAGE, command=command, name=name, labels={"io.runbook.test": "1"}, **kwargs)
+    # By image id: Swarm tries to pull a tag at every task start (a local-only tag: a registry timeout).
+    image = client.images.get(stack.IMAGE).id
+    return client.services.create(image, command=command, name=name, labels={"io.runbook.test": "1"}, **kwargs)
 
 
 def running(service: Any) -> int:
@@ -58,11 +68,11 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 def test_service_check_sees_running_crash_looping_and_unplaceable_tasks(manager, probe) -> None:
-    healthy = make_service(manager, ["sleep", "600"])
+    healthy = make_service(manager, SLEEPER)
     crashing = make_service(manager, ["sh", "-c", "echo starting; sleep 0.2; exit 3"])
     stuck = make_service(
         manager,
-        ["sleep", "600"],
+        SLEEPER,
         constraints=["node.labels.rbtest-nowhere==1"],
         mode=docker.types.ServiceMode("replicated", 2),
     )
@@ -74,7 +84,7 @@ def test_service_check_sees_running_crash_looping_and_unplaceable_tasks(manager,
 
         # Swarm restarts it every second or so; each exit is a failed task with its exit code.
         assert faults.wait_for(
-            lambda: probe("swarm.service", service=crashing.name).metrics["failed_recent"] >= 3, timeout=60
+            lambda: probe("swarm.service", service=crashing.name).metrics.get("failed_recent", 0) >= 3, timeout=60
         )
         result = probe("swarm.service", service=crashing.name)
         assert result.status.value == "CRITICAL" and result.code in ("tasks_not_running", "task_failures")
@@ -86,14 +96,20 @@ def test_service_check_sees_running_crash_looping_and_unplaceable_tasks(manager,
 
         missing = probe("swarm.service", service="rbtest-no-such-service")
         assert (missing.status.value, missing.code) == ("CRITICAL", "service_missing")
+        # The engine would take an id or its prefix for a name: a name reaches that service only.
+        by_prefix = probe("swarm.service", service=healthy.id[:12])
+        assert (by_prefix.status.value, by_prefix.code) == ("CRITICAL", "service_missing")
     finally:
         for service in (healthy, crashing, stuck):
             service.remove()
 
 
 def test_nodes_check_sees_a_drained_node(manager, probe) -> None:
+    if not JOINED["here"]:
+        pytest.skip("this engine was a swarm manager already: its nodes are not drained by a test")
+    assert faults.wait_for(lambda: probe("swarm.nodes").status.value == "OK", timeout=60)
     result = probe("swarm.nodes")
-    assert result.status.value == "OK" and result.metrics["ready"] == 1.0, result.summary
+    assert result.metrics["ready"] == 1.0, result.summary
     node = manager.nodes.list()[0]
     spec = dict(node.attrs["Spec"])
     try:
@@ -129,7 +145,7 @@ remediations:
 
 
 def test_scale_a_swarm_service(manager, agent_env, tmp_path: Path) -> None:
-    service = make_service(manager, ["sleep", "600"])
+    service = make_service(manager, SLEEPER)
     try:
         with_ = f"{{service: {service.name}, replicas: 3, max_replicas: 5}}"
         runbooks = write(
@@ -148,14 +164,15 @@ def test_scale_a_swarm_service(manager, agent_env, tmp_path: Path) -> None:
 
 
 def test_rolling_restart_replaces_every_task_through_swarm(manager, agent_env, tmp_path: Path) -> None:
-    service = make_service(manager, ["sleep", "600"], mode=docker.types.ServiceMode("replicated", 2))
+    service = make_service(manager, SLEEPER, mode=docker.types.ServiceMode("replicated", 2))
     try:
         assert faults.wait_for(lambda: running(service) == 2, timeout=60)
         before = {t["ID"] for t in service.tasks() if t["DesiredState"] == "running"}
-        with_ = f"{{service: {service.name}, wait: 2m}}"
+        with_ = f"{{service: {service.name}, wait: 90s}}"
         runbooks = write(
             tmp_path, SERVICE_RUNBOOK.format(verb="restart", service=service.name, do="swarm.restart", with_=with_)
         )
+        write(tmp_path, SERVICE_RUNBOOK.format(verb="rollback", service=service.name, do="swarm.rollback", with_=with_))
         _, report = run_runbook(agent_env, "swarm-restart", "--runbooks", str(runbooks), "--dry-run")
         (change,) = report["remediations"][0]["plan"]["changes"]
         assert (change["effect"], change["target"], change["before"], change["after"]) == (
@@ -177,15 +194,18 @@ def test_rolling_restart_replaces_every_task_through_swarm(manager, agent_env, t
         after = {t["ID"] for t in service.tasks() if t["DesiredState"] == "running"}
         assert len(after) == 2 and not after & before  # every task replaced
 
-        # A second restart plans the next counter (each plan binds the service's version it saw).
+        # A second restart plans the next counter; a rollback now would only undo the restart: refused.
         _, report = run_runbook(agent_env, "swarm-restart", "--runbooks", str(runbooks), "--dry-run")
         assert report["remediations"][0]["plan"]["changes"][0]["before"] == 1
+        _, report = run_runbook(agent_env, "swarm-rollback", "--runbooks", str(runbooks), "--dry-run")
+        rem = report["remediations"][0]
+        assert rem["decision"] == "plan_failed" and "no release to roll back" in rem["decision_reason"], rem
     finally:
         service.remove()
 
 
 def test_rollback_to_the_previous_spec(manager, agent_env, tmp_path: Path) -> None:
-    service = make_service(manager, ["sleep", "600"], env=["RELEASE=1"])
+    service = make_service(manager, SLEEPER, env=["RELEASE=1"])
     try:
         assert faults.wait_for(lambda: running(service) == 1, timeout=60)
         with_ = f"{{service: {service.name}}}"
@@ -217,5 +237,9 @@ def test_rollback_to_the_previous_spec(manager, agent_env, tmp_path: Path) -> No
             time.sleep(0.5)
         tasks = [t for t in service.tasks() if t["DesiredState"] == "running"]
         assert [t["Spec"]["ContainerSpec"]["Env"] for t in tasks] == [["RELEASE=1"]]
+        # Swarm swaps the two specs on a rollback: a second one would bring the bad release back. Refused.
+        _, report = run_runbook(agent_env, "swarm-rollback", "--runbooks", str(runbooks), "--dry-run")
+        rem = report["remediations"][0]
+        assert rem["decision"] == "plan_failed" and "already rolled back" in rem["decision_reason"], rem
     finally:
         service.remove()

@@ -169,7 +169,7 @@ def swarm_service(env: list[str], previous: list[str] | None = None, force: int 
 
 
 def test_swarm_restart_plans_a_forced_update_bound_to_the_version() -> None:
-    from remediations.swarm import ServiceParams, restart
+    from remediations.swarm import ServiceParams, restart, spec_digest
 
     (change,) = restart(FakeContext(FakeSwarm(swarm_service(["A=1"], force=4))), ServiceParams(service="worker"))
     assert (change.effect, change.target, change.before, change.after) == (
@@ -178,10 +178,18 @@ def test_swarm_restart_plans_a_forced_update_bound_to_the_version() -> None:
         4,
         5,
     )
-    assert change.spec.version == 42 and change.spec.force_update == 5
+    service = swarm_service(["A=1"], force=4)
+    assert change.spec.spec_digest == spec_digest(service["Spec"]) and change.spec.force_update == 5
     assert change.summary == "rolling restart of swarm service worker (3 replicas, 1 at a time, start-first)"
     with pytest.raises(PlanError, match="no swarm service worker"):
         restart(FakeContext(FakeSwarm(None)), ServiceParams(service="worker"))
+    # Not while an update is paused or under way: that would roll the held-back (bad) spec onto every task.
+    service["UpdateStatus"] = {"State": "paused", "StartedAt": "2026-11-29T10:00:00Z"}
+    with pytest.raises(PlanError, match="an update is paused"):
+        restart(FakeContext(FakeSwarm(service)), ServiceParams(service="worker"))
+    service["Spec"]["Mode"] = {"ReplicatedJob": {}}
+    with pytest.raises(PlanError, match="is a job"):
+        restart(FakeContext(FakeSwarm(service)), ServiceParams(service="worker"))
 
 
 def test_swarm_rollback_names_what_differs_and_binds_the_previous_spec() -> None:
@@ -193,4 +201,55 @@ def test_swarm_rollback_names_what_differs_and_binds_the_previous_spec() -> None
     service = swarm_service(["A=2"], previous=["A=1"])
     (change,) = swarm_rollback(FakeContext(FakeSwarm(service)), ServiceParams(service="worker"))
     assert change.summary.endswith("(same image; differs in TaskTemplate.ContainerSpec.Env)")
-    assert change.spec.previous_digest == spec_digest(service["PreviousSpec"]) and change.spec.version == 42
+    assert change.spec.previous_digest == spec_digest(service["PreviousSpec"])
+    assert change.spec.spec_digest == spec_digest(service["Spec"])
+    # Swarm swaps the specs on a rollback: rolled back already, a second one would restore the bad release.
+    service["UpdateStatus"] = {"State": "rollback_completed"}
+    with pytest.raises(PlanError, match="already rolled back"):
+        swarm_rollback(FakeContext(FakeSwarm(service)), ServiceParams(service="worker"))
+    # The last change was a restart (or a scale): nothing to roll back.
+    restarted = swarm_service(["A=2"], previous=["A=2"], force=1)
+    restarted["PreviousSpec"]["TaskTemplate"]["ForceUpdate"] = 0
+    restarted["PreviousSpec"]["Mode"] = {"Replicated": {"Replicas": 2}}
+    with pytest.raises(PlanError, match=r"differs only in Mode, TaskTemplate\.ForceUpdate"):
+        swarm_rollback(FakeContext(FakeSwarm(restarted)), ServiceParams(service="worker"))
+
+
+class FakeSwarmApi:
+    """inspect_service answers with the given UpdateStatus values in turn (the last one repeats)."""
+
+    def __init__(self, statuses: list[dict[str, Any] | None], tasks: list[dict[str, Any]] | None = None) -> None:
+        self.statuses, self._tasks, self.api = statuses, tasks or [], self
+
+    def inspect_service(self, _: str) -> dict[str, Any]:
+        status = self.statuses.pop(0) if len(self.statuses) > 1 else self.statuses[0]
+        return {"UpdateStatus": status} if status is not None else {}
+
+    def tasks(self, filters: dict[str, Any]) -> list[dict[str, Any]]:
+        return self._tasks
+
+
+def test_swarm_waits_for_this_update_and_reports_how_it_ended(monkeypatch: pytest.MonkeyPatch) -> None:
+    from agent.exceptions import ApplyError
+    from remediations.effects import swarm as swarm_effects
+
+    old = {"State": "completed", "StartedAt": "2026-11-29T09:00:00Z"}
+
+    def new(state: str, message: str = "") -> dict[str, Any]:
+        return {"State": state, "StartedAt": "2026-11-29T10:00:00Z", "Message": message}
+
+    # Until StartedAt changes, "completed" is the earlier update's.
+    done = swarm_effects._wait(
+        FakeSwarmApi([old, old, new("updating"), new("completed")]), "s", "web", "completed", 10, old
+    )
+    assert done == {"service": "web", "update": "completed"}
+    with pytest.raises(ApplyError, match="update paused: task failed"):
+        swarm_effects._wait(FakeSwarmApi([new("paused", "task failed")]), "s", "web", "completed", 10, old)
+    with pytest.raises(ApplyError, match="update rollback_completed"):
+        swarm_effects._wait(FakeSwarmApi([new("rollback_completed")]), "s", "web", "completed", 10, old)
+    with pytest.raises(ApplyError, match=r"still updating after 0\.5s"):
+        swarm_effects._wait(FakeSwarmApi([new("updating")]), "s", "web", "completed", 0.5, old)
+    # No status ever, and no task wanted (0 replicas, a global service on no node): nothing to replace.
+    monkeypatch.setattr(swarm_effects, "NOTHING_TO_REPLACE", 0.1)
+    done = swarm_effects._wait(FakeSwarmApi([None]), "s", "web", "completed", 10, None)
+    assert done["update"] == "nothing to replace"
