@@ -40,6 +40,7 @@ from agent.paths import (
     DAEMON_SOCKET,
     DAEMON_TOKEN,
     ENV_NAMES,
+    SETTING_VARIABLES,
     env_digest,
     files_digest,
     secret_files,
@@ -87,9 +88,18 @@ class LocalSocketUnavailable(Exception):
     """The local socket could not be made (another daemon has it, a path too long, no permission)."""
 
 
-def _relative_paths(env: dict[str, str]) -> bool:
-    names = ("RUNBOOK_CONFIG", "RUNBOOK_DIR", "RUNBOOK_AUDIT_LOG", "RUNBOOK_STATE_DIR", "RUNBOOK_POLICY")
-    return any(env.get(n) and not Path(env[n]).is_absolute() for n in (*names, "RUNBOOK_BACKUP_DIR"))
+_PATH_SETTINGS = ("runbooks_dir", "state_dir", "audit_log", "policy_file", "backup_dir")
+
+
+def _relative_paths(env: dict[str, str], settings: Any) -> bool:
+    """Whether a path the daemon works with is relative (to its own working directory): from any of the
+    variables that set one, or from its config file."""
+    names = ["RUNBOOK_CONFIG", *(name for setting in _PATH_SETTINGS for name in SETTING_VARIABLES[setting])]
+    if any(env.get(n) and not Path(env[n]).is_absolute() for n in names):
+        return True
+    return any(
+        getattr(settings, s, None) is not None and not Path(getattr(settings, s)).is_absolute() for s in _PATH_SETTINGS
+    )
 
 
 class LocalAnswer(BaseModel):
@@ -187,7 +197,7 @@ class LocalSocket:
         needed = set(ENV_NAMES) | set(daemon.settings.template_env) | {n for n in self.env if n.startswith("PG")}
         if not needed <= set(request.env_names):
             return "the command did not compare every environment variable the daemon's run reads"
-        if request.cwd != self.cwd and _relative_paths(self.env):
+        if request.cwd != self.cwd and _relative_paths(self.env, daemon.settings):
             return "relative paths in the settings would resolve elsewhere"
         if env_digest(self.env, request.env_names) != request.env_digest:
             return "the command's environment differs from the daemon's"

@@ -51,3 +51,16 @@ def test_a_socket_that_cannot_be_made_is_an_error_the_daemon_survives(tmp_path: 
     deep = tmp_path / ("x" * 120)  # past what a Unix socket path may be
     with pytest.raises(LocalSocketUnavailable):
         bind(deep)
+
+
+def test_a_relative_path_from_any_variable_or_the_config_file_binds_the_working_directory() -> None:
+    from agent.config import Settings
+    from agent.local_runs import _relative_paths
+
+    absolute = Settings(state_dir=Path("/var/lib/runbook"))
+    assert not _relative_paths({"RUNBOOK_STATE_DIR": "/var/lib/runbook"}, absolute)
+    # Every variable that sets a path (the RUNBOOK_<SETTING> names too, not only the legacy ones)...
+    for name in ("RUNBOOK_RUNBOOKS_DIR", "RUNBOOK_POLICY_FILE", "RUNBOOK_BACKUP_DIR", "RUNBOOK_CONFIG"):
+        assert _relative_paths({name: "here/there"}, absolute), name
+    # ...and a path the YAML config file gave relative (resolved in the daemon's directory).
+    assert _relative_paths({}, Settings(state_dir=Path("/var/lib/runbook"), audit_log=Path("audit.jsonl")))
