@@ -15,7 +15,7 @@ import click
 from agent import completion
 from agent.cli_errors import errors_as_one_line as _errors_as_one_line
 from agent.exceptions import AuditError, ConfigError, RunbookError, UnknownRunbook
-from agent.paths import default_runbooks_dirs, default_state_dir, setting_from_env
+from agent.paths import default_runbooks_dirs, default_state_dir, files_digest, secret_files, setting_from_env
 from agent.redaction import MASK, Redactor, secrets_in_url
 from agent.terminal import printable
 
@@ -701,6 +701,9 @@ def daemon(
     from agent.policy import load_policy
     from agent.server import ACCEPT_BATCH, connection_budget, guarded_protocol, quiet_accept_errors
 
+    # What the files hold before anything reads them: the local socket compares it after (LocalSocket.bind).
+    files_before = files_digest([state.config_file, *secret_files()])
+    policy_before = files_digest([state.policy_file])
     security = _security(token_file, hmac_secret_file, decision_tokens_file, public_metrics, alert_rate, alert_burst)
     incident_policy = state.incident_policy
     state.redactor.add(
@@ -728,7 +731,11 @@ def daemon(
     if not no_local_socket:
         try:
             bound = LocalSocket.bind(
-                settings.state_dir, state.runbooks_dirs(runbooks_dirs), state.config_file, settings.policy_file
+                settings.state_dir,
+                state.runbooks_dirs(runbooks_dirs),
+                state.config_file,
+                settings.policy_file,
+                loaded=(files_before, policy_before),
             )
             add_local_runs(app, service, bound[0])
         except LocalSocketUnavailable as exc:

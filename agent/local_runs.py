@@ -125,10 +125,27 @@ class LocalSocket:
 
     @classmethod
     def bind(
-        cls, state_dir: Path, runbooks_dirs: list[Path], config_file: Path | None, policy_file: Path | None
+        cls,
+        state_dir: Path,
+        runbooks_dirs: list[Path],
+        config_file: Path | None,
+        policy_file: Path | None,
+        *,
+        loaded: tuple[str, str] | None = None,
     ) -> tuple[LocalSocket, socket.socket]:
         """Listen at STATE_DIR/daemon.sock; None (and why) if another daemon does, or it cannot be made —
-        the daemon then runs without it: alert intake never depends on the local socket."""
+        the daemon then runs without it: alert intake never depends on the local socket.
+
+        `loaded`: the digests of the config and secret files, and of the policy file, taken before the
+        daemon read them. The socket hands runs over only to a command whose files match what the daemon
+        *read*: if one changed since (a secret rotated while it started), there is no socket."""
+        if loaded is not None and loaded != (
+            files_digest([config_file, *secret_files()]),
+            files_digest([policy_file]),
+        ):
+            raise LocalSocketUnavailable(
+                "the config, policy or a secret file changed while the daemon started (restart it to hand runs over)"
+            )
         path = state_dir / DAEMON_SOCKET
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         lock = -1

@@ -64,3 +64,25 @@ def test_a_relative_path_from_any_variable_or_the_config_file_binds_the_working_
         assert _relative_paths({name: "here/there"}, absolute), name
     # ...and a path the YAML config file gave relative (resolved in the daemon's directory).
     assert _relative_paths({}, Settings(state_dir=Path("/var/lib/runbook"), audit_log=Path("audit.jsonl")))
+
+
+def test_no_socket_when_a_secret_changed_between_the_daemon_reading_it_and_binding(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The socket's digest must be of what the daemon read: a secret rotated while it started would let a
+    command holding the new secret hand its run to a daemon holding the old one."""
+    from agent.paths import files_digest, secret_files
+
+    secret = tmp_path / "db-url"
+    secret.write_text("postgresql://app:old@db/app")
+    monkeypatch.setenv("DATABASE_URL_FILE", str(secret))
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("environments: {}\n")
+    before = (files_digest([None, *secret_files()]), files_digest([policy]))
+    state = tmp_path / "state"
+    local, listener = LocalSocket.bind(state, [state], None, policy, loaded=before)  # unchanged: bound
+    listener.close()  # type: ignore[attr-defined]
+    local.close()
+    secret.write_text("postgresql://app:new@db/app")  # rotated after the daemon read it
+    with pytest.raises(LocalSocketUnavailable, match="changed while the daemon started"):
+        LocalSocket.bind(state, [state], None, policy, loaded=before)
