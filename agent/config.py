@@ -51,6 +51,13 @@ class Settings(BaseModel):
     database_url: str | None = Field(None, description="PostgreSQL DSN (DATABASE_URL).")
     redis_url: str | None = Field(None, description="Redis URL (REDIS_URL).")
     docker_host: str | None = Field(None, description="Docker engine (DOCKER_HOST); default: the local socket.")
+    docker_tls_verify: bool = Field(
+        False, description="Talk to a tcp:// engine over TLS, verified both ways (DOCKER_TLS_VERIFY)."
+    )
+    docker_cert_path: Path | None = Field(
+        None,
+        description="Directory of ca.pem, cert.pem, key.pem for a TLS engine (DOCKER_CERT_PATH; default ~/.docker).",
+    )
     compose_project: str = Field("sandbox", description="Compose project whose services runbooks name.")
     runbooks_dir: Path | None = Field(None, description="Where runbooks live (RUNBOOK_DIR).")
     state_dir: Path = Field(default_factory=_default_state_dir, description="State directory.")
@@ -93,6 +100,23 @@ class Settings(BaseModel):
         if self.connect_timeout > self.read_timeout:
             raise ValueError("connect_timeout must not exceed read_timeout")
         return self
+
+    @model_validator(mode="after")
+    def _docker_tls(self) -> Settings:
+        """As the docker CLI: TLS for a tcp:// engine, with the client's certificate and the CA it trusts
+        from one directory. Checked here, so a missing file is a configuration error, not a check's."""
+        if not self.docker_tls_verify:
+            return self
+        if not (self.docker_host or "").startswith(("tcp://", "https://")):
+            raise ValueError("docker_tls_verify is for a tcp:// docker_host")
+        missing = [name for name in ("ca.pem", "cert.pem", "key.pem") if not (self.docker_certs / name).is_file()]
+        if missing:
+            raise ValueError(f"docker_cert_path {self.docker_certs}: no {', '.join(missing)}")
+        return self
+
+    @property
+    def docker_certs(self) -> Path:
+        return self.docker_cert_path or Path.home() / ".docker"
 
     @property
     def audit_path(self) -> Path:

@@ -96,6 +96,7 @@ class RunClients:
         def make() -> Any:
             import docker
             import docker.errors
+            import docker.tls
             import requests
 
             from agent.docker_engine import track
@@ -104,7 +105,22 @@ class RunClients:
             try:
                 # A fixed version makes no call here: docker-py would negotiate the API version in the
                 # constructor, before its connections can be tracked (and cut at a check's deadline).
-                client = docker.DockerClient(base_url=base_url, timeout=self.settings.read_timeout, version="1.24")
+                tls: Any = False
+                if self.settings.docker_tls_verify:
+                    certs = self.settings.docker_certs
+                    tls = docker.tls.TLSConfig(
+                        client_cert=(str(certs / "cert.pem"), str(certs / "key.pem")),
+                        ca_cert=str(certs / "ca.pem"),
+                        verify=True,
+                    )
+                client = docker.DockerClient(
+                    base_url=base_url, timeout=self.settings.read_timeout, version="1.24", tls=tls
+                )
+                if tls:
+                    # requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE from the environment win over the
+                    # session's own CA (psf/requests#3829): the engine's CA would be ignored for the
+                    # system's. The engine's connection takes nothing from the environment.
+                    client.api.trust_env = False
                 self._docker_in_flight = track(client)
                 known = _NEGOTIATED.get(base_url)
                 if known is None:

@@ -54,6 +54,8 @@ SETTING_VARIABLES: dict[str, tuple[str, ...]] = {
     "database_url": ("RUNBOOK_DATABASE_URL", "DATABASE_URL"),
     "redis_url": ("RUNBOOK_REDIS_URL", "REDIS_URL"),
     "docker_host": ("RUNBOOK_DOCKER_HOST", "DOCKER_HOST"),
+    "docker_tls_verify": ("RUNBOOK_DOCKER_TLS_VERIFY", "DOCKER_TLS_VERIFY"),
+    "docker_cert_path": ("RUNBOOK_DOCKER_CERT_PATH", "DOCKER_CERT_PATH"),
     "compose_project": ("RUNBOOK_COMPOSE_PROJECT",),
     "runbooks_dir": ("RUNBOOK_RUNBOOKS_DIR", "RUNBOOK_DIR"),
     "state_dir": ("RUNBOOK_STATE_DIR",),

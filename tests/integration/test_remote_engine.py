@@ -1,0 +1,115 @@
+"""A remote Docker engine over TLS, as the docker CLI reaches one (DOCKER_HOST=tcp://..., DOCKER_TLS_VERIFY,
+DOCKER_CERT_PATH): a second dockerd on this machine with certificates made here. Its containers are
+checked and restarted there, never on the local engine; a client certificate it does not trust, a
+plain connection or missing certificate files are clear errors, never tracebacks."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import REPO, run_runbook
+from tests.integration.remote_engine import IMAGE, RemoteEngine, remote_engine, stranger_certificates
+
+pytestmark = pytest.mark.integration
+
+RUNBOOK = """
+id: remote-app
+title: An app on another host
+severity: SEV-2
+params:
+  target: {target}
+checks:
+  - id: app
+    check: docker.container
+    with: {{container: "{{{{ params.target }}}}"}}
+remediations:
+  - id: bounce
+    do: docker.restart
+    with: {{container: "{{{{ params.target }}}}", wait_healthy: 30s}}
+    when: "true"
+    approval: auto
+    cooldown: 0s
+    verify: [app]
+"""
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator[RemoteEngine]:
+    with remote_engine() as made:
+        yield made
+
+
+@pytest.fixture
+def remote_app(engine: RemoteEngine, tmp_path: Path) -> Iterator[tuple[str, str, Path]]:
+    """A container of a compose project of its own on the remote engine, and a runbook for it."""
+    project = f"rbtest-{uuid.uuid4().hex[:8]}"
+    container = engine.admin.containers.run(
+        IMAGE,
+        name=f"{project}-app-1",
+        network_mode="none",
+        detach=True,
+        labels={"com.docker.compose.project": project, "com.docker.compose.service": "app"},
+    )
+    runbooks = tmp_path / "runbooks"
+    runbooks.mkdir()
+    (runbooks / "remote.yaml").write_text(RUNBOOK.format(target=container.name))
+    yield project, container.name, runbooks
+    container.remove(force=True)
+
+
+def test_a_remote_engines_container_is_checked_and_restarted_over_tls(
+    engine: RemoteEngine, remote_app: tuple[str, str, Path], agent_env: dict[str, str], dc
+) -> None:
+    project, name, runbooks = remote_app
+    env = {**agent_env, **engine.env(), "RUNBOOK_COMPOSE_PROJECT": project}
+    assert not [c for c in dc.containers.list(all=True) if c.name == name]  # it is only on the remote engine
+    started = engine.admin.api.inspect_container(name)["State"]["StartedAt"]
+
+    code, report = run_runbook(env, "remote-app", "--runbooks", str(runbooks), "--dry-run")
+    (check,) = report["checks"]
+    assert (check["status"], code) == ("OK", 0) and name in check["summary"], check
+    assert engine.admin.api.inspect_container(name)["State"]["StartedAt"] == started  # a dry run changed nothing
+
+    code, report = run_runbook(env, "remote-app", "--runbooks", str(runbooks))
+    rem = report["remediations"][0]
+    assert (rem["decision"], rem["outcome"], code) == ("applied", "resolved", 0), rem
+    assert engine.admin.api.inspect_container(name)["State"]["StartedAt"] != started  # restarted there
+
+
+def test_an_untrusted_certificate_or_a_plain_connection_is_a_clear_critical(
+    engine: RemoteEngine, remote_app: tuple[str, str, Path], agent_env: dict[str, str], tmp_path: Path
+) -> None:
+    project, _, runbooks = remote_app
+    base = {**agent_env, **engine.env(), "RUNBOOK_COMPOSE_PROJECT": project}
+    for env in (
+        {**base, "DOCKER_CERT_PATH": str(stranger_certificates(tmp_path))},  # the engine does not trust it
+        {k: v for k, v in base.items() if k not in ("DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH")},  # no TLS at all
+    ):
+        code, report = run_runbook(env, "remote-app", "--runbooks", str(runbooks), "--dry-run")
+        (check,) = report["checks"]
+        assert (check["status"], check["code"], code) == ("CRITICAL", "docker_unreachable", 2), check
+        assert "Traceback" not in check["summary"]
+
+
+def test_missing_certificate_files_are_a_configuration_error(
+    engine: RemoteEngine, remote_app: tuple[str, str, Path], agent_env: dict[str, str], tmp_path: Path
+) -> None:
+    _, _, runbooks = remote_app
+    env = {**agent_env, **engine.env(), "DOCKER_CERT_PATH": str(tmp_path / "nowhere")}
+    done = subprocess.run(
+        [sys.executable, "-m", "agent", "run", "remote-app", "--runbooks", str(runbooks)],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 3, done  # no diagnosis: UNKNOWN, as Nagios reads it
+    assert "docker_cert_path" in done.stderr and "no ca.pem, cert.pem, key.pem" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
