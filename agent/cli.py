@@ -701,7 +701,8 @@ def daemon(
     from agent.policy import load_policy
     from agent.server import ACCEPT_BATCH, connection_budget, guarded_protocol, quiet_accept_errors
 
-    # What the files hold before anything reads them: the local socket compares it after (LocalSocket.bind).
+    # What the files hold before anything reads them: the local socket compares it after (LocalSocket.bind)
+    # and hands runs over only to commands whose files hold the same (agent.paths.run_files_digest).
     files_before = files_digest([state.config_file, *secret_files()])
     policy_before = files_digest([state.policy_file])
     security = _security(token_file, hmac_secret_file, decision_tokens_file, public_metrics, alert_rate, alert_burst)

@@ -17,6 +17,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -101,18 +102,43 @@ class Settings(BaseModel):
             raise ValueError("connect_timeout must not exceed read_timeout")
         return self
 
+    @field_validator("docker_tls_verify", mode="before")
+    @classmethod
+    def _any_value_is_on(cls, value: Any) -> Any:
+        # As the docker CLI reads DOCKER_TLS_VERIFY: any non-empty value turns TLS on ("0" too).
+        return bool(value.strip()) if isinstance(value, str) else value
+
+    @field_validator("docker_host")
+    @classmethod
+    def _port_given(cls, host: str | None) -> str | None:
+        if host is not None and host.startswith("tcp://") and not urlsplit(host).port:
+            raise ValueError("a tcp:// engine needs its port (2376 with TLS, as dockerd listens)")
+        return host
+
     @model_validator(mode="after")
     def _docker_tls(self) -> Settings:
-        """As the docker CLI: TLS for a tcp:// engine, with the client's certificate and the CA it trusts
-        from one directory. Checked here, so a missing file is a configuration error, not a check's."""
-        if not self.docker_tls_verify:
+        """As the docker CLI: TLS for a tcp:// engine (a unix socket has none), with the client's certificate
+        and the CA it trusts from one directory. Checked here, so a missing or passphrase-protected file
+        is a configuration error naming it, not every check's failure (or a prompt on the terminal)."""
+        if not self.docker_tls:
             return self
-        if not (self.docker_host or "").startswith(("tcp://", "https://")):
-            raise ValueError("docker_tls_verify is for a tcp:// docker_host")
-        missing = [name for name in ("ca.pem", "cert.pem", "key.pem") if not (self.docker_certs / name).is_file()]
+        certs = self.docker_certs
+        missing = [name for name in ("ca.pem", "cert.pem", "key.pem") if not (certs / name).is_file()]
         if missing:
-            raise ValueError(f"docker_cert_path {self.docker_certs}: no {', '.join(missing)}")
+            raise ValueError(f"docker_cert_path (DOCKER_CERT_PATH) {certs}: no {', '.join(missing)}")
+        try:
+            with open(certs / "key.pem", "rb") as key:
+                head = key.read(4096)
+        except OSError as exc:
+            raise ValueError(f"docker_cert_path {certs}: key.pem: {exc.strerror}") from None
+        if b"ENCRYPTED" in head:
+            raise ValueError(f"docker_cert_path {certs}: key.pem is encrypted; the agent cannot be asked a passphrase")
         return self
+
+    @property
+    def docker_tls(self) -> bool:
+        """Whether the engine is reached over TLS: asked for, and a tcp:// engine."""
+        return self.docker_tls_verify and (self.docker_host or "").startswith(("tcp://", "https://"))
 
     @property
     def docker_certs(self) -> Path:

@@ -29,6 +29,21 @@ _NEGOTIATED: dict[str, str] = {}
 Watchdog = Callable[[Callable[[], None]], AbstractContextManager[None]]
 
 
+def _engine_ca_wins(session: Any) -> None:
+    """requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE from the environment override a session's own CA
+    (psf/requests#3829): with them set, a TLS engine's CA would be ignored for the system's and every
+    call would fail verification. The session's CA is put back after the environment is merged; proxies
+    and the rest still come from the environment."""
+    merge = session.merge_environment_settings
+
+    def merged(url: Any, proxies: Any, stream: Any, verify: Any, cert: Any) -> Any:
+        settings = merge(url, proxies, stream, verify, cert)
+        settings["verify"] = session.verify
+        return settings
+
+    session.merge_environment_settings = merged
+
+
 class RunClients:
     """Lazily made clients shared by the checks of one run (thread-safe)."""
 
@@ -106,7 +121,7 @@ class RunClients:
                 # A fixed version makes no call here: docker-py would negotiate the API version in the
                 # constructor, before its connections can be tracked (and cut at a check's deadline).
                 tls: Any = False
-                if self.settings.docker_tls_verify:
+                if self.settings.docker_tls:
                     certs = self.settings.docker_certs
                     tls = docker.tls.TLSConfig(
                         client_cert=(str(certs / "cert.pem"), str(certs / "key.pem")),
@@ -117,10 +132,7 @@ class RunClients:
                     base_url=base_url, timeout=self.settings.read_timeout, version="1.24", tls=tls
                 )
                 if tls:
-                    # requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE from the environment win over the
-                    # session's own CA (psf/requests#3829): the engine's CA would be ignored for the
-                    # system's. The engine's connection takes nothing from the environment.
-                    client.api.trust_env = False
+                    _engine_ca_wins(client.api)
                 self._docker_in_flight = track(client)
                 known = _NEGOTIATED.get(base_url)
                 if known is None:
@@ -130,7 +142,8 @@ class RunClients:
                 # by asking containerd, ~6 ms). An engine gone since fails the check's first call, which
                 # the Docker checks report as unreachable (checks/docker.py).
                 client.api._version = known
-            except (docker.errors.DockerException, requests.RequestException) as exc:
+            except (docker.errors.DockerException, requests.RequestException, OSError) as exc:
+                # (OSError: a TLS file that went away, as requests reports it.)
                 raise TargetUnreachable("docker_unreachable", f"Docker engine unreachable: {exc}") from None
             return client
 

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from agent.exceptions import RunbookError
-from agent.paths import DAEMON_SOCKET, DAEMON_TOKEN, ENV_NAMES, env_digest, files_digest, secret_files
+from agent.paths import DAEMON_SOCKET, DAEMON_TOKEN, ENV_NAMES, env_digest, run_files_digest
 
 TYPE_CHECKING = False  # typing and dataclasses are a tenth of this path's imports: for the checker only
 if TYPE_CHECKING:
@@ -323,7 +323,7 @@ def request_for(
         "env_digest": env_digest(os.environ, names),
         "cwd": os.getcwd(),
         "protocol": PROTOCOL,
-        "files_digest": files_digest([config_file, policy_file, *secret_files()]),
+        "files_digest": run_files_digest(config_file, policy_file),
         **terminal(),
     }
 

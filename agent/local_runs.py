@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import hashlib
 import hmac
 import io
 import json
@@ -88,7 +89,7 @@ class LocalSocketUnavailable(Exception):
     """The local socket could not be made (another daemon has it, a path too long, no permission)."""
 
 
-_PATH_SETTINGS = ("runbooks_dir", "state_dir", "audit_log", "policy_file", "backup_dir")
+_PATH_SETTINGS = ("runbooks_dir", "state_dir", "audit_log", "policy_file", "backup_dir", "docker_cert_path")
 
 
 def _relative_paths(env: dict[str, str], settings: Any) -> bool:
@@ -97,6 +98,8 @@ def _relative_paths(env: dict[str, str], settings: Any) -> bool:
     names = ["RUNBOOK_CONFIG", *(name for setting in _PATH_SETTINGS for name in SETTING_VARIABLES[setting])]
     if any(env.get(n) and not Path(env[n]).is_absolute() for n in names):
         return True
+    if getattr(settings, "docker_tls", False) and not settings.docker_certs.is_absolute():
+        return True  # ~/.docker with a relative HOME
     return any(
         getattr(settings, s, None) is not None and not Path(getattr(settings, s)).is_absolute() for s in _PATH_SETTINGS
     )
@@ -131,7 +134,7 @@ class LocalSocket:
         config_file: Path | None,
         policy_file: Path | None,
         *,
-        loaded: tuple[str, str] | None = None,
+        loaded: tuple[str, str],
     ) -> tuple[LocalSocket, socket.socket]:
         """Listen at STATE_DIR/daemon.sock; None (and why) if another daemon does, or it cannot be made —
         the daemon then runs without it: alert intake never depends on the local socket.
@@ -139,13 +142,22 @@ class LocalSocket:
         `loaded`: the digests of the config and secret files, and of the policy file, taken before the
         daemon read them. The socket hands runs over only to a command whose files match what the daemon
         *read*: if one changed since (a secret rotated while it started), there is no socket."""
-        if loaded is not None and loaded != (
-            files_digest([config_file, *secret_files()]),
-            files_digest([policy_file]),
-        ):
+
+        def read_now() -> tuple[str, str]:
+            return files_digest([config_file, *secret_files()]), files_digest([policy_file])
+
+        now = read_now()
+        if now != loaded and now == read_now():
             raise LocalSocketUnavailable(
                 "the config, policy or a secret file changed while the daemon started (restart it to hand runs over)"
             )
+        # Equal: what was read (the same sum as agent.paths.run_files_digest). Never equal twice (a pipe, a
+        # device, a file over the size bound): a digest no command matches; commands then run themselves.
+        digest = (
+            hashlib.sha256(f"{loaded[0]}:{loaded[1]}".encode()).hexdigest()
+            if now == loaded
+            else "unmatchable:" + secrets.token_hex(16)
+        )
         path = state_dir / DAEMON_SOCKET
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         lock = -1
@@ -188,7 +200,7 @@ class LocalSocket:
             token=token,
             runbooks_dirs=tuple(str(p.resolve()) for p in runbooks_dirs),
             env=dict(os.environ),
-            files_digest=files_digest([config_file, policy_file, *secret_files()]),
+            files_digest=digest,
             cwd=os.getcwd(),
             lock=lock,
         )

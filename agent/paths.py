@@ -19,8 +19,10 @@ __all__ = [
     "default_state_dir",
     "env_digest",
     "files_digest",
+    "run_files_digest",
     "secret_files",
     "setting_from_env",
+    "tls_files",
 ]
 
 DAEMON_LOCK = "daemon.lock"  # held by the daemon that has the socket
@@ -113,7 +115,32 @@ def secret_files(env: Mapping[str, str] | None = None) -> list[Path]:
         if env.get(f"{name}_FILE")
     ]
     directories = [DOCKER_SECRETS] + ([Path(env["CREDENTIALS_DIRECTORY"])] if env.get("CREDENTIALS_DIRECTORY") else [])
-    return files + [directory / setting for directory in directories for setting in sorted(SECRET_SETTINGS)]
+    return (
+        files
+        + [directory / setting for directory in directories for setting in sorted(SECRET_SETTINGS)]
+        + tls_files(env)
+    )
+
+
+def tls_files(env: Mapping[str, str]) -> list[Path]:
+    """The Docker engine's TLS files when the environment turns TLS on (any non-empty DOCKER_TLS_VERIFY,
+    as the docker CLI reads it): the client key is a secret, and another certificate is another identity."""
+    if not setting_from_env("docker_tls_verify", env):
+        return []
+    directory = setting_from_env("docker_cert_path", env)
+    base = Path(directory) if directory else Path(env.get("HOME") or Path.home()) / ".docker"
+    return [base / name for name in ("ca.pem", "cert.pem", "key.pem")]
+
+
+def run_files_digest(config_file: Path | None, policy_file: Path | None, env: Mapping[str, str] | None = None) -> str:
+    """What a command and the daemon compare before a run is handed over: the config and secret files, and
+    the policy file (two parts: the daemon takes the first before it reads the config, the second before
+    it reads the policy)."""
+    import hashlib
+
+    return hashlib.sha256(
+        (files_digest([config_file, *secret_files(env)]) + ":" + files_digest([policy_file])).encode()
+    ).hexdigest()
 
 
 def env_digest(env: Mapping[str, str], names: Iterable[str]) -> str:

@@ -61,8 +61,10 @@ def _within_deadline(check: Callable[[CheckContext, Any], Outcome]) -> Callable[
         try:
             with ctx.watchdog(lambda: ctx.clients.cut_docker(owner)):
                 return check(ctx, params)
-        except requests.ConnectionError as exc:
+        except requests.ConnectionError as exc:  # (TLS failures too: SSLError is one)
             # The engine refused or dropped the connection (a warm process does not ping it first).
+            raise TargetUnreachable("docker_unreachable", f"Docker engine unreachable: {exc}") from None
+        except OSError as exc:  # a TLS file gone since the client was made, as requests reports it
             raise TargetUnreachable("docker_unreachable", f"Docker engine unreachable: {exc}") from None
 
     return bounded

@@ -36,6 +36,7 @@ command -v prometheus-alertmanager >/dev/null || missing+=(prometheus-alertmanag
 command -v systemd-analyze >/dev/null || missing+=(systemd)  # `systemd-analyze verify` of deploy/runbook.service
 # A static busybox: the one image of the tests' second Docker engine (tests/integration/remote_engine.py).
 dpkg -s busybox-static >/dev/null 2>&1 || missing+=(busybox-static)
+command -v ip >/dev/null || missing+=(iproute2)  # that engine's own bridge
 [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
 # The binary alone: what it recommends would install and start Icinga's services.
 command -v icinga2 >/dev/null || apt_install --no-install-recommends icinga2-bin

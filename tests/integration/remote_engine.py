@@ -34,8 +34,15 @@ class RemoteEngine:
     admin: docker.DockerClient  # the test's own way in: the engine's unix socket
 
     def env(self) -> dict[str, str]:
-        """What the agent is given to reach it, as the docker CLI would be."""
-        return {"DOCKER_HOST": self.host, "DOCKER_TLS_VERIFY": "1", "DOCKER_CERT_PATH": str(self.certs)}
+        """What the agent is given to reach it, as the docker CLI would be; and, as on many machines, a
+        system CA bundle for requests in the environment (which must not replace the engine's CA)."""
+        return {
+            "DOCKER_HOST": self.host,
+            "DOCKER_TLS_VERIFY": "1",
+            "DOCKER_CERT_PATH": str(self.certs),
+            "REQUESTS_CA_BUNDLE": "/etc/ssl/certs/ca-certificates.crt",
+            "CURL_CA_BUNDLE": "/etc/ssl/certs/ca-certificates.crt",
+        }
 
 
 def _certificates(root: Path) -> tuple[Path, Path]:
@@ -57,14 +64,15 @@ def _certificates(root: Path) -> tuple[Path, Path]:
     return server, client
 
 
-def stranger_certificates(root: Path) -> Path:
-    """A client certificate from a CA the engine does not trust (and that CA, as the client's ca.pem)."""
+def stranger_certificates(root: Path, trusted_ca: Path) -> Path:
+    """A client certificate from a CA the engine does not trust; the client itself trusts the engine's
+    CA (`trusted_ca`), so it is the engine that refuses the connection."""
     import trustme
 
     ca = trustme.CA()
     directory = root / "stranger"
     directory.mkdir(mode=0o700)
-    ca.cert_pem.write_to_path(str(directory / "ca.pem"))
+    shutil.copy(trusted_ca, directory / "ca.pem")
     cert = ca.issue_cert("mallory")
     cert.cert_chain_pems[0].write_to_path(str(directory / "cert.pem"))
     cert.private_key_pem.write_to_path(str(directory / "key.pem"))
@@ -84,6 +92,36 @@ def _busybox_image(admin: docker.DockerClient) -> None:
     admin.api.import_image_from_data(data.getvalue(), repository=repository, tag=tag, changes=['CMD ["sleep", "600"]'])
 
 
+BRIDGE = "rbtest-br0"  # the engine's own bridge (10.213.7.0/24), never docker0
+
+
+def _bridge(up: bool) -> None:
+    """Make (or remove) the second engine's bridge. Not `--bridge=none`: with it, dockerd deletes the
+    interface `docker0` at start, the main engine's default bridge, breaking every container after."""
+    subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True, check=False)
+    if up:
+        for argv in (
+            ["ip", "link", "add", "name", BRIDGE, "type", "bridge"],
+            ["ip", "addr", "add", "10.213.7.1/24", "dev", BRIDGE],
+            ["ip", "link", "set", BRIDGE, "up"],
+        ):
+            subprocess.run(argv, capture_output=True, check=True)
+
+
+def _mounts_under(root: Path) -> list[str]:
+    with open("/proc/mounts") as mounts:
+        points = [line.split()[1] for line in mounts if len(line.split()) > 1]
+    return [p for p in points if p == str(root) or p.startswith(f"{root}/")]
+
+
+def _die_with_parent() -> None:
+    """In the engine's process before exec: SIGTERM when the test process dies, however it dies."""
+    import ctypes
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    os.setsid()
+
+
 @contextmanager
 def remote_engine() -> Iterator[RemoteEngine]:
     root = Path(tempfile.mkdtemp(prefix="rbtest-engine-"))
@@ -91,6 +129,7 @@ def remote_engine() -> Iterator[RemoteEngine]:
     server, client = _certificates(root)
     port = free_port()
     (root / "daemon.json").write_text("{}")  # not /etc/docker/daemon.json: this engine is configured here
+    _bridge(up=True)
     argv = [
         "dockerd",
         f"--config-file={root / 'daemon.json'}",
@@ -103,14 +142,17 @@ def remote_engine() -> Iterator[RemoteEngine]:
         f"--tlscacert={server / 'ca.pem'}",
         f"--tlscert={server / 'cert.pem'}",
         f"--tlskey={server / 'key.pem'}",
-        "--bridge=none",
+        f"--bridge={BRIDGE}",
         "--iptables=false",
         "--ip-masq=false",
         "--ip-forward=false",
         "--cgroup-parent=rbtest-engine",
+        # Its own containerd namespaces, should it find a system containerd to share.
+        "--containerd-namespace=rbtest-engine",
+        "--containerd-plugins-namespace=rbtest-engine-plugins",
     ]
     with open(root / "dockerd.log", "wb") as log:
-        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
     # A fixed API version: docker-py would otherwise ask the engine for it here, before it is up.
     admin = docker.DockerClient(base_url=f"unix://{root / 'docker.sock'}", timeout=60, version="1.41")
     try:
@@ -134,8 +176,11 @@ def remote_engine() -> Iterator[RemoteEngine]:
             try:
                 process.wait(30)
             except subprocess.TimeoutExpired:
-                process.kill()
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)  # its containerd too
                 process.wait()
-        # Its overlay mounts go with it; anything still mounted under the root is let go before removal.
-        subprocess.run(["umount", "-R", "-l", str(root / "data")], capture_output=True, check=False)
+        # Its mounts go with it; anything still mounted under the root is let go before removal.
+        for mount in sorted(_mounts_under(root), reverse=True):
+            subprocess.run(["umount", "-l", mount], capture_output=True, check=False)
         shutil.rmtree(root, ignore_errors=True)
+        _bridge(up=False)

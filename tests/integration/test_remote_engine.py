@@ -87,8 +87,9 @@ def test_an_untrusted_certificate_or_a_plain_connection_is_a_clear_critical(
 ) -> None:
     project, _, runbooks = remote_app
     base = {**agent_env, **engine.env(), "RUNBOOK_COMPOSE_PROJECT": project}
+    stranger = stranger_certificates(tmp_path, engine.certs / "ca.pem")
     for env in (
-        {**base, "DOCKER_CERT_PATH": str(stranger_certificates(tmp_path))},  # the engine does not trust it
+        {**base, "DOCKER_CERT_PATH": str(stranger)},  # the engine refuses a client certificate it did not sign
         {k: v for k, v in base.items() if k not in ("DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH")},  # no TLS at all
     ):
         code, report = run_runbook(env, "remote-app", "--runbooks", str(runbooks), "--dry-run")
@@ -113,3 +114,13 @@ def test_missing_certificate_files_are_a_configuration_error(
     assert done.returncode == 3, done  # no diagnosis: UNKNOWN, as Nagios reads it
     assert "docker_cert_path" in done.stderr and "no ca.pem, cert.pem, key.pem" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_the_main_engine_keeps_its_default_bridge(engine: RemoteEngine, dc) -> None:
+    """The second engine has a bridge of its own: started with `--bridge=none`, dockerd deletes docker0,
+    the main engine's, and no container could start on the default network after it."""
+    from sandbox import stack
+
+    assert subprocess.run(["ip", "link", "show", "docker0"], capture_output=True).returncode == 0
+    output = dc.containers.run(stack.IMAGE, ["echo", "bridged"], remove=True)
+    assert output.strip() == b"bridged"

@@ -169,3 +169,30 @@ def test_a_secret_from_a_pipe_is_never_read_for_the_handoff_digest(tmp_path: Pat
     regular = tmp_path / "f"
     regular.write_text("x")
     assert files_digest([regular]) == files_digest([regular])
+
+
+def test_a_tls_engine_as_the_docker_cli_reaches_it(tmp_path: Path) -> None:
+    import trustme
+
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(certs / "ca.pem"))
+    client = ca.issue_cert("agent")
+    client.cert_chain_pems[0].write_to_path(str(certs / "cert.pem"))
+    client.private_key_pem.write_to_path(str(certs / "key.pem"))
+    env = {"DOCKER_HOST": "tcp://web-2:2376", "DOCKER_CERT_PATH": str(certs)}
+    # Any non-empty DOCKER_TLS_VERIFY is on, as for the docker CLI ("0" too).
+    for value in ("1", "0", "yes"):
+        settings = load_settings(env={**env, "DOCKER_TLS_VERIFY": value})
+        assert settings.docker_tls and settings.docker_certs == certs
+    assert not load_settings(env=env).docker_tls
+    # A unix socket has no TLS: a variable left over from another engine changes nothing.
+    assert not load_settings(env={"DOCKER_TLS_VERIFY": "1", "DOCKER_CERT_PATH": str(tmp_path / "none")}).docker_tls
+    with pytest.raises(ConfigError, match="needs its port"):
+        load_settings(env={"DOCKER_HOST": "tcp://web-2"})
+    with pytest.raises(ConfigError, match=r"no ca\.pem, cert\.pem, key\.pem"):
+        load_settings(env={**env, "DOCKER_TLS_VERIFY": "1", "DOCKER_CERT_PATH": str(tmp_path / "none")})
+    (certs / "key.pem").write_text("-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIB\n-----END ENCRYPTED PRIVATE KEY-----\n")
+    with pytest.raises(ConfigError, match=r"key\.pem is encrypted"):
+        load_settings(env={**env, "DOCKER_TLS_VERIFY": "1"})

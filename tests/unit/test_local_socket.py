@@ -13,7 +13,11 @@ from agent.local_runs import LocalSocket, LocalSocketUnavailable
 
 
 def bind(state: Path) -> tuple[LocalSocket, object]:
-    return LocalSocket.bind(state, [state], None, None)
+    from agent.paths import files_digest, secret_files
+
+    return LocalSocket.bind(
+        state, [state], None, None, loaded=(files_digest([None, *secret_files()]), files_digest([None]))
+    )
 
 
 def test_the_socket_and_token_are_private_and_a_second_daemon_does_not_take_them(tmp_path: Path) -> None:
@@ -71,7 +75,7 @@ def test_no_socket_when_a_secret_changed_between_the_daemon_reading_it_and_bindi
 ) -> None:
     """The socket's digest must be of what the daemon read: a secret rotated while it started would let a
     command holding the new secret hand its run to a daemon holding the old one."""
-    from agent.paths import files_digest, secret_files
+    from agent.paths import files_digest, run_files_digest, secret_files
 
     secret = tmp_path / "db-url"
     secret.write_text("postgresql://app:old@db/app")
@@ -83,6 +87,31 @@ def test_no_socket_when_a_secret_changed_between_the_daemon_reading_it_and_bindi
     local, listener = LocalSocket.bind(state, [state], None, policy, loaded=before)  # unchanged: bound
     listener.close()  # type: ignore[attr-defined]
     local.close()
+    assert local.files_digest == run_files_digest(None, policy)  # what a command with these files sends
     secret.write_text("postgresql://app:new@db/app")  # rotated after the daemon read it
     with pytest.raises(LocalSocketUnavailable, match="changed while the daemon started"):
         LocalSocket.bind(state, [state], None, policy, loaded=before)
+
+
+def test_a_secret_from_a_pipe_leaves_the_socket_bound_but_matching_no_command(tmp_path: Path) -> None:
+    """A pipe's digest is never the same twice: not a rotation, so the socket is made, and no command's
+    digest matches it (each then reads its own secret), as before the daemon compared anything."""
+    from agent.paths import files_digest, run_files_digest
+
+    fifo = tmp_path / "db-url"
+    os.mkfifo(fifo)
+    env = {"DATABASE_URL_FILE": str(fifo)}
+    os.environ.update(env)
+    try:
+        from agent.paths import secret_files
+
+        loaded = (files_digest([None, *secret_files()]), files_digest([None]))
+        state = tmp_path / "state"
+        local, listener = LocalSocket.bind(state, [state], None, None, loaded=loaded)
+        try:
+            assert local.files_digest != run_files_digest(None, None)
+        finally:
+            listener.close()  # type: ignore[attr-defined]
+            local.close()
+    finally:
+        del os.environ["DATABASE_URL_FILE"]
