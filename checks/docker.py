@@ -218,13 +218,18 @@ def replicas(ctx: CheckContext, params: ReplicasParams) -> Outcome:
     return Outcome(Status.OK, f"{count} of service {params.service} running", {"running": names}, metrics)
 
 
-def _state_time(container: Any, name: str) -> datetime | None:
-    raw = container.attrs["State"].get(name) or ""
-    # Docker gives nanoseconds ("...T13:34:33.123456789Z"); datetime takes microseconds.
+def engine_time(raw: Any) -> datetime | None:
+    """A time as the engine gives it (RFC 3339 in UTC with nanoseconds, "...T13:34:33.123456789Z";
+    datetime takes microseconds), or None for none (Go's zero time, "0001-01-01T00:00:00Z")."""
+    raw = str(raw or "")
     match = re.match(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d{1,6})?\d*Z$", raw)
     if not match or raw.startswith("0001-"):
         return None
     return datetime.fromisoformat(match.group(1) + (match.group(2) or "") + "+00:00")
+
+
+def _state_time(container: Any, name: str) -> datetime | None:
+    return engine_time(container.attrs["State"].get(name))
 
 
 def _this_run_began(container: Any) -> datetime | None:

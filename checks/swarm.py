@@ -3,15 +3,13 @@ recent failures and why, a stalled update) and the nodes (ready, available, mana
 
 from __future__ import annotations
 
-import re
 import time
-from datetime import datetime
 from typing import Any
 
 from pydantic import Field
 
 from agent.plugin_api import CheckContext, Duration, Outcome, Params, PluginSet, Status, above, worst
-from checks.docker import _within_deadline
+from checks.docker import _within_deadline, engine_time
 
 plugins = PluginSet("swarm")
 
@@ -45,11 +43,9 @@ def _not_manager() -> Outcome:
 
 
 def _epoch(raw: Any) -> float | None:
-    """A task's timestamp (RFC 3339 with nanoseconds) as a Unix time."""
-    match = re.match(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d{1,6})?\d*Z$", str(raw or ""))
-    if not match or str(raw).startswith("0001-"):
-        return None
-    return datetime.fromisoformat(match.group(1) + (match.group(2) or "") + "+00:00").timestamp()
+    """A task's timestamp as a Unix time."""
+    when = engine_time(raw)
+    return when.timestamp() if when else None
 
 
 def _why(task: dict[str, Any]) -> str:
