@@ -6,14 +6,13 @@ plain connection or missing certificate files are clear errors, never tracebacks
 from __future__ import annotations
 
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import REPO, run_runbook
+from tests.integration.conftest import cli, run_runbook
 from tests.integration.remote_engine import IMAGE, RemoteEngine, remote_engine, stranger_certificates
 
 pytestmark = pytest.mark.integration
@@ -103,14 +102,7 @@ def test_missing_certificate_files_are_a_configuration_error(
 ) -> None:
     _, _, runbooks = remote_app
     env = {**agent_env, **engine.env(), "DOCKER_CERT_PATH": str(tmp_path / "nowhere")}
-    done = subprocess.run(
-        [sys.executable, "-m", "agent", "run", "remote-app", "--runbooks", str(runbooks)],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = cli(env, "run", "remote-app", "--runbooks", str(runbooks), timeout=120)
     assert done.returncode == 3, done  # no diagnosis: UNKNOWN, as Nagios reads it
     assert "docker_cert_path" in done.stderr and "no ca.pem, cert.pem, key.pem" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
