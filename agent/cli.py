@@ -45,8 +45,9 @@ class _State:
             for url in (self._settings.database_url, self._settings.redis_url, self._settings.docker_host):
                 if url:
                     self.redactor.add(url)
-            if self._settings.alertmanager_url:  # its password, if it has one; where it is may be shown
-                self.redactor.add(*secrets_in_url(self._settings.alertmanager_url))
+            for url in (self._settings.alertmanager_url, self._settings.state_url):
+                if url:  # its password, if it has one; where it is may be shown
+                    self.redactor.add(*secrets_in_url(url))
         return self._settings
 
     @property
@@ -388,7 +389,7 @@ def run(
     actor = _actor()
     audit = AuditLog(settings.audit_path, state.redactor)
     policy = load_policy(settings.policy_file, settings.environment)
-    store = StateStore(settings.state_path)
+    store = StateStore(settings.state_location)
     # A dry run's process is a dry-run process: it has no applier to build, whatever happens.
     executor = Executor(runbooks, settings, state.redactor, audit, policy=policy, state=store, dry_run=dry_run)
     printer = Printer(state.redactor, enabled=not as_document)
@@ -464,7 +465,7 @@ def _actor() -> str:
 def _store(state: _State) -> Any:
     from agent.state import StateStore
 
-    return StateStore(state.settings.state_path)
+    return StateStore(state.settings.state_location)
 
 
 def _admin_audit(state: _State) -> Any:
@@ -528,15 +529,17 @@ def prune(state: _State, as_json: bool) -> None:
 @click.pass_obj
 @_errors_as_one_line
 def status(state: _State, as_json: bool) -> None:
-    """Pause switch, open circuit breakers, held locks and pending approvals."""
+    """Agents, pause switch, open circuit breakers, held locks and pending approvals."""
     import time
 
     store = _store(state)
     paused = store.paused()
+    agents = _agents(store, state.settings.agent_dead_after)
     if as_json:
         _print_json(
             state,
             {
+                "agents": agents,
                 "paused": {"reason": paused[0], "by": paused[1], "since": paused[2]} if paused else None,
                 "breakers": [vars(b) for b in store.breakers()],
                 "locks": [{"target": t, "run_id": r, "expires": e} for t, r, e in store.locks()],
@@ -547,6 +550,12 @@ def status(state: _State, as_json: bool) -> None:
         )
         return
     state.echo(f"remediation: {'PAUSED by ' + paused[1] + ': ' + paused[0] if paused else 'enabled'}")
+    for agent in agents:
+        holds = [f"run {r}" for r in agent["runs"]] + [f"lock {t}" for t in agent["locks"]]
+        state.echo(
+            f"agent {agent['agent_id']} ({agent['version']}): {agent['state']}, heartbeat"
+            f" {agent['heartbeat_age']:.0f}s ago" + (f"; holds {', '.join(holds)}" if holds else "")
+        )
     for b in store.breakers():
         until = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(b.until))
         state.echo(f"circuit open: {b.target} ({b.reason}; run {b.run_id}) until {until} UTC")
@@ -554,6 +563,30 @@ def status(state: _State, as_json: bool) -> None:
         state.echo(f"locked: {target} by run {run_id}")
     for run_id, remediation, fingerprint, _ in store.pending():
         state.echo(f"pending approval: run {run_id} {remediation} (plan {fingerprint})")
+
+
+def _agents(store: Any, dead_after: float) -> list[dict[str, Any]]:
+    """The daemons sharing this state: alive (heartbeat within `agent_dead_after`), lost, or stopped, and
+    what each holds. One stopped more than an hour ago is left out (pruned with the alerts' retention)."""
+    import time
+
+    now = time.time()
+    out = []
+    for agent in store.agents():
+        if agent.stopped is not None and now - agent.stopped > 3600:
+            continue  # stopped cleanly a while ago: history, not status
+        locks, runs = store.held_by(agent.host, agent.pid) if agent.stopped is None else ([], [])
+        alive = now - agent.heartbeat <= dead_after
+        out.append(
+            {
+                **vars(agent),
+                "state": "stopped" if agent.stopped is not None else "alive" if alive else "lost",
+                "heartbeat_age": max(0.0, now - agent.heartbeat),
+                "locks": locks,
+                "runs": runs,
+            }
+        )
+    return out
 
 
 def _security(
@@ -848,7 +881,7 @@ def _decide(
     from agent.state import StateStore
 
     settings = state.settings
-    store = StateStore(settings.state_path)
+    store = StateStore(settings.state_location)
     runbooks = state.load(runbooks_dirs)
     executor = Executor(
         runbooks,

@@ -34,7 +34,7 @@ def _incidents(state: Any, runbooks: Any = None) -> Any:
         except RunbookError:
             runbooks = None  # the incident record stands without them (advice is left out)
     audit = AuditLog(state.settings.audit_path, state.redactor, actor=state.actor, mode="incident")
-    return Incidents(StateStore(state.settings.state_path), audit, policy, state.redactor, runbooks)
+    return Incidents(StateStore(state.settings.state_location), audit, policy, state.redactor, runbooks)
 
 
 def _deliver(state: Any, incidents: Any) -> None:

@@ -91,6 +91,24 @@ class Settings(BaseModel):
         description="Alertmanager, for the silences of remediations with `silence: true` (basic auth may be in it).",
     )
 
+    state_url: str | None = Field(
+        None,
+        description="Shared state in PostgreSQL (postgresql://...) for several agents; default: SQLite in state_dir.",
+    )
+    agent_dead_after: Duration = Field(
+        30.0,
+        ge=1,
+        le=3600,
+        description="A daemon silent this long is lost: the agents sharing its state interrupt its runs (30s).",
+    )
+
+    @field_validator("state_url")
+    @classmethod
+    def _postgres_url(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("postgresql://", "postgres://")):
+            raise ValueError("state_url must be a postgresql:// URL (leave it unset for SQLite in state_dir)")
+        return url
+
     @field_validator("alertmanager_url")
     @classmethod
     def _http_url(cls, url: str | None) -> str | None:
@@ -151,6 +169,11 @@ class Settings(BaseModel):
     @property
     def state_path(self) -> Path:
         return self.state_dir / "state.sqlite3"
+
+    @property
+    def state_location(self) -> Path | str:
+        """Where the state store is: the shared PostgreSQL database, or SQLite in the state directory."""
+        return self.state_url or self.state_path
 
     @property
     def backups_path(self) -> Path:

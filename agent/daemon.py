@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import os
 import queue
+import socket
 import threading
 import time
 import uuid
@@ -118,7 +120,10 @@ class Daemon:
         self.dry_run = dry_run
         self.dedup_window = dedup_window
         self.metrics = metrics or Metrics()
-        self.state = StateStore(settings.state_path)
+        self.state = StateStore(settings.state_location)
+        # This daemon among the agents sharing the state (several, on PostgreSQL): its heartbeat tells the
+        # others it is alive; when it stops, they interrupt the runs it left.
+        self.agent_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.audit = AuditLog(settings.audit_path, redactor, actor="daemon")
         self.audit.observer = logs.audit_records  # operators' lines for runs, decisions, escalations
         self.executor = Executor(
@@ -148,6 +153,7 @@ class Daemon:
     # --- lifecycle ------------------------------------------------------------------------------------
 
     def start(self) -> None:
+        self.state.register_agent(self.agent_id, _version())
         for run_id in self.state.interrupt_orphans():
             # Left running by a process that died: recorded as interrupted, never resumed or re-applied.
             self.audit.record("run_interrupted", run_id=run_id, reason="the process running it ended (crash or kill)")
@@ -174,6 +180,8 @@ class Daemon:
             if run["run_id"] in self._running:
                 self.state.set_run(run["run_id"], "interrupted", result="interrupted")
                 self.audit.record("run_interrupted", run_id=run["run_id"], reason="daemon stopped mid-run")
+        with contextlib.suppress(Exception):  # the state unreachable: the others see the heartbeat stop
+            self.state.agent_stopped(self.agent_id)
 
     @property
     def ready(self) -> bool:
@@ -439,9 +447,13 @@ class Daemon:
         due: dict[str, float] = {}
         next_prune = time.monotonic() + 60
         trimmed = 0.0
+        next_beat = 0.0
         while not self.stopping.wait(1.0):
             try:
                 now = time.monotonic()
+                if now >= next_beat:
+                    self._heartbeat()
+                    next_beat = now + max(1.0, self.settings.agent_dead_after / 6)
                 # What a storm's payloads left in the heap goes back to the system: a second after the
                 # last large payload (its request is gone by then), and once a minute anyway.
                 if (self._large_payload > trimmed and now - self._large_payload >= 1.0) or now - trimmed >= 60:
@@ -458,6 +470,17 @@ class Daemon:
                 # a dead scheduler would end sweeps and retention for good.
                 with contextlib.suppress(AuditError):
                     self.audit.record("schedule_failed", error=self.redactor.text(f"{type(exc).__name__}: {exc}"))
+
+    def _heartbeat(self) -> None:
+        """Tell the agents sharing the state this one is alive, and interrupt the runs of one that is not
+        (killed -9, its host gone): recorded once, by whichever agent sees it first, never re-applied."""
+        self.state.heartbeat(self.agent_id)
+        for run_id, agent in self.state.interrupt_lost(self.settings.agent_dead_after):
+            self.audit.record(
+                "run_interrupted",
+                run_id=run_id,
+                reason=f"agent {agent} stopped its heartbeat (killed, or its host lost)",
+            )
 
     def _sweeps_due(self, due: dict[str, float]) -> None:
         """Queue the scheduled runbooks whose time has come (one queued or running run each at most)."""
@@ -599,3 +622,12 @@ def _log_dispositions(alerts: list[IncomingAlert], results: list[Disposition]) -
         for result in results[logs.MAX_ALERT_LINES :]:
             outcomes[result.outcome] = outcomes.get(result.outcome, 0) + 1
         logs.log(logs.INFO, "alerts_more", count=len(alerts) - logs.MAX_ALERT_LINES, **outcomes)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("runbook")
+    except PackageNotFoundError:
+        return "unknown"

@@ -31,6 +31,13 @@ class RunbookError(Exception):
         self.message = message
 
 
+class StateUnavailable(RunbookError):
+    """The shared state database cannot be reached or answer in time: nothing is decided without it."""
+
+    exit_code = 3
+    code = "state_unavailable"
+
+
 class ConfigError(RunbookError):
     code = "config_error"
 

@@ -78,10 +78,12 @@ SETTING_VARIABLES: dict[str, tuple[str, ...]] = {
     "alert_retention": ("RUNBOOK_ALERT_RETENTION",),
     "run_retention": ("RUNBOOK_RUN_RETENTION",),
     "alertmanager_url": ("RUNBOOK_ALERTMANAGER_URL",),
+    "state_url": ("RUNBOOK_STATE_URL",),
+    "agent_dead_after": ("RUNBOOK_AGENT_DEAD_AFTER",),
 }
 # Settings that hold passwords: also read from a file (NAME_FILE, a Docker secret, a systemd credential).
-# (alertmanager_url: it may carry basic-auth credentials.)
-SECRET_SETTINGS = frozenset({"database_url", "redis_url", "alertmanager_url"})
+# (alertmanager_url: it may carry basic-auth credentials; state_url: the shared state's password.)
+SECRET_SETTINGS = frozenset({"database_url", "redis_url", "alertmanager_url", "state_url"})
 DOCKER_SECRETS = Path("/run/secrets")
 
 # What the settings and the runbooks' templates read from the environment by default. A run handed to

@@ -5,7 +5,6 @@ the outbox. It is fed results (reports, decisions, alerts), never reaches into t
 from __future__ import annotations
 
 import contextlib
-import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ from agent.notify.channels import EmailChannel, SlackChannel
 from agent.notify.outbox import Outbox
 from agent.redaction import Redactor
 from agent.schema import Runbook
-from agent.state import StateStore
+from agent.state import Db, StateStore
 from agent.status import Status
 from agent.templating import TemplateError, Templates
 
@@ -571,7 +570,7 @@ class Incidents:
                 return None
             return self._commit(db, decided, actor)
 
-    def _commit(self, db: sqlite3.Connection, decided: _Decided, actor: str) -> Incident | None:
+    def _commit(self, db: Db, decided: _Decided, actor: str) -> Incident | None:
         change, opened = decided.change, decided.opened
         if not opened and not change.values and not change.events and not change.notices:
             return change.incident
@@ -606,7 +605,7 @@ class Incidents:
         self._queue(db, change, event_ids[-1] if event_ids else 0)
         return self.store.get(incident.id)
 
-    def _queue(self, db: sqlite3.Connection, change: _Change, last_event: int) -> None:
+    def _queue(self, db: Db, change: _Change, last_event: int) -> None:
         incident = change.incident
         audience = set(self.policy.notify)
         for kind, detail in change.notices:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from dataclasses import dataclass, fields
 from typing import Any
 
-from agent.state import StateStore
+from agent.state import Db, StateStore
 
 __all__ = ["OPEN", "Event", "Incident", "IncidentStore"]
 
@@ -127,10 +126,10 @@ class IncidentStore:
 
     def escalations(self, incident_id: int, life: int | None) -> list[tuple[int, int, float]]:
         """(level, round, at) of the levels reached in one life of the incident (None: in all), in order."""
+        where, args = (" AND life = ?", (life,)) if life is not None else ("", ())
         rows = self.state.query(
-            "SELECT level, round, at FROM escalations WHERE incident_id = ? AND (? IS NULL OR life = ?)"
-            " ORDER BY at, level, round",
-            (incident_id, life, life),
+            f"SELECT level, round, at FROM escalations WHERE incident_id = ?{where} ORDER BY at, level, round",
+            (incident_id, *args),
         )
         return [(r[0], r[1], r[2]) for r in rows]
 
@@ -141,33 +140,34 @@ class IncidentStore:
         return float(rows[0][0] or 0.0)
 
     def has_event(self, incident_id: int, kind: str, what: str) -> bool:
+        # Read in Python, not with the database's JSON functions (SQLite's and PostgreSQL's differ): one
+        # incident has a handful of events of a kind.
         rows = self.state.query(
-            "SELECT 1 FROM incident_events WHERE incident_id = ? AND kind = ? AND json_extract(detail, '$.what') = ?"
-            " LIMIT 1",
-            (incident_id, kind, what),
+            "SELECT detail FROM incident_events WHERE incident_id = ? AND kind = ?", (incident_id, kind)
         )
-        return bool(rows)
+        return any(json.loads(row[0]).get("what") == what for row in rows)
 
     # --- writes (inside the caller's transaction) ------------------------------------------------------
 
     @staticmethod
-    def insert(db: sqlite3.Connection, values: dict[str, Any]) -> int:
+    def insert(db: Db, values: dict[str, Any]) -> int:
         values = {**values, "updated": time.time()}
         names = ", ".join(values)
         cur = db.execute(
-            f"INSERT INTO incidents ({names}) VALUES ({', '.join('?' * len(values))})", tuple(values.values())
+            f"INSERT INTO incidents ({names}) VALUES ({', '.join('?' * len(values))}) RETURNING id",
+            tuple(values.values()),
         )
-        return int(cur.lastrowid or 0)
+        return int(cur.fetchone()[0])
 
     @staticmethod
-    def update(db: sqlite3.Connection, incident_id: int, values: dict[str, Any]) -> None:
+    def update(db: Db, incident_id: int, values: dict[str, Any]) -> None:
         values = {**values, "updated": time.time()}
         assignments = ", ".join(f"{name} = ?" for name in values)
         db.execute(f"UPDATE incidents SET {assignments} WHERE id = ?", (*values.values(), incident_id))
 
     @staticmethod
     def add_event(
-        db: sqlite3.Connection,
+        db: Db,
         incident_id: int,
         kind: str,
         actor: str,
@@ -177,16 +177,18 @@ class IncidentStore:
         at: float | None = None,
     ) -> int:
         cur = db.execute(
-            "INSERT INTO incident_events (incident_id, at, kind, actor, run_id, detail) VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO incident_events (incident_id, at, kind, actor, run_id, detail) VALUES (?, ?, ?, ?, ?, ?)"
+            " RETURNING id",
             (incident_id, at or time.time(), kind, actor, run_id, json.dumps(detail, default=str)),
         )
-        return int(cur.lastrowid or 0)
+        return int(cur.fetchone()[0])
 
     @staticmethod
-    def add_escalation(db: sqlite3.Connection, incident_id: int, life: int, level: int, round_: int) -> bool:
+    def add_escalation(db: Db, incident_id: int, life: int, level: int, round_: int) -> bool:
         """Record a level reached; False if it already was (so nobody is paged twice, even after a crash)."""
         cur = db.execute(
-            "INSERT OR IGNORE INTO escalations (incident_id, life, level, round, at) VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO escalations (incident_id, life, level, round, at) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT DO NOTHING",
             (incident_id, life, level, round_, time.time()),
         )
         return cur.rowcount > 0

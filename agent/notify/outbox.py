@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import sqlite3
 import threading
 import time
 import uuid
@@ -18,7 +17,7 @@ from agent.audit import AuditLog
 from agent.exceptions import AuditError
 from agent.notify.channels import TIMEOUT, DeliveryError, Message, send
 from agent.redaction import Redactor
-from agent.state import StateStore
+from agent.state import Db, StateStore
 
 __all__ = ["Claimed", "Courier", "Outbox", "Queued"]
 
@@ -72,7 +71,7 @@ class Outbox:
 
     @staticmethod
     def enqueue(
-        db: sqlite3.Connection,
+        db: Db,
         *,
         incident_id: int | None,
         event_key: str,
@@ -84,8 +83,8 @@ class Outbox:
         """Inside the caller's transaction; the same event for the same channel is kept once."""
         now = time.time()
         db.execute(
-            "INSERT OR IGNORE INTO outbox (incident_id, event_key, channel, event, subject, body, created, status,"
-            " next_attempt) VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?)",
+            "INSERT INTO outbox (incident_id, event_key, channel, event, subject, body, created, status,"
+            " next_attempt) VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?) ON CONFLICT DO NOTHING",
             (incident_id, event_key, channel, event, subject, body, now, now),
         )
 
@@ -95,10 +94,12 @@ class Outbox:
         turn; two processes never send one message at once."""
         now = time.time()
         token = uuid.uuid4().hex
-        with self.state.write() as db:
+        # Its row locked (SKIP LOCKED on PostgreSQL: another agent's courier takes the next one instead of
+        # waiting), so no write lock of the whole store is needed.
+        with self.state.write(serialize=False) as db:
             row = db.execute(
                 f"SELECT {_COLUMNS} FROM outbox WHERE channel = ? AND status = 'pending' AND next_attempt <= ?"
-                " ORDER BY id LIMIT 1",
+                f" ORDER BY id LIMIT 1{self.state.skip_locked}",
                 (channel, now),
             ).fetchone()
             if row is None:

@@ -228,3 +228,53 @@ def run_in_terminal(argv: list[str], env: dict[str, str], answer: str, timeout: 
         proc.wait()
         os.close(master)
     return proc.returncode, out.decode("utf-8", "replace")
+
+
+# --- shared state on PostgreSQL (issue: several agents) ------------------------------------------------
+
+STATE_PASSWORD = "state-s3cret-pw"
+
+
+@pytest.fixture(scope="session")
+def state_server(dc: docker.DockerClient) -> Iterator[str]:
+    """A PostgreSQL of its own for the agents' shared state (not the sandbox's, which tests break on
+    purpose): the sandbox image's server, on a free port of 127.0.0.1. Yields the superuser's URL of its
+    `postgres` database; tests make databases of their own on it."""
+    import psycopg
+
+    # docker-py itself: testcontainers cannot publish on 127.0.0.1 alone with a free port.
+    container = dc.containers.run(
+        stack.IMAGE,
+        ["/opt/sandbox/db.sh"],
+        name=f"rbtest-state-{uuid.uuid4().hex[:8]}",
+        environment={"AGENT_PASSWORD": STATE_PASSWORD, "MAX_CONNECTIONS": "100"},
+        ports={"5432/tcp": ("127.0.0.1", None)},
+        labels={"io.runbook.test": "1"},
+        detach=True,
+    )
+    try:
+        container.reload()
+        port = int(container.attrs["NetworkSettings"]["Ports"]["5432/tcp"][0]["HostPort"])
+        url = f"postgresql://runbook:{STATE_PASSWORD}@127.0.0.1:{port}/postgres"
+
+        def ready() -> bool:
+            try:
+                psycopg.connect(url, connect_timeout=2).close()
+                return True
+            except psycopg.Error:
+                return False
+
+        assert faults.wait_for(ready, timeout=90), container.logs()[-2000:]
+        yield url
+    finally:
+        container.remove(force=True)
+
+
+def state_database(server: str, name: str) -> str:
+    """A fresh database on the state server: its URL."""
+    import psycopg
+
+    database = f"rbs_{name}_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(server, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{database}"')
+    return server.rsplit("/", 1)[0] + "/" + database

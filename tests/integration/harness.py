@@ -132,12 +132,22 @@ class Alertmanager:
 
 @contextmanager
 def alertmanager(
-    tmp_path: Path, daemon_url: str, token: str = TOKEN, port: int | None = None
+    tmp_path: Path, daemon_url: str | list[str], token: str = TOKEN, port: int | None = None
 ) -> Iterator[Alertmanager]:
-    """The real Alertmanager (Debian's package), delivering to the daemon quickly; on `port` if given (a
-    daemon that silences alerts is told where it will be before it starts)."""
+    """The real Alertmanager (Debian's package), delivering to the daemon quickly (to each daemon, given
+    several: one receiver with a webhook per agent, as for agents that share state); on `port` if given
+    (a daemon that silences alerts is told where it will be before it starts)."""
     port = port or free_port()
     config = tmp_path / "alertmanager.yml"
+    webhooks = "".join(
+        f"""
+              - url: {url}/v1/alerts/alertmanager
+                send_resolved: true
+                http_config:
+                  authorization:
+                    credentials: {token}"""
+        for url in ([daemon_url] if isinstance(daemon_url, str) else daemon_url)
+    )
     config.write_text(
         textwrap.dedent(f"""
         route:
@@ -148,12 +158,7 @@ def alertmanager(
           repeat_interval: 1h
         receivers:
           - name: runbook
-            webhook_configs:
-              - url: {daemon_url}/v1/alerts/alertmanager
-                send_resolved: true
-                http_config:
-                  authorization:
-                    credentials: {token}
+            webhook_configs:{webhooks}
         """)
     )
     am = subprocess.Popen(

@@ -245,7 +245,7 @@ def test_reading_commands_print_json(tmp_path: Path, write_runbook: Callable[[st
     plugin = json.loads(out)
     assert code == 0 and plugin["kind"] == "check" and "warn_pct" in plugin["params"]["properties"]
     code, out, _ = invoke("status", "--json", env=env)
-    assert code == 0 and json.loads(out) == {"paused": None, "breakers": [], "locks": [], "pending": []}
+    assert code == 0 and json.loads(out) == {"agents": [], "paused": None, "breakers": [], "locks": [], "pending": []}
     code, out, _ = invoke("validate", runbooks, "--json", env=env)
     assert code == 0 and json.loads(out)["valid"] is True
     text = (REPO / "runbooks" / "db-connection.yaml").read_text().replace("warn_pct: 80,", "warn_pct: lots,")
@@ -257,3 +257,12 @@ def test_reading_commands_print_json(tmp_path: Path, write_runbook: Callable[[st
     assert error["field"] == "checks[1].with.warn_pct" and "number" in error["message"], error
     code, out, _ = invoke("audit", "verify", str(tmp_path / "none.jsonl"), "--json", env=env)
     assert code == 1 and json.loads(out)["ok"] is False
+
+
+def test_an_unreachable_shared_state_is_a_one_line_error_without_its_password(tmp_path: Path) -> None:
+    env = {"RUNBOOK_STATE_DIR": str(tmp_path / "state"), "RUNBOOK_STATE_URL": "postgresql://a:hunter2-pw@127.0.0.1:1/s"}
+    code, out, err = invoke("status", env=env)
+    assert code == 3 and "state database:" in err and "hunter2" not in out + err and "Traceback" not in err
+    env["RUNBOOK_STATE_URL"] = "mysql://a@b/c"
+    code, _, err = invoke("status", env=env)
+    assert code != 0 and "state_url must be a postgresql:// URL" in err

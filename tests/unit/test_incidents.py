@@ -18,9 +18,9 @@ from agent.models import CheckResult, RemediationDecision, RunReport
 from agent.redaction import Redactor
 from agent.registry import Registry
 from agent.schema import Runbook
-from agent.state import StateStore
 from agent.status import Status
 from agent.templating import Templates
+from tests.state_backend import open_state
 
 SPEC = Runbook.model_validate(
     {
@@ -73,7 +73,7 @@ def report(
 class World:
     def __init__(self, tmp_path: Path, pol: IncidentPolicy | None = None) -> None:
         self.tmp_path = tmp_path
-        self.state = StateStore(tmp_path / "state.sqlite3")
+        self.state = open_state(tmp_path)
         self.audit_path = tmp_path / "audit.jsonl"
         runbooks = RunbookSet({"app-down": LoadedRunbook(SPEC, Path("x.yaml"))}, Templates(), Registry())
         self.incidents = Incidents(
@@ -439,7 +439,7 @@ def test_retention_takes_resolved_incidents_whole_and_keeps_open_ones(w: World) 
 
 
 def test_a_nested_write_that_fails_leaves_the_outer_one_whole(tmp_path: Path) -> None:
-    state = StateStore(tmp_path / "s.sqlite3")
+    state = open_state(tmp_path)
     with state.write() as db:
         db.execute("INSERT INTO flags (name, value, at, actor) VALUES ('outer', 'x', 0, 't')")
         with pytest.raises(RuntimeError), state.write() as inner:

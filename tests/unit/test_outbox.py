@@ -7,6 +7,7 @@ from pathlib import Path
 
 from agent.notify.outbox import Outbox
 from agent.state import StateStore
+from tests.state_backend import open_state
 
 
 def _queue(state: StateStore, *keys: str) -> None:
@@ -16,7 +17,7 @@ def _queue(state: StateStore, *keys: str) -> None:
 
 
 def test_claims_are_one_at_a_time_and_never_shared(tmp_path: Path) -> None:
-    state = StateStore(tmp_path / "s.sqlite3")
+    state = open_state(tmp_path)
     _queue(state, "k1", "k2")
     first, second = Outbox(state).claim("c", 60), Outbox(state).claim("c", 60)
     assert first is not None and second is not None
@@ -25,7 +26,7 @@ def test_claims_are_one_at_a_time_and_never_shared(tmp_path: Path) -> None:
 
 
 def test_a_stale_claim_never_writes_over_the_new_holder(tmp_path: Path) -> None:
-    state = StateStore(tmp_path / "s.sqlite3")
+    state = open_state(tmp_path)
     _queue(state, "k1")
     outbox = Outbox(state)
     stale = outbox.claim("c", 0.0)  # its lease runs out at once: the message is due again

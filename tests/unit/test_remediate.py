@@ -20,9 +20,9 @@ from agent.policy import EnvironmentPolicy
 from agent.redaction import Redactor
 from agent.registry import Registry
 from agent.schema import Runbook
-from agent.state import StateStore
 from agent.status import Status
 from agent.templating import Templates
+from tests.state_backend import open_state
 from tests.unit import fake_effects
 from tests.unit.fake_effects import FixSpec, OtherSpec
 
@@ -71,7 +71,7 @@ def reset() -> None:
 class Harness:
     def __init__(self, tmp_path: Path) -> None:
         self.tmp_path = tmp_path
-        self.state = StateStore(tmp_path / "state.sqlite3")
+        self.state = open_state(tmp_path)
         self.audit_path = tmp_path / "audit.jsonl"
         self.settings = Settings(state_dir=tmp_path, default_cooldown=0)
 
@@ -293,7 +293,7 @@ def test_a_long_apply_keeps_its_lock_and_its_action_counts_while_it_runs(h: Harn
 
     def look() -> None:
         time.sleep(1.0)  # over three TTLs into the apply
-        other = StateStore(h.tmp_path / "state.sqlite3")
+        other = open_state(h.tmp_path)
         seen.append((other.lock(["thing:a"], "intruder", ttl=60), other.runs_on_target("thing:a", 0)))
 
     fake_effects.DURING.append(look)
@@ -353,7 +353,7 @@ def test_a_lock_lost_mid_apply_stops_before_the_next_change(h: Harness) -> None:
 
     def steal() -> None:
         if fake_effects.applied == ["thing:a"]:
-            thief = StateStore(h.tmp_path / "state.sqlite3")
+            thief = open_state(h.tmp_path)
             with thief._write() as db:
                 db.execute("UPDATE locks SET run_id = 'thief' WHERE target = 'thing:b'")
 
@@ -371,7 +371,7 @@ def test_a_person_slow_to_approve_does_not_hold_the_lock(h: Harness) -> None:
 
     def slow_person(step: Any, plan: Any) -> bool:
         time.sleep(0.5)  # the lock expired meanwhile (it is not renewed while a person decides) ...
-        assert StateStore(h.tmp_path / "state.sqlite3").lock(["thing:a"], "other-run", ttl=60) is None
+        assert open_state(h.tmp_path).lock(["thing:a"], "other-run", ttl=60) is None
         return True  # ... and another run took it
 
     _, rem = h.run({"approval": "manual"}, settings=settings, approve=slow_person)

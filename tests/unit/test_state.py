@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.state import SCHEMA_VERSION, StateStore
+from tests.state_backend import open_state, sqlite_only
 
 # The schema as the first release wrote it (no user_version): a copy an upgrade must carry over.
 FIRST_SCHEMA = """
@@ -34,6 +35,7 @@ CREATE TABLE pending (run_id TEXT NOT NULL, remediation TEXT NOT NULL, fingerpri
 """
 
 
+@sqlite_only
 def test_a_database_of_the_first_schema_is_upgraded_in_place(tmp_path: Path) -> None:
     path = tmp_path / "state.sqlite3"
     db = sqlite3.connect(path)
@@ -56,6 +58,7 @@ def test_a_database_of_the_first_schema_is_upgraded_in_place(tmp_path: Path) -> 
     assert StateStore(path)._version() == SCHEMA_VERSION  # opening again migrates nothing
 
 
+@sqlite_only
 def test_state_files_are_private(tmp_path: Path) -> None:
     old = os.umask(0o022)
     try:
@@ -68,6 +71,7 @@ def test_state_files_are_private(tmp_path: Path) -> None:
     assert stat.S_IMODE((tmp_path / "state").stat().st_mode) == 0o700
 
 
+@sqlite_only
 def test_a_loose_state_directory_of_an_older_version_is_tightened(tmp_path: Path) -> None:
     directory = tmp_path / "state"
     directory.mkdir(mode=0o755)
@@ -78,7 +82,7 @@ def test_a_loose_state_directory_of_an_older_version_is_tightened(tmp_path: Path
 
 
 def test_prune_keeps_what_is_recent_and_what_is_running(tmp_path: Path) -> None:
-    store = StateStore(tmp_path / "state.sqlite3")
+    store = open_state(tmp_path)
     alert = {
         "source": "s",
         "fingerprint": "f",
@@ -100,6 +104,7 @@ def test_prune_keeps_what_is_recent_and_what_is_running(tmp_path: Path) -> None:
     assert json.dumps(counts)
 
 
+@sqlite_only
 def test_processes_opening_a_new_store_at_once_all_get_it(tmp_path: Path) -> None:
     """Two `runbook run` started together on a fresh state directory: neither fails with "database is
     locked" (SQLite answers a second switch to WAL at once, without the busy timeout)."""
@@ -120,3 +125,55 @@ def test_processes_opening_a_new_store_at_once_all_get_it(tmp_path: Path) -> Non
 def _open_store(path: Path, start: Any) -> None:
     start.wait(10)
     StateStore(path).close()
+
+
+def _age_heartbeat(store: StateStore, agent_id: str, seconds: float) -> None:
+    with store.write() as db:
+        db.execute("UPDATE agents SET heartbeat = ? WHERE agent_id = ?", (time.time() - seconds, agent_id))
+
+
+def test_the_runs_of_an_agent_that_stopped_its_heartbeat_are_interrupted_once(tmp_path: Path) -> None:
+    """A daemon killed -9 (or its host lost) leaves runs queued or running: the agents sharing the state
+    mark them interrupted once it has been silent for `agent_dead_after`, and only once between them."""
+    store = open_state(tmp_path)
+    store.register_agent("lost", "1.0")
+    store.add_run(run_id="r1", runbook="x", target="-", mode="live", actor="a", params={})
+    store.add_run(run_id="r2", runbook="x", target="-", mode="live", actor="a", params={}, status="queued")
+    store.add_run(run_id="done", runbook="x", target="-", mode="live", actor="a", params={}, status="finished")
+    assert store.interrupt_lost(30) == []  # its heartbeat is fresh
+    _age_heartbeat(store, "lost", 60)
+    survivors = [open_state(tmp_path), open_state(tmp_path)]
+    taken = [item for other in survivors for item in other.interrupt_lost(30)]
+    assert sorted(taken) == [("r1", "lost"), ("r2", "lost")]  # each run once, by one of them
+    assert {r["run_id"]: r["status"] for r in store.runs()} == {
+        "r1": "interrupted",
+        "r2": "interrupted",
+        "done": "finished",
+    }
+    (agent,) = store.agents()
+    assert (agent.agent_id, agent.version, agent.stopped) == ("lost", "1.0", None)
+
+
+def test_a_run_of_a_process_that_is_no_agent_or_is_alive_is_never_taken(tmp_path: Path) -> None:
+    store = open_state(tmp_path)
+    store.add_run(run_id="cli", runbook="x", target="-", mode="live", actor="a", params={})
+    assert store.interrupt_lost(0.0) == []  # a `runbook run`, no heartbeat: its own host sweeps it
+    store.register_agent("old", "1.0")
+    _age_heartbeat(store, "old", 600)
+    store.register_agent("new", "1.0")  # the same process registered again: alive
+    assert store.interrupt_lost(30) == []
+    store.heartbeat("new")
+    store.lock(["container:x"], "cli", ttl=60)
+    assert store.held_by(store.host, os.getpid()) == (["container:x"], ["cli"])
+
+
+def test_an_unreachable_state_database_is_one_line_without_its_password() -> None:
+    from agent.exceptions import StateUnavailable
+
+    try:
+        StateStore("postgresql://agent:hunter2-secret@127.0.0.1:1/state")
+    except StateUnavailable as exc:
+        assert "hunter2" not in exc.message and exc.message.startswith("state database: ")
+        assert "\n" not in exc.message and exc.exit_code == 3
+    else:
+        raise AssertionError("connected to nothing")
