@@ -28,7 +28,7 @@ from starlette.concurrency import run_in_threadpool
 from agent import admin
 from agent.alerts import AlertmanagerPayload, GenericAlert, IncomingAlert
 from agent.daemon import Daemon, QueueFull
-from agent.exceptions import AuditError, Conflict, NotFound, RunbookError
+from agent.exceptions import AuditError, Conflict, NotFound, RunbookError, StateUnavailable
 from agent.server import over_unix_socket
 
 __all__ = ["ApiSecurity", "create_app"]
@@ -409,6 +409,16 @@ def create_app(daemon: Daemon, security: ApiSecurity) -> FastAPI:
             {"detail": "audit log unavailable: nothing is accepted until it is repaired (runbook audit repair)"},
             status_code=503,
             headers={"Retry-After": "60"},
+        )
+
+    @app.exception_handler(StateUnavailable)
+    async def state_unavailable(_: Request, exc: StateUnavailable) -> JSONResponse:
+        # The state database is restarting or failing over: nothing was recorded; the sender retries.
+        metrics.requests_rejected.labels(reason="state_unavailable").inc()
+        return JSONResponse(
+            {"detail": daemon.redactor.text(exc.message), "code": exc.code},
+            status_code=503,
+            headers={"Retry-After": "10"},
         )
 
     @app.exception_handler(RunbookError)

@@ -568,15 +568,13 @@ def status(state: _State, as_json: bool) -> None:
 def _agents(store: Any, dead_after: float) -> list[dict[str, Any]]:
     """The daemons sharing this state: alive (heartbeat within `agent_dead_after`), lost, or stopped, and
     what each holds. One stopped more than an hour ago is left out (pruned with the alerts' retention)."""
-    import time
-
-    now = time.time()
+    now = store.now()  # the state's clock, as the agents' heartbeats are
     out = []
     for agent in store.agents():
         if agent.stopped is not None and now - agent.stopped > 3600:
             continue  # stopped cleanly a while ago: history, not status
-        locks, runs = store.held_by(agent.host, agent.pid) if agent.stopped is None else ([], [])
-        alive = now - agent.heartbeat <= dead_after
+        locks, runs = store.held_by(agent)
+        alive = agent.stopped is None and now - agent.heartbeat <= dead_after
         out.append(
             {
                 **vars(agent),

@@ -53,6 +53,10 @@ def _runbook_ids() -> list[str]:
 def _state_rows(sql: str) -> list[str]:
     import sqlite3
 
+    from agent.paths import setting_from_env
+
+    if setting_from_env("state_url"):
+        return []  # shared state: a <Tab> does not open a connection to a database server
     path = _state().state_dir / "state.sqlite3"
     if not path.is_file():
         return []

@@ -21,7 +21,7 @@ from agent import logs, memory
 from agent.alerts import IncomingAlert, alert_params, route, target_key
 from agent.audit import AuditLog
 from agent.config import Settings
-from agent.exceptions import AuditError, RunbookError
+from agent.exceptions import AuditError, RunbookError, StateUnavailable
 from agent.executor import Executor
 from agent.incidents import IncidentPolicy, Incidents, RunOrigin, incident_target
 from agent.loader import RunbookSet
@@ -124,6 +124,8 @@ class Daemon:
         # This daemon among the agents sharing the state (several, on PostgreSQL): its heartbeat tells the
         # others it is alive; when it stops, they interrupt the runs it left.
         self.agent_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.state.agent_id = self.agent_id  # the runs it starts or continues are its own
+        self._heart = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
         self.audit = AuditLog(settings.audit_path, redactor, actor="daemon")
         self.audit.observer = logs.audit_records  # operators' lines for runs, decisions, escalations
         self.executor = Executor(
@@ -154,6 +156,7 @@ class Daemon:
 
     def start(self) -> None:
         self.state.register_agent(self.agent_id, _version())
+        self._heart.start()
         for run_id in self.state.interrupt_orphans():
             # Left running by a process that died: recorded as interrupted, never resumed or re-applied.
             self.audit.record("run_interrupted", run_id=run_id, reason="the process running it ended (crash or kill)")
@@ -176,10 +179,12 @@ class Daemon:
         for worker in [*self._workers, *list(self.local_runs)]:
             worker.join(max(0.0, end - time.monotonic()))
         self.courier.stop()
-        for run in self.state.runs(status="running"):
-            if run["run_id"] in self._running:
-                self.state.set_run(run["run_id"], "interrupted", result="interrupted")
-                self.audit.record("run_interrupted", run_id=run["run_id"], reason="daemon stopped mid-run")
+        for run_id in list(self._running):
+            run = self.state.run(run_id)
+            if run is not None and run["status"] == "running":
+                self.state.set_run(run_id, "interrupted", result="interrupted")
+                self.audit.record("run_interrupted", run_id=run_id, reason="daemon stopped mid-run")
+        self._heart.join(10)
         with contextlib.suppress(Exception):  # the state unreachable: the others see the heartbeat stop
             self.state.agent_stopped(self.agent_id)
 
@@ -293,6 +298,8 @@ class Daemon:
                             if len(new_runs) > room:
                                 raise QueueFull(f"{len(new_runs)} new runs, room for {room}")
                             self._record(arrival.alerts, results, new_runs, resolved)
+                    except StateUnavailable:
+                        raise  # the state, not this payload: the whole batch is answered 503, to be retried
                     except (QueueFull, RunbookError, ValueError, KeyError, TypeError) as exc:
                         # Refused, or a payload that trips a bug: undone alone; the rest of the batch goes on.
                         arrival.settle(error=exc)
@@ -447,21 +454,17 @@ class Daemon:
         due: dict[str, float] = {}
         next_prune = time.monotonic() + 60
         trimmed = 0.0
-        next_beat = 0.0
         while not self.stopping.wait(1.0):
             try:
                 now = time.monotonic()
-                if now >= next_beat:
-                    self._heartbeat()
-                    next_beat = now + max(1.0, self.settings.agent_dead_after / 6)
                 # What a storm's payloads left in the heap goes back to the system: a second after the
                 # last large payload (its request is gone by then), and once a minute anyway.
                 if (self._large_payload > trimmed and now - self._large_payload >= 1.0) or now - trimmed >= 60:
                     memory.trim()
                     trimmed = now
                 if time.monotonic() >= next_prune:
+                    next_prune = time.monotonic() + 3600  # a failed prune is tried next hour, not every second
                     self.prune()
-                    next_prune = time.monotonic() + 3600
                 self._sweeps_due(due)
                 # The escalation path and the severity targets run on this clock too.
                 self.incidents.tick()
@@ -471,16 +474,31 @@ class Daemon:
                 with contextlib.suppress(AuditError):
                     self.audit.record("schedule_failed", error=self.redactor.text(f"{type(exc).__name__}: {exc}"))
 
-    def _heartbeat(self) -> None:
-        """Tell the agents sharing the state this one is alive, and interrupt the runs of one that is not
-        (killed -9, its host gone): recorded once, by whichever agent sees it first, never re-applied."""
-        self.state.heartbeat(self.agent_id)
-        for run_id, agent in self.state.interrupt_lost(self.settings.agent_dead_after):
-            self.audit.record(
-                "run_interrupted",
-                run_id=run_id,
-                reason=f"agent {agent} stopped its heartbeat (killed, or its host lost)",
-            )
+    def _beat(self) -> None:
+        """The heartbeat, on a thread and a connection of its own: nothing else this agent does (a long
+        prune, a write waiting on another agent's) delays it, so no live agent is taken for lost. It
+        also interrupts the runs of an agent that is (killed -9, its host gone): recorded once, by
+        whichever agent sees it first, never re-applied."""
+        every = max(0.5, self.settings.agent_dead_after / 6)
+        store: StateStore | None = None
+        try:
+            while True:
+                try:
+                    store = store or StateStore(self.settings.state_location)
+                    store.heartbeat(self.agent_id)
+                    for run_id, agent in store.interrupt_lost(self.settings.agent_dead_after):
+                        self.audit.record(
+                            "run_interrupted",
+                            run_id=run_id,
+                            reason=f"agent {agent} stopped its heartbeat (killed, or its host lost)",
+                        )
+                except Exception as exc:  # the state unreachable for now: beat again next time
+                    logs.log(logs.WARNING, "heartbeat_failed", error=self.redactor.text(f"{type(exc).__name__}: {exc}"))
+                if self.stopping.wait(every):
+                    return
+        finally:
+            if store is not None:
+                store.close()
 
     def _sweeps_due(self, due: dict[str, float]) -> None:
         """Queue the scheduled runbooks whose time has come (one queued or running run each at most)."""
@@ -491,18 +509,26 @@ class Daemon:
                 continue
             due[loaded.spec.id] = now + schedule.every
             with self._admit:
-                if self.state.active_run(loaded.spec.id, "-") or self._queue.full():
-                    continue
-                run_id = uuid.uuid4().hex[:12]
-                self.state.add_run(
-                    run_id=run_id,
-                    runbook=loaded.spec.id,
-                    target="-",
-                    mode="dry-run" if self.dry_run else "live",
-                    actor="schedule",
-                    params={},
-                    status="queued",
-                )
+                # Checked and recorded in one write: agents sharing the state, each on its own clock, run a
+                # scheduled runbook once per period between them, not once each.
+                with self.state.write():
+                    recent = time.time() - 0.9 * schedule.every
+                    if (
+                        self._queue.full()
+                        or self.state.active_run(loaded.spec.id, "-")
+                        or self.state.recent_run(loaded.spec.id, "-", recent)
+                    ):
+                        continue
+                    run_id = uuid.uuid4().hex[:12]
+                    self.state.add_run(
+                        run_id=run_id,
+                        runbook=loaded.spec.id,
+                        target="-",
+                        mode="dry-run" if self.dry_run else "live",
+                        actor="schedule",
+                        params={},
+                        status="queued",
+                    )
                 self._queue.put_nowait(_Queued(run_id, loaded.spec.id, {}, "schedule", "-", RunOrigin("schedule")))
 
     def prune(self) -> dict[str, int]:

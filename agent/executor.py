@@ -680,9 +680,10 @@ class Executor:
 
     def _store_decision(self, run_id: str, decision: RemediationDecision) -> None:
         assert self.state is not None
-        run = self.state.run(run_id)
-        report = (run or {}).get("report") or {}
-        report["remediations"] = [
-            decision.to_json() if r.get("id") == decision.id else r for r in report.get("remediations", [])
-        ]
-        self.state.set_run(run_id, (run or {}).get("status", "finished"), report=self.redactor.data(report))
+        with self.state.write():  # read and written at once: the run's own process may be writing it too
+            run = self.state.run(run_id)
+            report = (run or {}).get("report") or {}
+            report["remediations"] = [
+                decision.to_json() if r.get("id") == decision.id else r for r in report.get("remediations", [])
+            ]
+            self.state.set_run(run_id, (run or {}).get("status", "finished"), report=self.redactor.data(report))

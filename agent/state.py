@@ -96,6 +96,8 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             started REAL NOT NULL, heartbeat REAL NOT NULL, stopped REAL)""",
         "CREATE INDEX agents_process ON agents (host, pid)",
     ),
+    # 6: the agent (daemon) a run belongs to: a lost agent's runs are found by it, not by a pid.
+    ("ALTER TABLE runs ADD COLUMN agent TEXT", "CREATE INDEX runs_agent ON runs (agent) WHERE agent IS NOT NULL"),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -166,14 +168,16 @@ _PG_MIGRATIONS: tuple[tuple[str, ...], ...] = (
             started DOUBLE PRECISION NOT NULL, heartbeat DOUBLE PRECISION NOT NULL, stopped DOUBLE PRECISION)""",
         "CREATE INDEX agents_process ON agents (host, pid)",
     ),
+    # 2: as SQLite's 6.
+    ("ALTER TABLE runs ADD COLUMN agent TEXT", "CREATE INDEX runs_agent ON runs (agent) WHERE agent IS NOT NULL"),
 )
 
 
 _FLAG_UPSERT = " ON CONFLICT (name) DO UPDATE SET value = excluded.value, at = excluded.at, actor = excluded.actor"
 
 _INSERT_RUN = (
-    "INSERT INTO runs (run_id, runbook, target, status, mode, actor, params, secret_params, host, pid, created)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO runs (run_id, runbook, target, status, mode, actor, params, secret_params, host, pid, created,"
+    " agent) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -212,6 +216,17 @@ class _Rows:
         return self._rows
 
 
+def process_host() -> str:
+    """Where a pid means something: the hostname, and the pid namespace. Containers sharing a hostname
+    (or the host's network) have pid namespaces of their own, so a pid read in one says nothing of a
+    process in another: their locks and runs are never judged dead by a pid looked up here."""
+    name = socket.gethostname()
+    try:
+        return f"{name}/pidns:{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        return name
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -238,7 +253,9 @@ class StateStore:
             self.backend.migrate(_MIGRATIONS)
         # FOR UPDATE SKIP LOCKED where the database has it: a claim passes over rows another agent holds.
         self.skip_locked = self.backend.skip_locked
-        self.host = socket.gethostname()
+        self.host = process_host()
+        # The daemon this store is used by (None: a CLI process): its runs are marked as its own.
+        self.agent_id: str | None = None
 
     def _version(self) -> int:
         return self.backend.version()
@@ -269,8 +286,8 @@ class StateStore:
     def lock(self, targets: list[str], run_id: str, ttl: float) -> str | None:
         """Take every target's lock or none. Returns None, or a description of who holds one.
         A lock whose holder died on this host, or whose time ran out, is taken over."""
-        now = time.time()
         with self._write() as db:
+            now = self.backend.now(db)
             for target in targets:
                 row = db.execute("SELECT run_id, host, pid, expires FROM locks WHERE target = ?", (target,)).fetchone()
                 if row is None or row[0] == run_id:
@@ -289,9 +306,10 @@ class StateStore:
     def renew(self, targets: list[str], run_id: str, ttl: float) -> bool:
         """Push the run's locks' expiry on while it works; False if one is no longer the run's."""
         with self._write() as db:
+            now = self.backend.now(db)
             changed = db.executemany(
                 "UPDATE locks SET expires = ? WHERE target = ? AND run_id = ?",
-                [(time.time() + ttl, t, run_id) for t in targets],
+                [(now + ttl, t, run_id) for t in targets],
             ).rowcount
         return changed == len(targets)
 
@@ -300,8 +318,7 @@ class StateStore:
             db.executemany("DELETE FROM locks WHERE target = ? AND run_id = ?", [(t, run_id) for t in targets])
 
     def locks(self) -> list[tuple[str, str, float]]:
-        now = time.time()
-        rows = self._read("SELECT target, run_id, expires FROM locks WHERE expires >= ?", (now,)).fetchall()
+        rows = self._read("SELECT target, run_id, expires FROM locks WHERE expires >= ?", (self.now(),)).fetchall()
         return [(r[0], r[1], r[2]) for r in rows]
 
     # --- actions and limits ---------------------------------------------------------------------
@@ -452,18 +469,22 @@ class StateStore:
             self.host,
             os.getpid(),
             time.time(),
+            self.agent_id,
         )
 
     def set_run(
         self, run_id: str, status: str, *, result: str | None = None, report: dict[str, Any] | None = None
     ) -> None:
+        # The process that sets a run running (it starts it, or goes on with it after an approval given
+        # there) is its owner from then on; a report or an end written by another leaves the owner be.
+        owner = ", host = ?, pid = ?, agent = ?" if status == "running" else ""
         with self._write() as db:
             db.execute(
-                "UPDATE runs SET status = ?, pid = ?, result = coalesce(?, result), report = coalesce(?, report),"
+                f"UPDATE runs SET status = ?{owner}, result = coalesce(?, result), report = coalesce(?, report),"
                 " finished = CASE WHEN ? IN ('finished', 'interrupted') THEN ? ELSE finished END WHERE run_id = ?",
                 (
                     status,
-                    os.getpid(),
+                    *((self.host, os.getpid(), self.agent_id) if owner else ()),
                     result,
                     json.dumps(report, default=str) if report is not None else None,
                     status,
@@ -526,9 +547,15 @@ class StateStore:
 
     # --- agents -------------------------------------------------------------------------------------------
 
+    def now(self) -> float:
+        """The state's clock (the database's, on PostgreSQL): heartbeats and lock expiry are read by it."""
+        if self.backend.now_sql is None:
+            return time.time()
+        return float(self._read(self.backend.now_sql).fetchone()[0])
+
     def register_agent(self, agent_id: str, version: str) -> None:
-        now = time.time()
         with self.write(serialize=False) as db:
+            now = self.backend.now(db)
             db.execute(
                 "INSERT INTO agents (agent_id, host, pid, version, started, heartbeat) VALUES (?, ?, ?, ?, ?, ?)",
                 (agent_id, self.host, os.getpid(), version, now, now),
@@ -537,13 +564,12 @@ class StateStore:
     def heartbeat(self, agent_id: str) -> None:
         """One row of its own, no read first: never waits on the other agents' writes."""
         with self.write(serialize=False) as db:
-            db.execute("UPDATE agents SET heartbeat = ? WHERE agent_id = ?", (time.time(), agent_id))
+            db.execute("UPDATE agents SET heartbeat = ? WHERE agent_id = ?", (self.backend.now(db), agent_id))
 
     def agent_stopped(self, agent_id: str) -> None:
         with self.write(serialize=False) as db:
-            db.execute(
-                "UPDATE agents SET stopped = ?, heartbeat = ? WHERE agent_id = ?", (time.time(),) * 2 + (agent_id,)
-            )
+            now = self.backend.now(db)
+            db.execute("UPDATE agents SET stopped = ?, heartbeat = ? WHERE agent_id = ?", (now, now, agent_id))
 
     def agents(self) -> list[Agent]:
         rows = self._read(
@@ -551,34 +577,30 @@ class StateStore:
         ).fetchall()
         return [Agent(*row) for row in rows]
 
-    def held_by(self, host: str, pid: int) -> tuple[list[str], list[str]]:
-        """(target locks, runs queued or running) of one process, for `runbook status`."""
-        now = time.time()
+    def held_by(self, agent: Agent) -> tuple[list[str], list[str]]:
+        """(target locks, runs queued or running) of one agent, for `runbook status`."""
         locks = self._read(
-            "SELECT l.target FROM locks l JOIN runs r ON r.run_id = l.run_id WHERE l.expires >= ? AND r.host = ?"
-            " AND r.pid = ? ORDER BY l.target",
-            (now, host, pid),
+            "SELECT target FROM locks WHERE expires >= ? AND host = ? AND pid = ? ORDER BY target",
+            (self.now(), agent.host, agent.pid),
         ).fetchall()
         runs = self._read(
-            "SELECT run_id FROM runs WHERE status IN ('queued', 'running') AND host = ? AND pid = ? ORDER BY created",
-            (host, pid),
+            "SELECT run_id FROM runs WHERE status IN ('queued', 'running') AND agent = ? ORDER BY created",
+            (agent.agent_id,),
         ).fetchall()
         return [r[0] for r in locks], [r[0] for r in runs]
 
     def interrupt_lost(self, dead_after: float) -> list[tuple[str, str]]:
-        """Runs left queued or running by an agent that stopped its heartbeat more than `dead_after` ago
-        (killed, its host gone), as (run_id, agent_id): marked interrupted by whichever agent sees it
-        first, once (SKIP LOCKED: two survivors never both take one run). Never resumed or re-applied: the
-        change it may have started stays recorded, and counts against the target's limits."""
-        now = time.time()
+        """Runs left queued or running by an agent that stopped (and left some) or whose heartbeat is
+        older than `dead_after` (killed, its host gone), as (run_id, agent_id): marked interrupted by
+        whichever agent sees it first, once (SKIP LOCKED: two survivors never both take one run). Never
+        resumed or re-applied: the change it may have started stays recorded, and counts against the
+        target's limits."""
         with self.write(serialize=False) as db:
+            now = self.backend.now(db)
             rows = db.execute(
-                "SELECT r.run_id, (SELECT max(a.agent_id) FROM agents a WHERE a.host = r.host AND a.pid = r.pid)"
-                " FROM runs r WHERE r.status IN ('queued', 'running')"
-                " AND EXISTS (SELECT 1 FROM agents a WHERE a.host = r.host AND a.pid = r.pid AND a.heartbeat < ?)"
-                " AND NOT EXISTS (SELECT 1 FROM agents b WHERE b.host = r.host AND b.pid = r.pid"
-                " AND b.heartbeat >= ? AND b.stopped IS NULL)" + self.skip_locked,
-                (now - dead_after, now - dead_after),
+                "SELECT run_id, agent FROM runs WHERE status IN ('queued', 'running') AND agent IN"
+                " (SELECT agent_id FROM agents WHERE stopped IS NOT NULL OR heartbeat < ?)" + self.skip_locked,
+                (now - dead_after,),
             ).fetchall()
             db.executemany(
                 "UPDATE runs SET status = 'interrupted', result = 'interrupted', finished = ? WHERE run_id = ?",

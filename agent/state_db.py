@@ -105,6 +105,11 @@ class SqliteBackend:
     def close(self) -> None:
         self.db.close()
 
+    now_sql = None  # one host: its clock is every process's
+
+    def now(self, db: Db) -> float:
+        return time.time()
+
     @contextmanager
     def transaction(self, serialize: bool = True) -> Iterator[Db]:
         """A write transaction (BEGIN IMMEDIATE: SQLite's one writer); nested, a savepoint, so a nested
@@ -180,10 +185,21 @@ class PostgresBackend:
         self._connect_timeout = connect_timeout
         self.lock = threading.RLock()
         self._depth = 0
-        self._serialized = False
-        self._conn: Any = self._connect()
+        self._serialized_at: int | None = None  # the nesting depth that took the write lock
+        self._conn: Any = None
+        self._connect()
 
-    def _connect(self) -> Any:
+    def _unavailable(self, exc: BaseException) -> StateUnavailable:
+        """A connection lost, a lock or statement timeout, a refusal: one line, psycopg's first. It names
+        host and port; the URL's password is masked here too (libpq quotes a badly encoded one)."""
+        from agent.redaction import MASK, secrets_in_url
+
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        for secret in secrets_in_url(self._url):
+            first = first.replace(secret, MASK)
+        return StateUnavailable(f"state database: {first}")
+
+    def _connect(self) -> None:
         import psycopg
 
         try:
@@ -199,26 +215,28 @@ class PostgresBackend:
                 keepalives_interval=5,
                 keepalives_count=3,
             )
+            conn.execute("SET search_path TO runbook")  # made by the first migration, if not there yet
         except psycopg.Error as exc:
-            raise _unavailable(exc) from None
-        conn.execute("SET search_path TO runbook")  # made by the first migration, if not there yet
-        return conn
+            raise self._unavailable(exc) from None
+        self._conn = conn
 
     def _ready(self) -> None:
         """Reconnect between transactions when the connection broke (a restart or failover of the
         database): the store outlives one connection."""
         if self._depth == 0 and (self._conn.closed or self._conn.broken):
-            self._conn = self._connect()
+            self._connect()
 
     def migrate(self, migrations: Sequence[Sequence[str]]) -> None:
         import psycopg
 
         try:
+            # Up to date (the usual start): no DDL, no lock, so a role that may only read and write the
+            # tables (the schema migrated by its owner) starts too.
+            if self.version() >= len(migrations):
+                return
             self._migrate(migrations)
-        except psycopg.OperationalError as exc:
-            raise _unavailable(exc) from None
-        except psycopg.errors.InsufficientPrivilege as exc:
-            raise StateUnavailable(f"state database: cannot create the runbook schema's tables: {exc}") from None
+        except psycopg.Error as exc:
+            raise self._unavailable(exc) from None
 
     def _migrate(self, migrations: Sequence[Sequence[str]]) -> None:
         with self.lock:
@@ -226,13 +244,12 @@ class PostgresBackend:
             with self._conn.transaction():
                 # One agent migrates; the others wait here, then find nothing left to do.
                 self._conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (_APP, _MIGRATE))
-                # Only when missing: an agent whose role may not create schemas uses the one made for it.
                 if self._conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = 'runbook'").fetchone() is None:
                     self._conn.execute("CREATE SCHEMA runbook")
                 self._conn.execute(
                     "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL, at DOUBLE PRECISION NOT NULL)"
                 )
-                version = self.version()
+                version = self._version()
                 db = _PgDb(self._conn)
                 for number in range(version + 1, len(migrations) + 1):
                     for statement in migrations[number - 1]:
@@ -240,16 +257,31 @@ class PostgresBackend:
                     db.execute("INSERT INTO schema_version (version, at) VALUES (?, ?)", (number, time.time()))
 
     def version(self) -> int:
+        import psycopg
+
         with self.lock:
-            self._ready()
-            exists = self._conn.execute("SELECT to_regclass('schema_version')").fetchone()[0]
-            if exists is None:
-                return 0
-            row = self._conn.execute("SELECT max(version) FROM schema_version").fetchone()
-            return int(row[0] or 0)
+            try:
+                self._ready()
+                return self._version()
+            except psycopg.Error as exc:
+                raise self._unavailable(exc) from None
+
+    def _version(self) -> int:
+        exists = self._conn.execute("SELECT to_regclass('schema_version')").fetchone()[0]
+        if exists is None:
+            return 0
+        row = self._conn.execute("SELECT max(version) FROM schema_version").fetchone()
+        return int(row[0] or 0)
 
     def close(self) -> None:
         self._conn.close()
+
+    # The database's clock, as epoch seconds: what heartbeats and lock expiry are measured by, so agents
+    # on hosts whose clocks differ still agree on who is late.
+    now_sql = "SELECT extract(epoch FROM clock_timestamp())::float8"
+
+    def now(self, db: Db) -> float:
+        return float(db.execute(self.now_sql).fetchone()[0])
 
     @contextmanager
     def transaction(self, serialize: bool = True) -> Iterator[Db]:
@@ -259,38 +291,41 @@ class PostgresBackend:
         import psycopg
 
         with self.lock:
-            self._ready()
             outer = self._depth == 0
+            try:
+                self._ready()
+            except psycopg.Error as exc:
+                raise self._unavailable(exc) from None
             self._depth += 1
+            depth, failed = self._depth, False
             try:
                 with self._conn.transaction():
-                    if serialize and not self._serialized:
+                    if serialize and self._serialized_at is None:
                         self._conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (_APP, _WRITE))
-                        self._serialized = True
+                        self._serialized_at = depth
                     yield _PgDb(self._conn)
             except psycopg.OperationalError as exc:
+                failed = True
                 if not outer:
                     raise
-                raise _unavailable(exc) from None
+                raise self._unavailable(exc) from None
+            except BaseException:
+                failed = True
+                raise
             finally:
                 self._depth -= 1
-                if outer:
-                    self._serialized = False
+                # The lock goes with the (sub)transaction that took it when that one ends without
+                # being kept: the whole transaction, or a savepoint rolled back.
+                if outer or (failed and self._serialized_at == depth):
+                    self._serialized_at = None
 
     def read(self, sql: str, args: Sequence[Any]) -> tuple[list[Any], Any]:
         import psycopg
 
         with self.lock:
-            self._ready()
             try:
+                self._ready()
                 cur = self._conn.execute(_pg(sql), args)
                 return cur.fetchall(), cur.description
             except psycopg.OperationalError as exc:
-                raise _unavailable(exc) from None
-
-
-def _unavailable(exc: Exception) -> StateUnavailable:
-    """A connection lost, a lock or statement timeout: one line (psycopg's first; it names host and port,
-    never the password, and every caller redacts anyway)."""
-    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    return StateUnavailable(f"state database: {first}")
+                raise self._unavailable(exc) from None

@@ -19,7 +19,7 @@ import psycopg
 import pytest
 
 from sandbox import faults
-from tests.integration.conftest import cli, starts, state_database, throwaway_container
+from tests.integration.conftest import STATE_PASSWORD, cli, starts, state_database, throwaway_container
 from tests.integration.harness import Daemon, alertmanager
 
 pytestmark = pytest.mark.integration
@@ -44,6 +44,17 @@ remediations:
     limit: {{max: 20, per: 1h}}
     verify: [there]
 """
+SWEEP = """
+id: sweep
+title: Sweep
+severity: SEV-4
+schedule: {every: 4s}
+params:
+  target: TARGET
+checks:
+  - {id: there, check: docker.container, with: {container: '{{ params.target }}'}}
+"""
+SWEEP_EVERY = 4.0
 LOCK_TTL = 30.0
 
 
@@ -78,6 +89,8 @@ def test_three_agents_on_shared_state_act_once_and_survive_a_kill(
     runbooks.mkdir()
     for name, alertname in (("once", "BounceOnce"), ("slow", "BounceKilled")):
         (runbooks / f"{name}.yaml").write_text(RUNBOOK.format(name=name, alertname=alertname, target=container))
+    # A scheduled sweep: once per period between the agents, not once each.
+    (runbooks / "sweep.yaml").write_text(SWEEP.replace("TARGET", container))
     state_url = state_database(state_server, "agents")
     envs = [
         {
@@ -91,6 +104,7 @@ def test_three_agents_on_shared_state_act_once_and_survive_a_kill(
         for n in (1, 2, 3)
     ]
     agents = [Daemon(env, runbooks).start() for env in envs]
+    began = time.time()
     try:
         with alertmanager(tmp_path, [d.url for d in agents]) as am:
             # 1. Every agent gets the alert: one run, one restart.
@@ -171,6 +185,15 @@ def test_three_agents_on_shared_state_act_once_and_survive_a_kill(
             assert starts(dc, container, since) == 1  # the engine finished the restart the agent began
             verified = cli(envs[victim], "audit", "verify")
             assert verified.returncode == 0, verified.stdout + verified.stderr
+
+            # The sweep ran about once per period in all, however many agents keep the clock.
+            sweeps = [r for r in agents[survivors[0]].runs() if r["runbook"] == "sweep"]
+            periods = (time.time() - began) / (0.9 * SWEEP_EVERY)
+            assert 2 <= len(sweeps) <= periods + 2, (len(sweeps), periods)
+        # The shared state's password is nowhere in what the agents wrote.
+        for env, d in zip(envs, agents, strict=True):
+            written = (Path(env["RUNBOOK_STATE_DIR"]) / "audit.jsonl").read_text() + d.output()
+            assert STATE_PASSWORD not in written
     finally:
         for d in agents:
             d.stop()

@@ -493,3 +493,23 @@ def test_a_storm_group_is_parsed_off_the_event_loop(api: Api, monkeypatch) -> No
     where["loop"].clear()
     assert api.post("/v1/alerts/alertmanager", am([firing(1, service="app")])).status_code == 202
     assert where["build"] == where["loop"]  # a small one is not worth a thread hand-off
+
+
+def test_a_state_database_that_cannot_answer_is_a_retryable_503(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failover of the shared state: the payload is answered 503 with Retry-After (Alertmanager retries
+    5xx, not 4xx), never 400, and nothing of it is recorded."""
+    from agent.exceptions import StateUnavailable
+
+    def down(*args: Any, **kwargs: Any) -> None:
+        raise StateUnavailable("state database: terminating connection due to administrator command")
+
+    api.daemon.start()
+    try:
+        monkeypatch.setattr(api.daemon.state, "record_intake", down)
+        response = api.alert(service="app")
+        assert response.status_code == 503 and response.headers["Retry-After"], response.text
+        assert response.json()["code"] == "state_unavailable"
+        monkeypatch.undo()
+        assert api.alert(service="app").status_code == 202 and api.daemon.state.alert_count() == 1
+    finally:
+        api.daemon.stop(5)

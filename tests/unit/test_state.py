@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sqlite3
 import stat
 import time
@@ -136,6 +137,7 @@ def test_the_runs_of_an_agent_that_stopped_its_heartbeat_are_interrupted_once(tm
     """A daemon killed -9 (or its host lost) leaves runs queued or running: the agents sharing the state
     mark them interrupted once it has been silent for `agent_dead_after`, and only once between them."""
     store = open_state(tmp_path)
+    store.agent_id = "lost"
     store.register_agent("lost", "1.0")
     store.add_run(run_id="r1", runbook="x", target="-", mode="live", actor="a", params={})
     store.add_run(run_id="r2", runbook="x", target="-", mode="live", actor="a", params={}, status="queued")
@@ -154,26 +156,71 @@ def test_the_runs_of_an_agent_that_stopped_its_heartbeat_are_interrupted_once(tm
     assert (agent.agent_id, agent.version, agent.stopped) == ("lost", "1.0", None)
 
 
-def test_a_run_of_a_process_that_is_no_agent_or_is_alive_is_never_taken(tmp_path: Path) -> None:
+def test_only_runs_of_a_lost_or_stopped_agent_are_taken(tmp_path: Path) -> None:
     store = open_state(tmp_path)
     store.add_run(run_id="cli", runbook="x", target="-", mode="live", actor="a", params={})
-    assert store.interrupt_lost(0.0) == []  # a `runbook run`, no heartbeat: its own host sweeps it
     store.register_agent("old", "1.0")
-    _age_heartbeat(store, "old", 600)
-    store.register_agent("new", "1.0")  # the same process registered again: alive
+    _age_heartbeat(store, "old", 600)  # lost, but the run is a `runbook run`'s, not its own
+    assert store.interrupt_lost(0.5) == []
+    store.agent_id = "alive"
+    store.register_agent("alive", "1.0")
+    store.add_run(run_id="busy", runbook="x", target="-", mode="live", actor="a", params={})
     assert store.interrupt_lost(30) == []
-    store.heartbeat("new")
-    store.lock(["container:x"], "cli", ttl=60)
-    assert store.held_by(store.host, os.getpid()) == (["container:x"], ["cli"])
+    store.lock(["container:x"], "busy", ttl=60)
+    (alive,) = [a for a in store.agents() if a.agent_id == "alive"]
+    assert store.held_by(alive) == (["container:x"], ["busy"])
+    store.agent_stopped("alive")  # stopped, and a run was left behind: taken at once
+    assert store.interrupt_lost(30) == [("busy", "alive")]
+
+
+def test_a_run_moved_on_elsewhere_changes_owner_and_only_then(tmp_path: Path) -> None:
+    store = open_state(tmp_path)
+    store.agent_id = "a1"
+    store.add_run(run_id="r", runbook="x", target="-", mode="live", actor="a", params={}, status="queued")
+    other = open_state(tmp_path)
+    other.agent_id, other.host = "a2", "elsewhere"
+    other.set_run("r", "finished", report={"x": 1})  # a report written by another: the owner stays
+    assert other.query("SELECT agent, host FROM runs WHERE run_id = 'r'") == [("a1", store.host)]
+    other.set_run("r", "running")  # it goes on with the run there (an approval): its own now
+    assert other.query("SELECT agent, host FROM runs WHERE run_id = 'r'") == [("a2", "elsewhere")]
+
+
+def test_a_lock_of_another_pid_namespace_is_never_judged_by_a_pid_here(tmp_path: Path) -> None:
+    """Containers sharing a hostname have pid namespaces of their own: a dead pid here says nothing of
+    a process there, so only expiry frees its lock; a dead holder of this very namespace frees it."""
+    store = open_state(tmp_path)
+    assert store.host.startswith(socket.gethostname() + "/pidns:")
+    dead = _dead_pid()
+    with store.write() as db:
+        db.execute(
+            "INSERT INTO locks (target, run_id, host, pid, expires) VALUES (?, 'theirs', ?, ?, ?)",
+            ("container:a", socket.gethostname() + "/pidns:1", dead, time.time() + 60),
+        )
+        db.execute(
+            "INSERT INTO locks (target, run_id, host, pid, expires) VALUES (?, 'gone', ?, ?, ?)",
+            ("container:b", store.host, dead, time.time() + 60),
+        )
+    assert "locked by run theirs" in (store.lock(["container:a"], "mine", ttl=60) or "")
+    assert store.lock(["container:b"], "mine", ttl=60) is None
+
+
+def _dead_pid() -> int:
+    import subprocess
+
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
 
 
 def test_an_unreachable_state_database_is_one_line_without_its_password() -> None:
     from agent.exceptions import StateUnavailable
 
-    try:
-        StateStore("postgresql://agent:hunter2-secret@127.0.0.1:1/state")
-    except StateUnavailable as exc:
-        assert "hunter2" not in exc.message and exc.message.startswith("state database: ")
-        assert "\n" not in exc.message and exc.exit_code == 3
-    else:
-        raise AssertionError("connected to nothing")
+    # Refused; and a password libpq quotes in its error (a `%` not followed by hex digits).
+    for password in ("hunter2-secret", "hunter2%zz-secret"):
+        try:
+            StateStore(f"postgresql://agent:{password}@127.0.0.1:1/state")
+        except StateUnavailable as exc:
+            assert "hunter2" not in exc.message and exc.message.startswith("state database: "), exc.message
+            assert "\n" not in exc.message and exc.exit_code == 3
+        else:
+            raise AssertionError("connected to nothing")
