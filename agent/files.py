@@ -46,8 +46,14 @@ def private_dir(path: Path, *, tighten: bool = False) -> Path:
 def private_file(path: Path) -> Path:
     """Create `path` 0600 if missing (or tighten it), in a private directory."""
     private_dir(path.parent)
-    fd = os.open(path, os.O_CREAT | os.O_WRONLY, _FILE_MODE)
-    os.close(fd)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, _FILE_MODE)
+    except FileExistsError:
+        # Never opened (and closed) when it exists: closing any descriptor of a file drops every POSIX
+        # lock this process holds on it, and SQLite's locks on the state database are those.
+        pass
+    else:
+        os.close(fd)
     _tighten(path, _FILE_MODE)
     return path
 

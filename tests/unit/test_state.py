@@ -224,3 +224,30 @@ def test_an_unreachable_state_database_is_one_line_without_its_password() -> Non
             assert "\n" not in exc.message and exc.exit_code == 3
         else:
             raise AssertionError("connected to nothing")
+
+
+@sqlite_only
+def test_opening_the_store_again_in_a_process_keeps_its_locks(tmp_path: Path) -> None:
+    """The daemon opens the store twice (its heartbeat has a connection of its own). Closing any
+    descriptor of the database file drops every POSIX lock the process holds on it, SQLite's write lock
+    with them: opening it again must never do that, or another process would write in the middle of a
+    transaction (and this one's commits were lost)."""
+    import subprocess
+    import sys
+
+    store = open_state(tmp_path)
+    with store.write():
+        open_state(tmp_path).close()
+        other = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import sqlite3, sys; db = sqlite3.connect(sys.argv[1], timeout=0.2, isolation_level=None);"
+                " db.execute('BEGIN IMMEDIATE')",
+                str(tmp_path / "state.sqlite3"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert other.returncode != 0 and "database is locked" in other.stderr, other.stderr
