@@ -19,7 +19,9 @@ __all__ = ["DEFAULT_EFFECT_MODULES", "Applier"]
 class Applier:
     def __init__(self, settings: Settings, modules: Mapping[str, str] | None = None) -> None:
         # Effects wait on slow things (a container stopping, a health check passing): their own timeout.
+        self._settings = settings
         self._clients = RunClients(settings.model_copy(update={"read_timeout": settings.apply_timeout}))
+        self._hosts: dict[str, RunClients] = {}
         # The installed families' effects (entry points `runbook.effects`), unless given (tests).
         self._modules = dict(modules if modules is not None else families("runbook.effects"))
         self._effects: dict[str, Effect] = {}
@@ -47,7 +49,18 @@ class Applier:
             raise ApplyError(
                 f"{change.effect} takes {effect.spec.__name__}, the plan gave {type(change.spec).__name__}"
             )
-        return effect.func(ApplyContext(self._clients), change.spec)
+        return effect.func(ApplyContext(self._on(change.host)), change.spec)
+
+    def _on(self, host: str | None) -> RunClients:
+        """The clients of the engine a change is on, with the apply timeout."""
+        if host is None:
+            return self._clients
+        if host not in self._hosts:
+            on_host = self._settings.engine_settings(host)
+            self._hosts[host] = RunClients(on_host.model_copy(update={"read_timeout": self._settings.apply_timeout}))
+        return self._hosts[host]
 
     def close(self) -> None:
         self._clients.close()
+        for clients in self._hosts.values():
+            clients.close()

@@ -31,9 +31,10 @@ class Change:
     after: Any = None
     # Part of what is approved; the effect's own model (declared by the remediation for this effect).
     spec: EffectSpec | None = None
+    host: str | None = None  # the engine of the inventory it is applied on (None: the default engine)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        shown = {
             "effect": self.effect,
             "target": self.target,
             "summary": self.summary,
@@ -41,6 +42,8 @@ class Change:
             "after": self.after,
             "spec": self.spec.model_dump(mode="json") if self.spec is not None else None,
         }
+        # Only when there is one: a single-engine plan's fingerprint stays what it was.
+        return {**shown, "host": self.host} if self.host is not None else shown
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,11 @@ class Plan:
     @property
     def targets(self) -> list[str]:
         return sorted({c.target for c in self.changes})
+
+    @property
+    def hosts(self) -> list[str]:
+        """The engines its changes are on, in the plan's order (empty: the default engine only)."""
+        return list(dict.fromkeys(c.host for c in self.changes if c.host is not None))
 
     @property
     def fingerprint(self) -> str:

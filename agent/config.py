@@ -16,15 +16,16 @@ import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from agent.exceptions import ConfigError
+from agent.inventory import ENGINE_NAME
 from agent.paths import DOCKER_SECRETS, SECRET_SETTINGS, SETTING_VARIABLES, default_state_dir
 from agent.redaction import Redactor
 from agent.schema import Duration, DurationOrZero
@@ -42,6 +43,23 @@ logging.getLogger("pydantic_settings").setLevel(logging.WARNING)
 
 def _default_state_dir() -> Path:
     return default_state_dir()
+
+
+EngineName = Annotated[str, StringConstraints(pattern=ENGINE_NAME)]
+LabelText = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{0,63}$")]
+
+
+class Engine(BaseModel):
+    """One Docker engine of the inventory, reached as the docker CLI reaches one."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    docker_host: str = Field(description="unix:///var/run/docker.sock, or tcp://host:2376 (with TLS).")
+    tls_verify: bool = Field(False, description="TLS verified both ways (a tcp:// engine).")
+    cert_path: Path | None = Field(None, description="ca.pem, cert.pem, key.pem for this engine.")
+    labels: dict[LabelText, LabelText] = Field(default_factory=dict, description="For `hosts: key=value`.")
+    connect_timeout: Duration | None = Field(None, gt=0, description="This engine's own (a far one: longer).")
+    read_timeout: Duration | None = Field(None, gt=0)
 
 
 class Settings(BaseModel):
@@ -91,6 +109,11 @@ class Settings(BaseModel):
         description="Alertmanager, for the silences of remediations with `silence: true` (basic auth may be in it).",
     )
 
+    engines: dict[EngineName, Engine] = Field(
+        default_factory=dict,
+        description="The Docker engines runbook steps may name in `hosts:` (RUNBOOK_ENGINES: JSON); none: the one"
+        " docker_host.",
+    )
     state_url: str | None = Field(
         None,
         description="Shared state in PostgreSQL (postgresql://...) for several agents; default: SQLite in state_dir.",
@@ -101,6 +124,41 @@ class Settings(BaseModel):
         le=3600,
         description="A daemon silent this long is lost: the agents sharing its state interrupt its runs (30s).",
     )
+
+    @field_validator("engines")
+    @classmethod
+    def _all_is_reserved(cls, engines: dict[str, Engine]) -> dict[str, Engine]:
+        if "all" in engines:
+            raise ValueError("an engine may not be named `all` (hosts: all selects every engine)")
+        return engines
+
+    @model_validator(mode="after")
+    def _engines_reachable_as_configured(self) -> Settings:
+        """Each engine as its own settings would be checked: a port for tcp://, its certificate files."""
+        for name in self.engines:
+            try:
+                self.engine_settings(name, check=True)
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                raise ValueError(f"engines.{name}: {first['msg'].removeprefix('Value error, ')}") from None
+        return self
+
+    def engine_settings(self, name: str, *, check: bool = False) -> Settings:
+        """These settings, on the inventory's engine `name` (its host, TLS and timeouts)."""
+        engine = self.engines[name]
+        update: dict[str, Any] = {
+            "engines": {},
+            "docker_host": engine.docker_host,
+            "docker_tls_verify": engine.tls_verify,
+            "docker_cert_path": engine.cert_path,
+        }
+        if engine.connect_timeout is not None:
+            update["connect_timeout"] = engine.connect_timeout
+        if engine.read_timeout is not None:
+            update["read_timeout"] = engine.read_timeout
+        if check:
+            return Settings.model_validate({**self.model_dump(exclude={"engines"}), **update})
+        return self.model_copy(update=update)
 
     @field_validator("state_url")
     @classmethod
@@ -227,6 +285,12 @@ class _Environment(PydanticBaseSettingsSource):
                     if value:
                         values[name], load.origin[name] = value, file_variable
                     break
+            if name == "engines" and isinstance(values.get(name), str):
+                try:
+                    values[name] = json.loads(values[name])
+                except ValueError:
+                    load.problems.append(f"{load.origin[name]}: engines: expected JSON (a mapping of engines)")
+                    del values[name]
             if name == "template_env" and isinstance(values.get(name), str):
                 names = _names(values[name])
                 if names is None:

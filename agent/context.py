@@ -59,6 +59,7 @@ class RunClients:
         self._closed = False
         self._memo: dict[tuple[Any, ...], Any] = {}
         self._memo_locks: dict[tuple[Any, ...], threading.Lock] = {}
+        self._hosts: dict[str, RunClients] = {}
 
     def _get(self, key: tuple[str, str], make: Callable[[], Any]) -> Any:
         # One lock per client being made: a target slow to connect holds up only the checks that need it,
@@ -255,11 +256,29 @@ class RunClients:
         if url in self._redis_in_flight:
             self._redis_in_flight[url].cut(thread_id)
 
+    def on(self, host: str | None) -> RunClients:
+        """This run's clients on an engine of the inventory (None: the default engine). Each engine's
+        are its own, made when first used: a dead engine fails only the checks on it, within its own
+        timeouts."""
+        if host is None:
+            return self
+        with self._lock:
+            if self._closed:
+                raise TargetUnreachable("closed", "the run ended")
+            child = self._hosts.get(host)
+            if child is None:
+                child = self._hosts[host] = RunClients(self.settings.engine_settings(host))
+        return child
+
     def close(self) -> None:
         with self._lock:
             clients = list(self._clients.values())
+            hosts = list(self._hosts.values())
             self._clients.clear()
+            self._hosts.clear()
             self._closed = True
+        for child in hosts:
+            child.close()
         for client in clients:
             # Closing is best effort: the run is over and its results are already recorded.
             with contextlib.suppress(Exception):

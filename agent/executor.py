@@ -20,12 +20,13 @@ from agent.audit import AuditLog, timestamp
 from agent.config import Settings
 from agent.context import CheckContext, RunClients
 from agent.exceptions import AuditError, Conflict, NotFound, PlanChanged, RunbookError, TargetUnreachable
+from agent.inventory import HostError, host_view, select
 from agent.loader import LoadedRunbook, RunbookSet
 from agent.models import CheckResult, RemediationDecision, RunReport
 from agent.plugins import Outcome
 from agent.policy import EnvironmentPolicy
 from agent.redaction import MASK, Redactor
-from agent.remediate import ApproveCallback, Remediator
+from agent.remediate import ApproveCallback, CheckRunner, Remediator
 from agent.schema import CheckStep
 from agent.state import StateStore
 from agent.status import Status, worst
@@ -49,6 +50,17 @@ class ResolvedParams:
     values: dict[str, Any]
     stored: dict[str, str]
     secret_overrides: list[str]
+
+
+@dataclass(frozen=True)
+class _Instance:
+    """One check of a run on one engine: a step without `hosts` is one instance on the default engine;
+    with them, one per engine, its result named `id@host`. `error`: its hosts could not be resolved."""
+
+    step: CheckStep
+    host: str | None
+    id: str
+    error: str | None = None
 
 
 class _Worker:
@@ -379,6 +391,28 @@ class Executor:
 
     # --- checks -------------------------------------------------------------------------------
 
+    def _instances(self, steps: list[CheckStep], context: dict[str, Any], hosts: list[str] | None) -> list[_Instance]:
+        """The checks to run, one per step and engine; `hosts` keeps only those engines' instances of the
+        steps that have hosts (a verification on the hosts a rollout just changed)."""
+        out: list[_Instance] = []
+        for step in steps:
+            if step.hosts is None:
+                out.append(_Instance(step, None, step.id))
+                continue
+            try:
+                names = self._select_hosts(step.hosts, context)
+            except HostError as exc:
+                out.append(_Instance(step, None, step.id, str(exc)))
+                continue
+            out.extend(_Instance(step, h, f"{step.id}@{h}") for h in names if hosts is None or h in hosts)
+        return out
+
+    def _select_hosts(
+        self, selectors: list[str], context: dict[str, Any], failing: Callable[[str], list[str]] | None = None
+    ) -> list[str]:
+        engines = {name: engine.labels for name, engine in self.settings.engines.items()}
+        return select(engines, selectors, templates=self.templates, context=context, failing=failing)
+
     def _run_checks(
         self,
         steps: list[CheckStep],
@@ -387,11 +421,13 @@ class Executor:
         audit: _Audit,
         progress: ProgressCallback | None,
         phase: str = "diagnose",
+        hosts: list[str] | None = None,
     ) -> list[CheckResult]:
         context = self._context(params)
+        instances = self._instances(steps, context, hosts)
         results: dict[str, CheckResult] = {}
-        waiting = list(steps)
-        running: dict[Future[CheckResult], tuple[CheckStep, float]] = {}
+        waiting = list(instances)
+        running: dict[Future[CheckResult], tuple[_Instance, float]] = {}
 
         def finish(result: CheckResult) -> None:
             results[result.id] = result
@@ -399,39 +435,59 @@ class Executor:
             if progress:
                 progress(result.id, result)
 
-        # A subset (verify) runs without the checks it would otherwise wait for.
-        ids = {step.id for step in steps}
-        needs = {step.id: [n for n in step.needs if n in ids] for step in steps}
+        # A subset (verify) runs without the checks it would otherwise wait for. A need on a step with
+        # hosts is its instance on the same engine if it has one there, else all of its instances.
+        by_step: dict[str, list[_Instance]] = {}
+        for instance in instances:
+            by_step.setdefault(instance.step.id, []).append(instance)
+
+        def needs_of(instance: _Instance) -> list[str]:
+            ids: list[str] = []
+            for need in instance.step.needs:
+                of_need = by_step.get(need, [])
+                same = [n for n in of_need if instance.host is not None and n.host == instance.host]
+                ids.extend(n.id for n in (same or of_need))
+            return ids
+
+        needs = {instance.id: needs_of(instance) for instance in instances}
         try:
             while waiting or running:
-                for step in list(waiting):
+                for instance in list(waiting):
+                    step = instance.step
                     if len(running) >= self.settings.max_parallel_checks:
                         break
-                    if any(need not in results for need in needs[step.id]):
+                    if any(need not in results for need in needs[instance.id]):
                         continue
-                    waiting.remove(step)
-                    failed = [n for n in needs[step.id] if results[n].status not in (Status.OK, Status.WARNING)]
+                    waiting.remove(instance)
+                    if instance.error is not None:
+                        finish(
+                            CheckResult(instance.id, step.check, Status.UNKNOWN, instance.error, 0.0, code="bad_hosts")
+                        )
+                        continue
+                    failed = [n for n in needs[instance.id] if results[n].status not in (Status.OK, Status.WARNING)]
                     if failed:
-                        finish(self._skipped(step, failed, results))
+                        finish(self._skipped(instance, failed, results))
                         continue
                     deadline = time.monotonic() + step.timeout
                     future = _THREADS.start(
-                        lambda step=step, deadline=deadline: self._run_one(step, context, clients, deadline),  # type: ignore[misc]
-                        f"check-{step.id}",
+                        lambda instance=instance, deadline=deadline: self._run_one(
+                            instance, context, clients, deadline
+                        ),  # type: ignore[misc]
+                        f"check-{instance.id}",
                     )
                     if future is None:
-                        finish(self._not_started(step))
+                        finish(self._not_started(instance))
                         continue
                     if progress:
-                        progress(step.id, None)
-                    running[future] = (step, deadline)
+                        progress(instance.id, None)
+                    running[future] = (instance, deadline)
                 if not running:
                     continue
                 next_deadline = min(deadline for _, deadline in running.values())
                 done, _ = wait(running, timeout=max(0.0, next_deadline - time.monotonic()), return_when=FIRST_COMPLETED)
                 now = time.monotonic()
                 for future in list(running):
-                    step, deadline = running[future]
+                    instance, deadline = running[future]
                     if future in done:
                         del running[future]
                         finish(future.result())
@@ -441,11 +497,11 @@ class Executor:
                         _THREADS.abandon(future)
                         finish(
                             CheckResult(
-                                step.id,
-                                step.check,
+                                instance.id,
+                                instance.step.check,
                                 Status.CRITICAL,
-                                f"timed out after {step.timeout:g}s",
-                                step.timeout * 1000,
+                                f"timed out after {instance.step.timeout:g}s",
+                                instance.step.timeout * 1000,
                                 code="timeout",
                             )
                         )
@@ -454,22 +510,27 @@ class Executor:
                 _THREADS.abandon(future)
             if phase != "diagnose":
                 clients.close()
-        return [results[step.id] for step in steps]
+        return [results[instance.id] for instance in instances]
 
-    def _not_started(self, step: CheckStep) -> CheckResult:
+    def _not_started(self, instance: _Instance) -> CheckResult:
         why = f"not run: {_THREADS.stuck} checks are still running past their deadline (a target not answering)"
-        return CheckResult(step.id, step.check, Status.UNKNOWN, why, 0.0, code="too_many_stuck_checks")
+        return CheckResult(instance.id, instance.step.check, Status.UNKNOWN, why, 0.0, code="too_many_stuck_checks")
 
-    def _skipped(self, step: CheckStep, failed: list[str], results: dict[str, CheckResult]) -> CheckResult:
+    def _skipped(self, instance: _Instance, failed: list[str], results: dict[str, CheckResult]) -> CheckResult:
         why = ", ".join(f"{n} is {results[n].status.value}" for n in failed)
-        return CheckResult(step.id, step.check, Status.UNKNOWN, f"not run: {why}", 0.0, code="dependency_failed")
+        return CheckResult(
+            instance.id, instance.step.check, Status.UNKNOWN, f"not run: {why}", 0.0, code="dependency_failed"
+        )
 
-    def _run_one(self, step: CheckStep, context: dict[str, Any], clients: RunClients, deadline: float) -> CheckResult:
+    def _run_one(
+        self, instance: _Instance, context: dict[str, Any], clients: RunClients, deadline: float
+    ) -> CheckResult:
         start = time.monotonic()
+        step = instance.step
 
         def result(outcome: Outcome) -> CheckResult:
             return CheckResult(
-                id=step.id,
+                id=instance.id,
                 check=step.check,
                 status=outcome.status,
                 summary=self.redactor.text(outcome.summary),
@@ -482,9 +543,12 @@ class Executor:
 
         try:
             plugin = self.registry.check(step.check)
+            if instance.host is not None:  # `host` in its templates: the engine it runs on
+                labels = self.settings.engines[instance.host].labels
+                context = {**context, "host": host_view(instance.host, labels)}
             values = self.templates.render(step.with_, context)
             params = plugin.params.model_validate(values)
-            outcome = plugin.func(CheckContext(clients, step.timeout, deadline), params)
+            outcome = plugin.func(CheckContext(clients.on(instance.host), step.timeout, deadline), params)
         except TemplateError as exc:
             outcome = Outcome(Status.UNKNOWN, str(exc), code="template_error")
         except ValidationError as exc:
@@ -512,7 +576,7 @@ class Executor:
 
     def _decide(self, runbook: LoadedRunbook, params: dict[str, Any], report: RunReport) -> list[RemediationDecision]:
         """Which remediations the check results call for, and why (their `when:`)."""
-        views = {c.id: c.view() for c in report.checks}
+        views = _views(runbook.spec.checks, report.checks)
         decisions = []
         for rem in runbook.spec.remediations:
             if rem.when is None:
@@ -560,6 +624,7 @@ class Executor:
                 approve=approve or (lambda step, plan: None),
                 run_checks=verify_checks,
                 context=self._context(params),
+                statuses={c.id: c.status.value for c in report.checks},
             )
         finally:
             if applier is not None:
@@ -630,6 +695,8 @@ class Executor:
                     audit=audit,
                     run_checks=verify_checks,
                     context=self._context(params),
+                    # The diagnosis the remediation was planned from (`hosts: failing:CHECK`), as recorded.
+                    statuses={c["id"]: c["status"] for c in ((run.get("report") or {}).get("checks") or [])},
                 )
             except PlanChanged:
                 # Still waiting for a person, who must now look at the new plan.
@@ -667,14 +734,14 @@ class Executor:
             stop=stop,
         )
 
-    def _verifier(
-        self, runbook: LoadedRunbook, params: dict[str, Any], audit: _Audit
-    ) -> Callable[[list[str]], list[CheckResult]]:
-        """Runs named checks again, each time with fresh clients (the target may have been replaced)."""
+    def _verifier(self, runbook: LoadedRunbook, params: dict[str, Any], audit: _Audit) -> CheckRunner:
+        """Runs named checks again, each time with fresh clients (the target may have been replaced); on
+        the given engines only, for the steps that have hosts (a rollout verifying the hosts it changed)."""
         by_id = {s.id: s for s in runbook.spec.checks}
 
-        def verify_checks(ids: list[str]) -> list[CheckResult]:
-            return self._run_checks([by_id[i] for i in ids], params, RunClients(self.settings), audit, None, "verify")
+        def verify_checks(ids: list[str], hosts: list[str] | None = None) -> list[CheckResult]:
+            steps = [by_id[i] for i in ids]
+            return self._run_checks(steps, params, RunClients(self.settings), audit, None, "verify", hosts)
 
         return verify_checks
 
@@ -687,3 +754,27 @@ class Executor:
                 decision.to_json() if r.get("id") == decision.id else r for r in report.get("remediations", [])
             ]
             self.state.set_run(run_id, (run or {}).get("status", "finished"), report=self.redactor.data(report))
+
+
+def _views(steps: list[CheckStep], results: list[CheckResult]) -> dict[str, Any]:
+    """What `when:` sees as `checks`: each result by its id (`checks['app@web-2']`), and a step with hosts
+    also by its own id: the worst status of its hosts, which failed, and each host's view."""
+    views: dict[str, Any] = {r.id: r.view() for r in results}
+    for step in steps:
+        if step.hosts is None:
+            continue
+        mine = {r.id.partition("@")[2]: r for r in results if r.id.startswith(step.id + "@")}
+        if not mine:
+            continue  # its hosts could not be resolved: its one result is already under its id
+        status = worst(r.status for r in mine.values())
+        views[step.id] = {
+            "ok": status is Status.OK,
+            "status": status.value,
+            "summary": "; ".join(f"{host}: {r.summary}" for host, r in mine.items() if r.status is not Status.OK),
+            "code": next((r.code for r in mine.values() if r.status is status), None),
+            "failing": [host for host, r in mine.items() if r.status is not Status.OK],
+            "hosts": {host: r.view() for host, r in mine.items()},
+            "metrics": {},
+            "details": {},
+        }
+    return views

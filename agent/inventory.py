@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from agent.templating import TemplateError, Templates, is_template
+if TYPE_CHECKING:  # the schema imports this module: no jinja2 for it
+    from agent.templating import Templates
 
 __all__ = ["ALL", "ENGINE_NAME", "HostError", "host_view", "select"]
 
 ALL = "all"
 # An engine's name: what a result is suffixed with (`app@web-2`) and a lock's target carries.
-ENGINE_NAME = r"^(?!all$)[a-z0-9][a-z0-9._-]{0,62}$"
+ENGINE_NAME = r"^[a-z0-9][a-z0-9._-]{0,62}$"  # and never `all`
 _NAME = re.compile(ENGINE_NAME)
 _LABEL = re.compile(r"^([A-Za-z0-9_.-]{1,63})=([A-Za-z0-9_.-]{0,63})$")
 _FAILING = re.compile(r"^failing:([a-z][a-z0-9_-]{0,62})$")
@@ -44,6 +45,8 @@ def select(
 ) -> list[str]:
     """The engines `selectors` name, in the inventory's order, each once. `engines` maps each name to its
     labels; `failing(check)` gives the hosts where a check is not OK (remediations only)."""
+    from agent.templating import TemplateError
+
     if not engines:
         raise HostError("hosts: given, but the config has no `engines` inventory")
     chosen: set[str] = set()
@@ -76,6 +79,10 @@ def select(
     return [name for name in engines if name in chosen]
 
 
+def is_template(value: str) -> bool:
+    return "{{" in value or "{%" in value
+
+
 def valid_selector(selector: str) -> bool:
     """What the runbook schema accepts as one selector (a template is checked when it is rendered)."""
     return bool(
@@ -83,5 +90,5 @@ def valid_selector(selector: str) -> bool:
         or selector == ALL
         or _LABEL.match(selector)
         or _FAILING.match(selector)
-        or _NAME.match(selector)
+        or (_NAME.match(selector) and selector != ALL)
     )

@@ -82,6 +82,20 @@ def _check_runbook(
         except TemplateError as exc:
             problems.add(source, loc, str(exc))
 
+    def on_host(selectors: list[str] | None) -> dict[str, Any]:
+        # A step with hosts sees the engine it runs on as `host` (its name and labels).
+        return {"host": ["name", "labels"]} if selectors else {}
+
+    def hosts(loc: Loc, selectors: list[str] | None, *, remediation: bool) -> None:
+        for j, selector in enumerate(selectors or []):
+            if is_template(selector):
+                template((*loc, "hosts", j), selector, {"params": params, "env": env, "config": None})
+            elif selector.startswith("failing:"):
+                if not remediation:
+                    problems.add(source, (*loc, "hosts", j), "failing:CHECK is for remediations")
+                elif selector.removeprefix("failing:") not in check_ids:
+                    problems.add(source, (*loc, "hosts", j), f"unknown check {selector.removeprefix('failing:')!r}")
+
     for name, param in spec.params.items():
         for ploc, text in _walk_templates(param.default, ("params", name)):
             template(ploc, text, {"env": env, "config": None})
@@ -102,8 +116,9 @@ def _check_runbook(
             problems.add(source, (*loc, "check"), str(exc))
         else:
             _validate_with(source, problems, plugin.params, step.with_, (*loc, "with"))
+        hosts(loc, step.hosts, remediation=False)
         for tloc, text in _walk_templates(step.with_, (*loc, "with")):
-            template(tloc, text, {"params": params, "env": env, "config": None})
+            template(tloc, text, {"params": params, "env": env, "config": None, **on_host(step.hosts)})
 
     seen = set()
     for i, rem in enumerate(spec.remediations):
@@ -117,8 +132,9 @@ def _check_runbook(
             problems.add(source, (*loc, "do"), str(exc))
         else:
             _validate_with(source, problems, plugin_r.params, rem.with_, (*loc, "with"))
+        hosts(loc, rem.hosts, remediation=True)
         for tloc, text in _walk_templates(rem.with_, (*loc, "with")):
-            template(tloc, text, {"params": params, "env": env, "config": None})
+            template(tloc, text, {"params": params, "env": env, "config": None, **on_host(rem.hosts)})
         if rem.when is not None:
             template((*loc, "when"), rem.when, {"checks": check_ids, "params": params}, expression=True)
         for j, verify in enumerate(rem.verify):

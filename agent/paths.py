@@ -79,6 +79,7 @@ SETTING_VARIABLES: dict[str, tuple[str, ...]] = {
     "run_retention": ("RUNBOOK_RUN_RETENTION",),
     "alertmanager_url": ("RUNBOOK_ALERTMANAGER_URL",),
     "state_url": ("RUNBOOK_STATE_URL",),
+    "engines": ("RUNBOOK_ENGINES",),
     "agent_dead_after": ("RUNBOOK_AGENT_DEAD_AFTER",),
 }
 # Settings that hold passwords: also read from a file (NAME_FILE, a Docker secret, a systemd credential).

@@ -6,18 +6,19 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from pydantic import ValidationError
 
 from agent.apply import Applier
-from agent.changes import Plan
+from agent.changes import Change, Plan
 from agent.config import Settings
 from agent.context import PlanContext, RunClients
 from agent.exceptions import ApplyError, PlanChanged, PlanError, TargetUnreachable
+from agent.inventory import HostError, host_view, select
 from agent.loader import LoadedRunbook
 from agent.models import CheckResult, RemediationDecision
 from agent.policy import EnvironmentPolicy
@@ -33,7 +34,14 @@ __all__ = ["ApproveCallback", "Remediator", "RunAudit"]
 
 # Asked for a manual remediation: True approved, False rejected, None nobody could be asked (pending).
 ApproveCallback = Callable[[RemediationStep, Plan], bool | None]
-CheckRunner = Callable[[list[str]], list[CheckResult]]
+
+
+class CheckRunner(Protocol):
+    """Runs named checks again (on the given engines only, for checks with hosts)."""
+
+    def __call__(self, ids: list[str], hosts: list[str] | None = None, /) -> list[CheckResult]: ...
+
+
 # How long a silence outlives verify_timeout when the runbook sets no silence_timeout: time for the apply
 # itself. Should the agent die mid-change, the silence ends by itself then.
 SILENCE_ALLOWANCE = 600.0
@@ -55,6 +63,14 @@ class _Run:
     approve: ApproveCallback
     run_checks: CheckRunner
     changed: set[str] = field(default_factory=set)  # targets changed so far (blast radius)
+    # The run's check results, by id (`app@web-2`), as statuses: what `hosts: failing:CHECK` reads.
+    statuses: Mapping[str, str] = field(default_factory=dict)
+
+    def failing(self, check: str) -> list[str]:
+        prefix = check + "@"
+        return [
+            i.removeprefix(prefix) for i, status in self.statuses.items() if i.startswith(prefix) and status != "OK"
+        ]
 
 
 @dataclass
@@ -125,9 +141,10 @@ class Remediator:
         approve: ApproveCallback,
         run_checks: CheckRunner,
         context: dict[str, Any],
+        statuses: Mapping[str, str] | None = None,
     ) -> None:
         steps = {r.id: r for r in runbook.spec.remediations}
-        run = _Run(run_id, actor, audit, approve, run_checks)
+        run = _Run(run_id, actor, audit, approve, run_checks, statuses=dict(statuses or {}))
         clients = RunClients(self.settings)
         try:
             for decision in decisions:
@@ -231,11 +248,14 @@ class Remediator:
     def _decide(self, decision: RemediationDecision, kind: str, reason: str) -> None:
         decision.decision, decision.decision_reason = kind, self.redactor.text(reason)
 
-    def _plan(self, step: RemediationStep, context: dict[str, Any], clients: RunClients) -> Plan:
+    def _plan(self, step: RemediationStep, context: dict[str, Any], clients: RunClients, run: _Run) -> Plan:
         spec = self.registry.remediation(step.do)
-        values = self.templates.render(step.with_, context)
-        params = spec.params.model_validate(values)
-        changes = spec.plan(PlanContext(clients), params)
+        if step.hosts is None:
+            changes = spec.plan(
+                PlanContext(clients), spec.params.model_validate(self.templates.render(step.with_, context))
+            )
+        else:
+            changes = self._plan_hosts(step, context, clients, run)
         for change in changes:
             model = spec.effects.get(change.effect)
             if model is None:
@@ -247,6 +267,27 @@ class Remediator:
                 )
         return Plan(step.id, step.do, tuple(changes))
 
+    def _plan_hosts(
+        self, step: RemediationStep, context: dict[str, Any], clients: RunClients, run: _Run
+    ) -> list[Change]:
+        """Every engine's changes, planned before any is applied: one plan, one fingerprint, one approval
+        for the whole rollout. Each change's target carries its engine (`container:app@web-2`), so
+        locks, limits and the blast radius count per engine and across them."""
+        spec = self.registry.remediation(step.do)
+        engines = {name: engine.labels for name, engine in self.settings.engines.items()}
+        hosts = select(engines, step.hosts or [], templates=self.templates, context=context, failing=run.failing)
+        changes: list[Change] = []
+        for host in hosts:
+            on_host = {**context, "host": host_view(host, engines[host])}
+            params = spec.params.model_validate(self.templates.render(step.with_, on_host))
+            try:
+                planned = spec.plan(PlanContext(clients.on(host)), params)
+            except (PlanError, TargetUnreachable) as exc:
+                # A plan that cannot see every engine it names is no plan: nothing is applied anywhere.
+                raise PlanError(f"{host}: {exc}") from None
+            changes.extend(replace(c, target=f"{c.target}@{host}", host=host) for c in planned)
+        return changes
+
     def _one(
         self,
         runbook: LoadedRunbook,
@@ -257,8 +298,8 @@ class Remediator:
         run: _Run,
     ) -> None:
         try:
-            plan = self._plan(step, context, clients)
-        except (PlanError, TemplateError, TargetUnreachable) as exc:
+            plan = self._plan(step, context, clients, run)
+        except (PlanError, TemplateError, TargetUnreachable, HostError) as exc:
             return self._decide(decision, "plan_failed", str(exc))
         except ValidationError as exc:
             first = exc.errors()[0]
@@ -364,38 +405,16 @@ class Remediator:
         return None
 
     def _apply_changes(self, a: _Attempt, decision: RemediationDecision, lost: threading.Event) -> None:
-        assert self.applier is not None
         step, plan, run, audit = a.step, a.plan, a.run, a.run.audit
         self._decide(decision, "applied", f"approved by {decision.approver}")
         decision.applied = True
+        if plan.hosts:
+            return self._roll_out(a, decision, lost)
         run.changed.update(plan.targets)
-        for change in plan.changes:
-            if lost.is_set():
-                decision.results.append(
-                    {"change": change.summary, "outcome": "failed", "error": "the target's lock was lost: stopped"}
-                )
-                break
-            action = self._state.start_action(
-                run_id=run.run_id,
-                runbook=a.runbook.spec.id,
-                remediation=step.id,
-                target=change.target,
-                effect=change.effect,
-            )
-            try:
-                result = self.applier.apply(change)
-                outcome = "ok"
-            except Exception as exc:
-                result = {"error": f"{type(exc).__name__}: {exc}" if not isinstance(exc, ApplyError) else str(exc)}
-                outcome = "failed"
-            self._state.finish_action(action, outcome)
-            decision.results.append(self.redactor.data({"change": change.summary, "outcome": outcome, **result}))
-            if outcome == "failed":
-                break
-        failed = any(r["outcome"] == "failed" for r in decision.results)
-        audit.record("apply_finished", remediation=step.id, results=decision.results, ok=not failed)
+        ok = self._apply_each(a, decision, lost, list(plan.changes))
+        audit.record("apply_finished", remediation=step.id, results=decision.results, ok=ok)
         window = self._window(step)
-        if failed:
+        if not ok:
             decision.outcome = "apply_failed"
             for target in plan.targets:
                 self._state.open_breaker(target, run.run_id, "apply failed", window)
@@ -420,6 +439,97 @@ class Remediator:
                 "not resolved: " + "; ".join(f"{r.id} {r.status.value}" for r in results if r.status is not Status.OK),
             )
         return None
+
+    def _apply_each(
+        self, a: _Attempt, decision: RemediationDecision, lost: threading.Event, changes: list[Change]
+    ) -> bool:
+        """Apply changes in order, each recorded as it starts and ends; stop at the first that fails."""
+        assert self.applier is not None
+        for change in changes:
+            shown: dict[str, Any] = {"change": change.summary, **({"host": change.host} if change.host else {})}
+            if lost.is_set():
+                decision.results.append({**shown, "outcome": "failed", "error": "the target's lock was lost: stopped"})
+                return False
+            action = self._state.start_action(
+                run_id=a.run.run_id,
+                runbook=a.runbook.spec.id,
+                remediation=a.step.id,
+                target=change.target,
+                effect=change.effect,
+            )
+            try:
+                result = self.applier.apply(change)
+                outcome = "ok"
+            except Exception as exc:
+                result = {"error": f"{type(exc).__name__}: {exc}" if not isinstance(exc, ApplyError) else str(exc)}
+                outcome = "failed"
+            self._state.finish_action(action, outcome)
+            decision.results.append(self.redactor.data({**shown, "outcome": outcome, **result}))
+            if outcome == "failed":
+                return False
+        return True
+
+    def _roll_out(self, a: _Attempt, decision: RemediationDecision, lost: threading.Event) -> None:
+        """A change across engines, `rollout.batch` engines at a time: each batch applied, then verified on
+        those engines, before the next is touched; stopped once more than `rollout.max_errors` engines
+        failed, the rest left as they were (never the whole fleet at once: FBAR's lesson)."""
+        step, plan, run, audit = a.step, a.plan, a.run, a.run.audit
+        rollout, window = step.rollout, self._window(step)
+        hosts = plan.hosts
+        failed: list[str] = []
+        apply_failed = False
+        for number, start in enumerate(range(0, len(hosts), rollout.batch), start=1):
+            batch = hosts[start : start + rollout.batch]
+            if len(failed) > rollout.max_errors:
+                for change in (c for c in plan.changes if c.host in batch):
+                    decision.results.append(
+                        {
+                            "change": change.summary,
+                            "host": change.host,
+                            "outcome": "not_applied",
+                            "error": f"rollout stopped: {', '.join(failed)} failed",
+                        }
+                    )
+                continue
+            broken: list[str] = []
+            for host in batch:
+                changes = [c for c in plan.changes if c.host == host]
+                run.changed.update(c.target for c in changes)
+                if not self._apply_each(a, decision, lost, changes):
+                    broken.append(host)
+                    apply_failed = True
+            checked: list[dict[str, Any]] = []
+            healthy = [h for h in batch if h not in broken]
+            if step.verify and healthy:
+                resolved, results = self._verify(step, run.run_checks, healthy)
+                checked = [{"id": r.id, "status": r.status.value, "summary": r.summary} for r in results]
+                if not resolved:
+                    # A check on a named engine fails that engine; a check with no hosts fails the batch.
+                    bad = {
+                        r.id.rpartition("@")[2] if "@" in r.id else "*" for r in results if r.status is not Status.OK
+                    }
+                    broken += [h for h in healthy if h in bad or "*" in bad]
+            for host in broken:
+                for change in (c for c in plan.changes if c.host == host):
+                    self._state.open_breaker(change.target, run.run_id, "rollout step failed", window)
+            failed += broken
+            audit.record("rollout_step", remediation=step.id, step=number, hosts=batch, failed=broken, verify=checked)
+        ok = not failed
+        audit.record("apply_finished", remediation=step.id, results=decision.results, ok=not apply_failed)
+        if ok and step.verify:
+            resolved, results = self._verify(step, run.run_checks)  # every engine, once all are done
+            decision.verify = [{"id": r.id, "status": r.status.value, "summary": r.summary} for r in results]
+            audit.record("verify", remediation=step.id, resolved=resolved, checks=decision.verify)
+            ok = resolved
+        if ok:
+            decision.outcome = "resolved" if step.verify else "applied"
+            return None
+        decision.outcome = "apply_failed" if apply_failed else "not_resolved"
+        left = [h for h in hosts if h not in failed and h not in _applied_hosts(decision)]
+        why = f"rollout stopped: failed on {', '.join(failed) or 'the final verification'}"
+        return self._escalate(
+            decision, audit, run.run_id, plan, why + (f"; not changed: {', '.join(left)}" if left else "")
+        )
 
     # --- Alertmanager silences --------------------------------------------------------------------------
 
@@ -565,6 +675,7 @@ class Remediator:
         audit: RunAudit,
         run_checks: CheckRunner,
         context: dict[str, Any],
+        statuses: Mapping[str, str] | None = None,
     ) -> None:
         """A person approved a pending plan: plan again, and go on only if the plan is still that one."""
 
@@ -578,18 +689,22 @@ class Remediator:
 
         clients = RunClients(self.settings)
         try:
-            self._one(runbook, step, decision, context, clients, _Run(run_id, approver, audit, approve, run_checks))
+            run = _Run(run_id, approver, audit, approve, run_checks, statuses=dict(statuses or {}))
+            self._one(runbook, step, decision, context, clients, run)
         finally:
             clients.close()
         audit.record("remediation_decision", **self.redactor.data(decision.to_json()))
 
-    def _verify(self, step: RemediationStep, run_checks: CheckRunner) -> tuple[bool, list[CheckResult]]:
-        """Re-run the named checks with backoff until all are OK or the deadline passes."""
+    def _verify(
+        self, step: RemediationStep, run_checks: CheckRunner, hosts: list[str] | None = None
+    ) -> tuple[bool, list[CheckResult]]:
+        """Re-run the named checks (on `hosts` only, for checks with hosts) with backoff until all are OK
+        or the deadline passes."""
         deadline = time.monotonic() + step.verify_timeout
         delay = 1.0
         while True:
             time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-            results = run_checks(step.verify)
+            results = run_checks(step.verify, hosts)
             if all(r.status is Status.OK for r in results):
                 return True, results
             if time.monotonic() >= deadline:
@@ -599,3 +714,7 @@ class Remediator:
     def _escalate(self, decision: RemediationDecision, audit: RunAudit, run_id: str, plan: Plan, reason: str) -> None:
         decision.escalation = self.redactor.text(reason)
         audit.record("escalation", remediation=decision.id, targets=plan.targets, reason=decision.escalation)
+
+
+def _applied_hosts(decision: RemediationDecision) -> list[str]:
+    return [r["host"] for r in decision.results if r.get("host") and r.get("outcome") == "ok"]

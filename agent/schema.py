@@ -150,13 +150,44 @@ def _param_shorthand(value: Any) -> Any:
     return {"default": value}
 
 
+def _selectors(value: Any) -> Any:
+    """`hosts:` as one selector or a list of them, always a list after validation."""
+    from agent.inventory import valid_selector
+
+    items = [value] if isinstance(value, str) else value
+    if isinstance(items, list):
+        for item in items:
+            if isinstance(item, str) and not valid_selector(item):
+                raise ValueError(
+                    f"{item!r} is not a host selector (an engine's name, `all`, `key=value`, `failing:CHECK`"
+                    " or a template naming one engine)"
+                )
+    return items
+
+
+Hosts = Annotated[list[Annotated[str, StringConstraints(max_length=200)]], BeforeValidator(_selectors)]
+HOSTS_HELP = (
+    "Engines of the inventory (`engines` in config) to run on, each its own result (`id@host`): an engine's name,"
+    " `all`, a label `key=value`, or a template naming one engine; absent: the default engine."
+)
+
+
 class CheckStep(_Strict):
     id: Identifier
     check: PluginName
     with_: dict[str, Any] = Field(default_factory=dict, alias="with")
     timeout: Duration = 5.0
     needs: list[Identifier] = Field(default_factory=list, description="Checks that must pass first.")
+    hosts: Hosts | None = Field(None, min_length=1, max_length=20, description=HOSTS_HELP)
     description: str = ""
+
+
+class Rollout(_Strict):
+    """How a change across hosts goes: `batch` hosts at a time, each batch verified before the next, and
+    stopped once more than `max_errors` hosts failed (SSM Automation's MaxConcurrency and MaxErrors)."""
+
+    batch: int = Field(1, ge=1, le=100, description="Hosts changed at once (1: one host at a time).")
+    max_errors: int = Field(0, ge=0, le=100, description="Hosts that may fail before the rollout stops (0).")
 
 
 class Limit(_Strict):
@@ -173,6 +204,14 @@ class RemediationStep(_Strict):
     limit: Limit | None = Field(None, description="Changes per target per window; default 3 per hour.")
     cooldown: DurationOrZero | None = Field(None, description="Quiet time on a target after a change; default 60s.")
     verify: list[Identifier] = Field(default_factory=list, description="Checks re-run until OK after applying.")
+    hosts: Hosts | None = Field(
+        None,
+        min_length=1,
+        max_length=20,
+        description=HOSTS_HELP + " `failing:CHECK`: the hosts where that check is not OK. Planned on every host"
+        " first (one plan, one approval), then applied host by host as `rollout` says.",
+    )
+    rollout: Rollout = Field(default_factory=Rollout, description="How a change across hosts goes.")
     verify_timeout: Duration = Field(60.0, description="How long verify may wait for the checks to pass.")
     silence: bool = Field(
         False,

@@ -1,0 +1,210 @@
+"""Several engines in one agent, with fake plugins: checks fan out (`health@web-2`), a remediation is
+planned on every engine first (one plan, one approval), then rolled out one engine at a time, verified
+between steps, and stopped at the first failure; limits and the blast radius count across engines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import BaseModel, ConfigDict
+
+from agent.audit import AuditLog, read_records
+from agent.changes import Change, EffectSpec
+from agent.config import Settings
+from agent.executor import Executor
+from agent.loader import LoadedRunbook, RunbookSet
+from agent.plugins import EffectSet, Outcome, PluginSet
+from agent.redaction import Redactor
+from agent.registry import Registry
+from agent.schema import Runbook
+from agent.status import Status
+from agent.templating import Templates
+from tests.state_backend import open_state
+
+plugins = PluginSet("fleet")
+effects = EffectSet("fleet")
+ENGINES = {
+    "web-1": {"docker_host": "unix:///run/rbtest-web-1.sock", "labels": {"role": "web"}},
+    "web-2": {"docker_host": "unix:///run/rbtest-web-2.sock", "labels": {"role": "web"}},
+    "web-3": {"docker_host": "unix:///run/rbtest-web-3.sock", "labels": {"role": "web"}},
+}
+HEALTH: dict[str, str] = {}  # engine -> what its health check says
+APPLIED: list[str] = []  # the engines the effect ran on, in order (read from the clients it was given)
+BROKEN: set[str] = set()  # engines where the effect fails
+NO_HEAL: set[str] = set()  # engines the effect runs on without healing them
+
+
+class HostParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    host: str
+
+
+class FixSpec(EffectSpec):
+    host: str
+
+
+@plugins.check("fleet.health", HostParams)
+def health(ctx: Any, p: HostParams) -> Outcome:
+    # The check's clients are its engine's: the host template and the engine it reaches agree.
+    assert ctx.settings.docker_host == ENGINES[p.host]["docker_host"]
+    return Outcome(Status(HEALTH.get(p.host, "OK")), f"{p.host} is {HEALTH.get(p.host, 'OK')}")
+
+
+@plugins.remediation("fleet.fix", HostParams, effects={"fleet.fix": FixSpec})
+def fix(ctx: Any, p: HostParams) -> list[Change]:
+    assert ctx.settings.docker_host == ENGINES[p.host]["docker_host"]
+    return [Change("fleet.fix", "thing:app", f"fix app on {p.host}", "broken", "fixed", FixSpec(host=p.host))]
+
+
+@effects.effect("fleet.fix", FixSpec)
+def apply_fix(ctx: Any, spec: FixSpec) -> dict[str, Any]:
+    host = next(name for name, e in ENGINES.items() if e["docker_host"] == ctx.settings.docker_host)
+    assert host == spec.host  # applied through the clients of the engine it was planned on
+    APPLIED.append(host)
+    if host in BROKEN:
+        raise RuntimeError(f"{host} refused")
+    if host not in NO_HEAL:
+        HEALTH[host] = "OK"
+    return {"fixed": host}
+
+
+@pytest.fixture(autouse=True)
+def reset() -> None:
+    HEALTH.clear()
+    APPLIED.clear()
+    BROKEN.clear()
+    NO_HEAL.clear()
+
+
+def run(
+    tmp_path: Path, remediation: dict[str, Any] | None = None, *, hosts: Any = "all", **settings: Any
+) -> tuple[Any, Path]:
+    registry = Registry(check_modules={}, remediation_modules={})
+    registry.add_plugins(plugins)
+    spec = Runbook.model_validate(
+        {
+            "id": "fleet",
+            "title": "Fleet",
+            "severity": "SEV-2",
+            "params": {"only": {"default": "web-2"}},
+            "checks": [{"id": "health", "check": "fleet.health", "hosts": hosts, "with": {"host": "{{ host.name }}"}}],
+            "remediations": [
+                {
+                    "id": "fix",
+                    "do": "fleet.fix",
+                    "approval": "auto",
+                    "cooldown": "0s",
+                    "hosts": "failing:health",
+                    "with": {"host": "{{ host.name }}"},
+                    "verify": ["health"],
+                    "verify_timeout": "1s",
+                    **(remediation or {}),
+                }
+            ],
+        }
+    )
+    runbooks = RunbookSet({"fleet": LoadedRunbook(spec, Path("fleet.yaml"))}, Templates(), registry)
+    audit_path = tmp_path / "audit.jsonl"
+    executor = Executor(
+        runbooks,
+        Settings(state_dir=tmp_path, engines=ENGINES, **settings),
+        Redactor(),
+        AuditLog(audit_path, Redactor()),
+        state=open_state(tmp_path),
+        effect_modules={"fleet": __name__},
+    )
+    return executor.run("fleet", actor="tester"), audit_path
+
+
+def test_a_check_fans_out_one_result_per_engine(tmp_path: Path) -> None:
+    HEALTH.update({"web-2": "CRITICAL"})
+    report, _ = run(tmp_path, {"approval": "manual"})
+    assert [(c.id, c.status.value) for c in report.checks] == [
+        ("health@web-1", "OK"),
+        ("health@web-2", "CRITICAL"),
+        ("health@web-3", "OK"),
+    ]
+    assert report.status is Status.CRITICAL
+    # The plan is for the failing engine only, its target carrying the engine, bound by one fingerprint.
+    (change,) = report.remediations[0].plan["changes"]
+    assert (change["target"], change["host"], report.remediations[0].decision) == (
+        "thing:app@web-2",
+        "web-2",
+        "pending",
+    )
+
+
+@pytest.mark.parametrize(
+    ("hosts", "ids"),
+    [
+        ("role=web", ["health@web-1", "health@web-2", "health@web-3"]),
+        (["web-3", "web-1"], ["health@web-1", "health@web-3"]),
+        ("{{ params.only }}", ["health@web-2"]),
+    ],
+)
+def test_hosts_select_by_name_label_and_param(tmp_path: Path, hosts: Any, ids: list[str]) -> None:
+    report, _ = run(tmp_path, hosts=hosts)
+    assert [c.id for c in report.checks] == ids
+
+
+def test_an_unknown_engine_is_an_unknown_result_not_a_crash(tmp_path: Path) -> None:
+    report, _ = run(tmp_path, hosts="web-9")
+    (result,) = report.checks
+    assert (result.id, result.status, result.code) == ("health", Status.UNKNOWN, "bad_hosts")
+    assert "no engine named 'web-9'" in result.summary
+
+
+def test_a_rollout_goes_one_engine_at_a_time_verifying_each(tmp_path: Path) -> None:
+    HEALTH.update({"web-1": "CRITICAL", "web-3": "CRITICAL"})
+    report, audit = run(tmp_path)
+    decision = report.remediations[0]
+    assert (decision.outcome, APPLIED) == ("resolved", ["web-1", "web-3"])
+    records = read_records(audit)
+    steps = [r for r in records if r["event"] == "rollout_step"]
+    assert [(s["hosts"], s["failed"]) for s in steps] == [(["web-1"], []), (["web-3"], [])]
+    # Each step verified its own engine before the next engine was touched.
+    assert [c["id"] for c in steps[0]["verify"]] == ["health@web-1"]
+    assert report.final_status is Status.OK
+
+
+def test_a_rollout_stops_at_the_first_engine_that_fails(tmp_path: Path) -> None:
+    HEALTH.update({"web-1": "CRITICAL", "web-2": "CRITICAL", "web-3": "CRITICAL"})
+    BROKEN.add("web-1")
+    report, _ = run(tmp_path)
+    decision = report.remediations[0]
+    assert (decision.outcome, APPLIED) == ("apply_failed", ["web-1"])  # web-2 and web-3 untouched
+    assert [r["outcome"] for r in decision.results] == ["failed", "not_applied", "not_applied"]
+    assert "failed on web-1" in (decision.escalation or "") and "not changed: web-2, web-3" in (
+        decision.escalation or ""
+    )
+
+
+def test_a_change_that_does_not_verify_stops_the_rollout_too(tmp_path: Path) -> None:
+    HEALTH.update({"web-1": "CRITICAL", "web-2": "CRITICAL"})
+    NO_HEAL.add("web-1")
+    report, _ = run(tmp_path)
+    decision = report.remediations[0]
+    assert (decision.outcome, APPLIED) == ("not_resolved", ["web-1"])
+    # Its target's circuit is open: the next run does not try web-1 again at once.
+    state = open_state(tmp_path)
+    assert [b.target for b in state.breakers()] == ["thing:app@web-1"]
+
+
+def test_max_errors_and_batches(tmp_path: Path) -> None:
+    HEALTH.update({"web-1": "CRITICAL", "web-2": "CRITICAL", "web-3": "CRITICAL"})
+    BROKEN.add("web-1")
+    report, audit = run(tmp_path, {"rollout": {"batch": 2, "max_errors": 1}})
+    assert APPLIED == ["web-1", "web-2", "web-3"]  # one failure allowed: the rollout went on
+    steps = [r for r in read_records(audit) if r["event"] == "rollout_step"]
+    assert [(s["hosts"], s["failed"]) for s in steps] == [(["web-1", "web-2"], ["web-1"]), (["web-3"], [])]
+    assert report.remediations[0].outcome == "apply_failed"
+
+
+def test_the_blast_radius_counts_across_engines(tmp_path: Path) -> None:
+    HEALTH.update({"web-1": "CRITICAL", "web-2": "CRITICAL"})
+    report, _ = run(tmp_path, max_targets_per_run=1)
+    decision = report.remediations[0]
+    assert decision.decision == "denied" and "blast radius: would change 2 targets" in decision.decision_reason
+    assert APPLIED == []
