@@ -116,3 +116,74 @@ def test_the_main_engine_keeps_its_default_bridge(engine: RemoteEngine, dc) -> N
     assert subprocess.run(["ip", "link", "show", "docker0"], capture_output=True).returncode == 0
     output = dc.containers.run(stack.IMAGE, ["echo", "bridged"], remove=True)
     assert output.strip() == b"bridged"
+
+
+FLEET = """
+id: fleet-app
+title: The app on every engine
+severity: SEV-2
+checks:
+  - {{id: app, check: docker.container, hosts: [local, remote], with: {{container: {name}}}}}
+  - {{id: reach, check: docker.container, hosts: dead, timeout: 8s, with: {{container: {name}}}}}
+remediations:
+  - id: bounce
+    do: docker.restart
+    hosts: failing:app
+    with: {{container: {name}, wait_healthy: 30s}}
+    when: not checks.app.ok
+    approval: auto
+    cooldown: 0s
+    verify: [app]
+"""
+
+
+def test_an_inventory_of_engines_fans_out_and_rolls_out_where_it_failed(
+    engine: RemoteEngine, agent_env: dict[str, str], tmp_path: Path, dc
+) -> None:
+    """Three engines in one agent: this one, the TLS one, and one that does not answer. The check runs on
+    each (`app@remote`), the dead engine is CRITICAL on its own line, and the restart is planned and
+    applied only where the check failed, through that engine."""
+    import json
+    import time
+
+    from sandbox import stack
+    from tests.integration.harness import free_port
+
+    project = f"rbtest-{uuid.uuid4().hex[:8]}"
+    name = f"{project}-app-1"
+    labels = {"com.docker.compose.project": project, "com.docker.compose.service": "app"}
+    here = dc.containers.run(stack.IMAGE, ["sleep", "600"], name=name, detach=True, labels=labels)
+    there = engine.admin.containers.create(IMAGE, name=name, network_mode="none", labels=labels)  # exited
+    try:
+        there.start()
+        there.stop(timeout=0)
+        (tmp_path / "runbooks").mkdir()
+        (tmp_path / "runbooks" / "fleet.yaml").write_text(FLEET.format(name=name))
+        engines = {
+            "local": {"docker_host": "unix:///var/run/docker.sock"},
+            "remote": {"docker_host": engine.host, "tls_verify": True, "cert_path": str(engine.certs)},
+            "dead": {"docker_host": f"tcp://127.0.0.1:{free_port()}", "connect_timeout": "1s", "read_timeout": "2s"},
+        }
+        env = {
+            **agent_env,
+            "RUNBOOK_ENGINES": json.dumps(engines),
+            "RUNBOOK_COMPOSE_PROJECT": project,
+            "REQUESTS_CA_BUNDLE": "/etc/ssl/certs/ca-certificates.crt",
+        }
+        started_here = dc.api.inspect_container(name)["State"]["StartedAt"]
+        began = time.monotonic()
+        code, report = run_runbook(env, "fleet-app", "--runbooks", str(tmp_path / "runbooks"))
+        checks = {c["id"]: c for c in report["checks"]}
+        assert list(checks) == ["app@local", "app@remote", "reach@dead"], list(checks)
+        assert checks["app@local"]["status"] == "OK" and checks["app@remote"]["status"] == "CRITICAL"
+        assert (checks["reach@dead"]["status"], checks["reach@dead"]["code"]) == ("CRITICAL", "docker_unreachable")
+        rem = report["remediations"][0]
+        assert [c["target"] for c in rem["plan"]["changes"]] == [f"container:{name}@remote"], rem["plan"]
+        assert (rem["decision"], rem["outcome"]) == ("applied", "resolved"), rem
+        assert engine.admin.api.inspect_container(name)["State"]["Running"]  # restarted there...
+        assert dc.api.inspect_container(name)["State"]["StartedAt"] == started_here  # ...and only there
+        assert [c["id"] for c in report["final_checks"]][:2] == ["app@local", "app@remote"]
+        assert code == 2 and time.monotonic() - began < 120  # the dead engine still CRITICAL after the fix
+    finally:
+        here.remove(force=True)
+        there.remove(force=True)
