@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from bench.scale import scale
 from sandbox import stack
 
 REPO = Path(__file__).resolve().parents[1]
@@ -445,6 +446,7 @@ def main() -> None:
         rows += warm_daemon(env, rounds * 4)
         rows += verdicts(env, rounds)
         rows += intake(env, seconds=3 if args.quick else 10)
+        rows += scale(max(3, rounds // 3))
     # The hung figures made the app log errors: leave the sandbox as the tests expect it (a fresh app).
     client = stack.client()
     with contextlib.suppress(Exception):

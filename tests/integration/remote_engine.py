@@ -92,18 +92,19 @@ def _busybox_image(admin: docker.DockerClient) -> None:
     admin.api.import_image_from_data(data.getvalue(), repository=repository, tag=tag, changes=['CMD ["sleep", "600"]'])
 
 
-BRIDGE = "rbtest-br0"  # the engine's own bridge (10.213.7.0/24), never docker0
+BRIDGE = "rbtest-br0"  # the engine's own bridge (10.213.7.0/24), never docker0; the next engine's: -br1
 
 
-def _bridge(up: bool) -> None:
-    """Make (or remove) the second engine's bridge. Not `--bridge=none`: with it, dockerd deletes the
+def _bridge(up: bool, index: int = 0) -> None:
+    """Make (or remove) an extra engine's bridge. Not `--bridge=none`: with it, dockerd deletes the
     interface `docker0` at start, the main engine's default bridge, breaking every container after."""
-    subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True, check=False)
+    name = f"rbtest-br{index}"
+    subprocess.run(["ip", "link", "del", name], capture_output=True, check=False)
     if up:
         for argv in (
-            ["ip", "link", "add", "name", BRIDGE, "type", "bridge"],
-            ["ip", "addr", "add", "10.213.7.1/24", "dev", BRIDGE],
-            ["ip", "link", "set", BRIDGE, "up"],
+            ["ip", "link", "add", "name", name, "type", "bridge"],
+            ["ip", "addr", "add", f"10.213.{7 + index}.1/24", "dev", name],
+            ["ip", "link", "set", name, "up"],
         ):
             subprocess.run(argv, capture_output=True, check=True)
 
@@ -123,13 +124,14 @@ def _die_with_parent() -> None:
 
 
 @contextmanager
-def remote_engine() -> Iterator[RemoteEngine]:
+def remote_engine(index: int = 0) -> Iterator[RemoteEngine]:
+    """An extra engine; several at once with different `index`es (the scale benchmark runs two)."""
     root = Path(tempfile.mkdtemp(prefix="rbtest-engine-"))
     os.chmod(root, 0o700)
     server, client = _certificates(root)
     port = free_port()
     (root / "daemon.json").write_text("{}")  # not /etc/docker/daemon.json: this engine is configured here
-    _bridge(up=True)
+    _bridge(up=True, index=index)
     argv = [
         "dockerd",
         f"--config-file={root / 'daemon.json'}",
@@ -142,14 +144,14 @@ def remote_engine() -> Iterator[RemoteEngine]:
         f"--tlscacert={server / 'ca.pem'}",
         f"--tlscert={server / 'cert.pem'}",
         f"--tlskey={server / 'key.pem'}",
-        f"--bridge={BRIDGE}",
+        f"--bridge=rbtest-br{index}",
         "--iptables=false",
         "--ip-masq=false",
         "--ip-forward=false",
-        "--cgroup-parent=rbtest-engine",
+        f"--cgroup-parent=rbtest-engine{index or ''}",
         # Its own containerd namespaces, should it find a system containerd to share.
-        "--containerd-namespace=rbtest-engine",
-        "--containerd-plugins-namespace=rbtest-engine-plugins",
+        f"--containerd-namespace=rbtest-engine{index or ''}",
+        f"--containerd-plugins-namespace=rbtest-engine{index or ''}-plugins",
     ]
     with open(root / "dockerd.log", "wb") as log:
         process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
@@ -183,4 +185,4 @@ def remote_engine() -> Iterator[RemoteEngine]:
         for mount in sorted(_mounts_under(root), reverse=True):
             subprocess.run(["umount", "-l", mount], capture_output=True, check=False)
         shutil.rmtree(root, ignore_errors=True)
-        _bridge(up=False)
+        _bridge(up=False, index=index)
