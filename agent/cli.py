@@ -45,6 +45,8 @@ class _State:
             for url in (self._settings.database_url, self._settings.redis_url, self._settings.docker_host):
                 if url:
                     self.redactor.add(url)
+            for engine in self._settings.engines.values():  # as the default engine's address is
+                self.redactor.add(engine.docker_host)
             for url in (self._settings.alertmanager_url, self._settings.state_url):
                 if url:  # its password, if it has one; where it is may be shown
                     self.redactor.add(*secrets_in_url(url))

@@ -134,14 +134,29 @@ class Settings(BaseModel):
 
     @model_validator(mode="after")
     def _engines_reachable_as_configured(self) -> Settings:
-        """Each engine as its own settings would be checked: a port for tcp://, its certificate files."""
-        for name in self.engines:
+        """Each engine as its own settings would be checked: a port for tcp://, its certificate files; and
+        each engine once (two names for one engine would keep two sets of locks and limits for it)."""
+        seen: dict[str, str] = {}
+        for name, engine in self.engines.items():
+            if not engine.docker_host.startswith(("unix://", "tcp://")):
+                raise ValueError(f"engines.{name}.docker_host: unix:// or tcp:// (ssh:// is not supported yet)")
+            where = _engine_key(engine.docker_host)
+            if where in seen:
+                raise ValueError(f"engines.{name}: the same engine as engines.{seen[where]} ({engine.docker_host})")
+            seen[where] = name
             try:
                 self.engine_settings(name, check=True)
             except ValidationError as exc:
-                first = exc.errors()[0]
-                raise ValueError(f"engines.{name}: {first['msg'].removeprefix('Value error, ')}") from None
+                message = exc.errors()[0]["msg"].removeprefix("Value error, ")
+                message = message.replace("docker_cert_path (DOCKER_CERT_PATH)", "cert_path")
+                raise ValueError(f"engines.{name}: {message}") from None
         return self
+
+    def engine_is_default(self, name: str) -> bool:
+        """Whether an engine of the inventory is the default one (`docker_host`): its targets are then
+        named as a step without hosts names them, so both meet the same locks and limits."""
+        default = self.docker_host or "unix:///var/run/docker.sock"
+        return _engine_key(self.engines[name].docker_host) == _engine_key(default)
 
     def engine_settings(self, name: str, *, check: bool = False) -> Settings:
         """These settings, on the inventory's engine `name` (its host, TLS and timeouts)."""
@@ -452,3 +467,9 @@ def load_settings(config_file: Path | None = None, env: Mapping[str, str] | None
         redactor = Redactor()
         raise ConfigError("\n".join(redactor.text(line) for line in load.problems + lines))
     return settings
+
+
+def _engine_key(docker_host: str) -> str:
+    """One engine however its address is written (a trailing slash, the scheme's case)."""
+    scheme, _, rest = docker_host.partition("://")
+    return f"{scheme.lower()}://{rest.rstrip('/')}"

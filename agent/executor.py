@@ -624,7 +624,7 @@ class Executor:
                 approve=approve or (lambda step, plan: None),
                 run_checks=verify_checks,
                 context=self._context(params),
-                statuses={c.id: c.status.value for c in report.checks},
+                statuses={c.id: _finding(c.status.value, c.code) for c in report.checks},
             )
         finally:
             if applier is not None:
@@ -696,7 +696,10 @@ class Executor:
                     run_checks=verify_checks,
                     context=self._context(params),
                     # The diagnosis the remediation was planned from (`hosts: failing:CHECK`), as recorded.
-                    statuses={c["id"]: c["status"] for c in ((run.get("report") or {}).get("checks") or [])},
+                    statuses={
+                        c["id"]: _finding(c["status"], c.get("code"))
+                        for c in ((run.get("report") or {}).get("checks") or [])
+                    },
                 )
             except PlanChanged:
                 # Still waiting for a person, who must now look at the new plan.
@@ -778,3 +781,12 @@ def _views(steps: list[CheckStep], results: list[CheckResult]) -> dict[str, Any]
             "details": {},
         }
     return views
+
+
+# Results that say nothing of the target: its engine could not be reached or answer in time.
+_NOT_FINDINGS = frozenset({"docker_unreachable", "unreachable", "timeout", "closed"})
+
+
+def _finding(status: str, code: str | None) -> str:
+    """A result's status as `failing:CHECK` reads it: a CRITICAL that is no finding is UNREACHABLE."""
+    return "UNREACHABLE" if code in _NOT_FINDINGS else status

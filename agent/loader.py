@@ -86,15 +86,27 @@ def _check_runbook(
         # A step with hosts sees the engine it runs on as `host` (its name and labels).
         return {"host": ["name", "labels"]} if selectors else {}
 
-    def hosts(loc: Loc, selectors: list[str] | None, *, remediation: bool) -> None:
+    fanned = [c.id for c in spec.checks if c.hosts]
+
+    def hosts(loc: Loc, selectors: list[str] | None, *, remediation: bool, plugin: str) -> None:
+        if selectors and not plugin.startswith("docker."):
+            # The engine is what `hosts:` picks: a check of a database, a URL or this machine (or a Swarm
+            # change, which the whole cluster sees) would run, or be applied, once per engine for nothing.
+            problems.add(source, (*loc, "hosts"), f"hosts: is for docker.* steps; {plugin} does not run on an engine")
+            return
         for j, selector in enumerate(selectors or []):
             if is_template(selector):
                 template((*loc, "hosts", j), selector, {"params": params, "env": env, "config": None})
             elif selector.startswith("failing:"):
                 if not remediation:
                     problems.add(source, (*loc, "hosts", j), "failing:CHECK is for remediations")
-                elif selector.removeprefix("failing:") not in check_ids:
-                    problems.add(source, (*loc, "hosts", j), f"unknown check {selector.removeprefix('failing:')!r}")
+                elif selector.removeprefix("failing:") not in fanned:
+                    problems.add(
+                        source,
+                        (*loc, "hosts", j),
+                        f"{selector.removeprefix('failing:')!r} is not a check with hosts"
+                        " (failing: reads its results per engine)",
+                    )
 
     for name, param in spec.params.items():
         for ploc, text in _walk_templates(param.default, ("params", name)):
@@ -116,7 +128,7 @@ def _check_runbook(
             problems.add(source, (*loc, "check"), str(exc))
         else:
             _validate_with(source, problems, plugin.params, step.with_, (*loc, "with"))
-        hosts(loc, step.hosts, remediation=False)
+        hosts(loc, step.hosts, remediation=False, plugin=step.check)
         for tloc, text in _walk_templates(step.with_, (*loc, "with")):
             template(tloc, text, {"params": params, "env": env, "config": None, **on_host(step.hosts)})
 
@@ -132,7 +144,7 @@ def _check_runbook(
             problems.add(source, (*loc, "do"), str(exc))
         else:
             _validate_with(source, problems, plugin_r.params, rem.with_, (*loc, "with"))
-        hosts(loc, rem.hosts, remediation=True)
+        hosts(loc, rem.hosts, remediation=True, plugin=rem.do)
         for tloc, text in _walk_templates(rem.with_, (*loc, "with")):
             template(tloc, text, {"params": params, "env": env, "config": None, **on_host(rem.hosts)})
         if rem.when is not None:

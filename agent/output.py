@@ -112,7 +112,9 @@ class Printer:
                     done += 1
                     self.check_line(result)
                 if status is not None:
-                    status.update(f"checks {done}/{total} done; running: {', '.join(sorted(running)) or '-'}")
+                    # A step with hosts is a result per engine: the total is at least what has been seen.
+                    of = max(total, done + len(running))
+                    status.update(f"checks {done}/{of} done; running: {', '.join(sorted(running)) or '-'}")
 
             yield update
         self._status = None

@@ -65,11 +65,17 @@ class _Run:
     changed: set[str] = field(default_factory=set)  # targets changed so far (blast radius)
     # The run's check results, by id (`app@web-2`), as statuses: what `hosts: failing:CHECK` reads.
     statuses: Mapping[str, str] = field(default_factory=dict)
+    expected: str | None = None  # an approved plan's fingerprint: a plan now empty is a changed plan
 
     def failing(self, check: str) -> list[str]:
+        """The engines where the check found the fault (CRITICAL). Not an engine it could not reach, a
+        check cut at its deadline or not run: a plan there could not be made, and would hold up the fix
+        on every other engine."""
         prefix = check + "@"
         return [
-            i.removeprefix(prefix) for i, status in self.statuses.items() if i.startswith(prefix) and status != "OK"
+            i.removeprefix(prefix)
+            for i, status in self.statuses.items()
+            if i.startswith(prefix) and status == "CRITICAL"
         ]
 
 
@@ -251,9 +257,10 @@ class Remediator:
     def _plan(self, step: RemediationStep, context: dict[str, Any], clients: RunClients, run: _Run) -> Plan:
         spec = self.registry.remediation(step.do)
         if step.hosts is None:
-            changes = spec.plan(
+            planned = spec.plan(
                 PlanContext(clients), spec.params.model_validate(self.templates.render(step.with_, context))
             )
+            changes = [replace(c, host=None) if c.host is not None else c for c in planned]  # the default engine
         else:
             changes = self._plan_hosts(step, context, clients, run)
         for change in changes:
@@ -282,10 +289,15 @@ class Remediator:
             params = spec.params.model_validate(self.templates.render(step.with_, on_host))
             try:
                 planned = spec.plan(PlanContext(clients.on(host)), params)
-            except (PlanError, TargetUnreachable) as exc:
+            except Exception as exc:
                 # A plan that cannot see every engine it names is no plan: nothing is applied anywhere.
-                raise PlanError(f"{host}: {exc}") from None
-            changes.extend(replace(c, target=f"{c.target}@{host}", host=host) for c in planned)
+                raise PlanError(f"{host}: {type(exc).__name__ if not str(exc) else exc}") from None
+            # The engine in the target, unless it is the default engine (the same container by either
+            # name must meet the same locks, limits and breakers); in the summary, for the approver.
+            suffix = "" if self.settings.engine_is_default(host) else f"@{host}"
+            changes.extend(
+                replace(c, target=f"{c.target}{suffix}", host=host, summary=f"{host}: {c.summary}") for c in planned
+            )
         return changes
 
     def _one(
@@ -310,6 +322,11 @@ class Remediator:
         decision.plan = self.redactor.data(plan.to_json())
         run.audit.record("remediation_planned", remediation=step.id, do=step.do, plan=decision.plan)
         if not plan.changes:
+            if run.expected is not None:  # approved a plan with changes: the person must see this one
+                raise PlanChanged(
+                    f"the plan changed since it was approved (approved {run.expected}, now nothing to do);"
+                    " run the runbook again to see the new plan"
+                )
             return self._decide(
                 decision, "nothing_to_do", "the targets are already as the remediation would leave them"
             )
@@ -472,64 +489,80 @@ class Remediator:
     def _roll_out(self, a: _Attempt, decision: RemediationDecision, lost: threading.Event) -> None:
         """A change across engines, `rollout.batch` engines at a time: each batch applied, then verified on
         those engines, before the next is touched; stopped once more than `rollout.max_errors` engines
-        failed, the rest left as they were (never the whole fleet at once: FBAR's lesson)."""
+        failed, when the targets' lock is lost or the agent is stopping: the rest is left as it was, and
+        said so (never the whole fleet at once: FBAR's lesson)."""
         step, plan, run, audit = a.step, a.plan, a.run, a.run.audit
         rollout, window = step.rollout, self._window(step)
         hosts = plan.hosts
         failed: list[str] = []
+        changed: list[str] = []
         apply_failed = False
+        stopped: str | None = None
         for number, start in enumerate(range(0, len(hosts), rollout.batch), start=1):
             batch = hosts[start : start + rollout.batch]
-            if len(failed) > rollout.max_errors:
-                for change in (c for c in plan.changes if c.host in batch):
-                    decision.results.append(
-                        {
-                            "change": change.summary,
-                            "host": change.host,
-                            "outcome": "not_applied",
-                            "error": f"rollout stopped: {', '.join(failed)} failed",
-                        }
-                    )
+            if stopped is None and len(failed) > rollout.max_errors:
+                stopped = f"rollout stopped: {', '.join(failed)} failed"
+            if stopped is None and (lost.is_set() or self.stop.is_set()):
+                stopped = "rollout stopped: " + (
+                    "the targets' lock was lost" if lost.is_set() else "the agent is stopping"
+                )
+            if stopped is not None:
+                self._not_applied(decision, [c for c in plan.changes if c.host in batch], stopped)
                 continue
             broken: list[str] = []
             for host in batch:
                 changes = [c for c in plan.changes if c.host == host]
+                if lost.is_set():
+                    self._not_applied(decision, changes, "rollout stopped: the targets' lock was lost")
+                    continue
                 run.changed.update(c.target for c in changes)
+                changed.append(host)
+                done = len(decision.results)
                 if not self._apply_each(a, decision, lost, changes):
                     broken.append(host)
                     apply_failed = True
+                    tried = len(decision.results) - done
+                    self._not_applied(decision, changes[tried:], f"{host}: an earlier change failed")
+            healthy = [h for h in batch if h not in broken and h in changed]
             checked: list[dict[str, Any]] = []
-            healthy = [h for h in batch if h not in broken]
             if step.verify and healthy:
                 resolved, results = self._verify(step, run.run_checks, healthy)
                 checked = [{"id": r.id, "status": r.status.value, "summary": r.summary} for r in results]
-                if not resolved:
-                    # A check on a named engine fails that engine; a check with no hosts fails the batch.
-                    bad = {
-                        r.id.rpartition("@")[2] if "@" in r.id else "*" for r in results if r.status is not Status.OK
-                    }
-                    broken += [h for h in healthy if h in bad or "*" in bad]
+                decision.verify = checked
+                broken += [h for h in healthy if not _verified_on(h, results)]
             for host in broken:
                 for change in (c for c in plan.changes if c.host == host):
                     self._state.open_breaker(change.target, run.run_id, "rollout step failed", window)
             failed += broken
             audit.record("rollout_step", remediation=step.id, step=number, hosts=batch, failed=broken, verify=checked)
-        ok = not failed
-        audit.record("apply_finished", remediation=step.id, results=decision.results, ok=not apply_failed)
-        if ok and step.verify:
-            resolved, results = self._verify(step, run.run_checks)  # every engine, once all are done
+        complete = not failed and stopped is None
+        audit.record("apply_finished", remediation=step.id, results=decision.results, ok=complete)
+        if complete and step.verify:
+            # Every engine changed, verified together once all are done (not the engines left alone).
+            resolved, results = self._verify(step, run.run_checks, changed)
             decision.verify = [{"id": r.id, "status": r.status.value, "summary": r.summary} for r in results]
             audit.record("verify", remediation=step.id, resolved=resolved, checks=decision.verify)
-            ok = resolved
-        if ok:
+            if not resolved:
+                failed = [h for h in changed if not _verified_on(h, results)] or changed
+                for change in (c for c in plan.changes if c.host in failed):
+                    self._state.open_breaker(change.target, run.run_id, "not resolved after remediation", window)
+                complete = False
+        if complete:
             decision.outcome = "resolved" if step.verify else "applied"
             return None
         decision.outcome = "apply_failed" if apply_failed else "not_resolved"
-        left = [h for h in hosts if h not in failed and h not in _applied_hosts(decision)]
-        why = f"rollout stopped: failed on {', '.join(failed) or 'the final verification'}"
+        left = [h for h in hosts if h not in changed]
+        why = (stopped or "rollout finished") + (f"; failed on {', '.join(failed)}" if failed else "")
         return self._escalate(
             decision, audit, run.run_id, plan, why + (f"; not changed: {', '.join(left)}" if left else "")
         )
+
+    @staticmethod
+    def _not_applied(decision: RemediationDecision, changes: list[Change], why: str) -> None:
+        for change in changes:
+            decision.results.append(
+                {"change": change.summary, "host": change.host, "outcome": "not_applied", "error": why}
+            )
 
     # --- Alertmanager silences --------------------------------------------------------------------------
 
@@ -689,7 +722,9 @@ class Remediator:
 
         clients = RunClients(self.settings)
         try:
-            run = _Run(run_id, approver, audit, approve, run_checks, statuses=dict(statuses or {}))
+            run = _Run(
+                run_id, approver, audit, approve, run_checks, statuses=dict(statuses or {}), expected=fingerprint
+            )
             self._one(runbook, step, decision, context, clients, run)
         finally:
             clients.close()
@@ -716,5 +751,12 @@ class Remediator:
         audit.record("escalation", remediation=decision.id, targets=plan.targets, reason=decision.escalation)
 
 
-def _applied_hosts(decision: RemediationDecision) -> list[str]:
-    return [r["host"] for r in decision.results if r.get("host") and r.get("outcome") == "ok"]
+def _verified_on(host: str, results: list[CheckResult]) -> bool:
+    """Whether the verification holds for one engine: its own results all OK, and at least one of them
+    (a check whose hosts leave that engine out verifies nothing there). A failing check without hosts
+    fails every engine of the batch."""
+    mine = [r for r in results if r.id.endswith("@" + host)]
+    shared = [r for r in results if "@" not in r.id]
+    if not mine and not shared:
+        return False
+    return all(r.status is Status.OK for r in [*mine, *shared])

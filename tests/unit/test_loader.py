@@ -162,3 +162,34 @@ def test_a_silence_timeout_needs_a_silence(write_runbook: WriteRunbook) -> None:
     short = silenced.replace("silence_timeout: 20m", "silence_timeout: 10s")  # shorter than verify_timeout (60s)
     (problem,) = problems([write_runbook("demo.yaml", short)])
     assert "silence_timeout must be at least verify_timeout and at most 1d" in problem
+
+
+def test_hosts_are_for_steps_on_an_engine(write_runbook: WriteRunbook) -> None:
+    """`hosts:` picks Docker engines: on a database check (or a database change) it would run once per
+    engine for nothing, and `failing:` reads the per-engine results of a check that has hosts."""
+    fanned = GOOD.replace(
+        'with: {service: "{{ params.service }}"}\n    needs',
+        'hosts: all\n    with: {service: "{{ host.name }}"}\n    needs',
+    )
+    path = write_runbook(
+        "demo.yaml", fanned.replace("do: docker.restart", "do: docker.restart\n    hosts: failing:app")
+    )
+    load_runbooks([path])  # a docker check on every engine, a restart where it failed: fine
+    path = write_runbook(
+        "demo.yaml", GOOD.replace("check: postgres.connections", "check: postgres.connections\n    hosts: all")
+    )
+    assert problems([path]) == [
+        f"{path}:10: checks[0].hosts: hosts: is for docker.* steps; postgres.connections does not run on an engine"
+    ]
+    path = write_runbook("demo.yaml", GOOD.replace("do: docker.restart", "do: docker.restart\n    hosts: failing:app"))
+    (problem,) = problems([path])
+    assert "remediations[0].hosts[0]: 'app' is not a check with hosts" in problem
+    path = write_runbook(
+        "demo.yaml", GOOD.replace("check: docker.container", "check: docker.container\n    hosts: [failing:db]")
+    )
+    assert any("failing:CHECK is for remediations" in p for p in problems([path]))
+    path = write_runbook(
+        "demo.yaml",
+        GOOD.replace('{service: "{{ params.service }}"}\n    needs', '{service: "{{ host.name }}"}\n    needs'),
+    )
+    assert any("unknown name 'host'" in p for p in problems([path]))  # `host` only where there are hosts

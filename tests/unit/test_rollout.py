@@ -34,6 +34,7 @@ HEALTH: dict[str, str] = {}  # engine -> what its health check says
 APPLIED: list[str] = []  # the engines the effect ran on, in order (read from the clients it was given)
 BROKEN: set[str] = set()  # engines where the effect fails
 NO_HEAL: set[str] = set()  # engines the effect runs on without healing them
+DURING: list[Any] = []  # called as the effect runs
 
 
 class HostParams(BaseModel):
@@ -49,6 +50,8 @@ class FixSpec(EffectSpec):
 def health(ctx: Any, p: HostParams) -> Outcome:
     # The check's clients are its engine's: the host template and the engine it reaches agree.
     assert ctx.settings.docker_host == ENGINES[p.host]["docker_host"]
+    if HEALTH.get(p.host) == "GONE":
+        return Outcome(Status.CRITICAL, f"{p.host} unreachable", code="docker_unreachable")
     return Outcome(Status(HEALTH.get(p.host, "OK")), f"{p.host} is {HEALTH.get(p.host, 'OK')}")
 
 
@@ -63,6 +66,8 @@ def apply_fix(ctx: Any, spec: FixSpec) -> dict[str, Any]:
     host = next(name for name, e in ENGINES.items() if e["docker_host"] == ctx.settings.docker_host)
     assert host == spec.host  # applied through the clients of the engine it was planned on
     APPLIED.append(host)
+    for call in DURING:
+        call()
     if host in BROKEN:
         raise RuntimeError(f"{host} refused")
     if host not in NO_HEAL:
@@ -76,10 +81,16 @@ def reset() -> None:
     APPLIED.clear()
     BROKEN.clear()
     NO_HEAL.clear()
+    DURING.clear()
 
 
 def run(
-    tmp_path: Path, remediation: dict[str, Any] | None = None, *, hosts: Any = "all", **settings: Any
+    tmp_path: Path,
+    remediation: dict[str, Any] | None = None,
+    *,
+    hosts: Any = "all",
+    stop: Any = None,
+    **settings: Any,
 ) -> tuple[Any, Path]:
     registry = Registry(check_modules={}, remediation_modules={})
     registry.add_plugins(plugins)
@@ -115,7 +126,7 @@ def run(
         state=open_state(tmp_path),
         effect_modules={"fleet": __name__},
     )
-    return executor.run("fleet", actor="tester"), audit_path
+    return executor.run("fleet", actor="tester", stop=stop), audit_path
 
 
 def test_a_check_fans_out_one_result_per_engine(tmp_path: Path) -> None:
@@ -208,3 +219,54 @@ def test_the_blast_radius_counts_across_engines(tmp_path: Path) -> None:
     decision = report.remediations[0]
     assert decision.decision == "denied" and "blast radius: would change 2 targets" in decision.decision_reason
     assert APPLIED == []
+
+
+def test_an_engine_that_cannot_be_reached_is_no_finding_to_fix(tmp_path: Path) -> None:
+    """failing: picks the engines where the check found the fault, not one it could not reach: a plan
+    there could not be made and would hold up the fix everywhere else."""
+    HEALTH.update({"web-2": "CRITICAL", "web-3": "GONE"})
+    report, _ = run(tmp_path)
+    assert (report.remediations[0].outcome, APPLIED) == ("resolved", ["web-2"])
+
+
+def test_a_stopping_agent_starts_no_further_engine(tmp_path: Path) -> None:
+    import threading
+
+    HEALTH.update({"web-1": "CRITICAL", "web-2": "CRITICAL"})
+    stop = threading.Event()
+    DURING.append(stop.set)  # the daemon is told to stop while the first engine is changed
+    report, _ = run(tmp_path, stop=stop)
+    decision = report.remediations[0]
+    assert APPLIED == ["web-1"] and [r["outcome"] for r in decision.results] == ["ok", "not_applied"]
+    assert "the agent is stopping" in (decision.escalation or "") and "not changed: web-2" in decision.escalation
+
+
+def test_a_verification_that_checks_nothing_on_an_engine_does_not_pass_it(tmp_path: Path) -> None:
+    HEALTH.update({"web-1": "CRITICAL", "web-2": "CRITICAL"})
+    # The check runs on web-1 only: a fix of web-2 cannot be verified by it.
+    report, _ = run(tmp_path, {"hosts": ["web-2"], "verify_timeout": "1s"}, hosts="web-1")
+    decision = report.remediations[0]
+    assert APPLIED == ["web-2"] and decision.outcome == "not_resolved"
+
+
+def test_the_default_engine_by_name_is_the_same_target(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An inventory entry for the default engine names its targets as a step without hosts does: the
+    same container meets the same locks and limits by either name."""
+    HEALTH.update({"web-1": "CRITICAL"})
+    monkeypatch.setitem(ENGINES, "web-1", {**ENGINES["web-1"], "docker_host": "unix:///var/run/docker.sock"})
+    report, _ = run(tmp_path, {"approval": "manual"})
+    (change,) = report.remediations[0].plan["changes"]
+    assert (change["target"], change["host"], change["summary"]) == ("thing:app", "web-1", "web-1: fix app on web-1")
+
+
+@pytest.mark.parametrize(
+    ("engines", "why"),
+    [
+        ({"a": {"docker_host": "unix:///x.sock"}, "b": {"docker_host": "unix:///x.sock/"}}, "the same engine as"),
+        ({"a": {"docker_host": "ssh://me@host"}}, "ssh:// is not supported yet"),
+        ({"all": {"docker_host": "unix:///x.sock"}}, "may not be named `all`"),
+    ],
+)
+def test_an_inventory_names_each_engine_once_and_only_what_it_can_reach(engines: dict[str, Any], why: str) -> None:
+    with pytest.raises(ValueError, match=why):
+        Settings(engines=engines)
