@@ -126,7 +126,11 @@ def run(
         state=open_state(tmp_path),
         effect_modules={"fleet": __name__},
     )
+    LAST["executor"] = executor
     return executor.run("fleet", actor="tester", stop=stop), audit_path
+
+
+LAST: dict[str, Any] = {}
 
 
 def test_a_check_fans_out_one_result_per_engine(tmp_path: Path) -> None:
@@ -270,3 +274,22 @@ def test_the_default_engine_by_name_is_the_same_target(tmp_path: Path, monkeypat
 def test_an_inventory_names_each_engine_once_and_only_what_it_can_reach(engines: dict[str, Any], why: str) -> None:
     with pytest.raises(ValueError, match=why):
         Settings(engines=engines)
+
+
+def test_an_approval_whose_plan_is_now_empty_is_a_changed_plan(tmp_path: Path) -> None:
+    """Approved from a report that is not there (the run's report not yet written, or lost): failing:
+    selects nothing now. That is a changed plan for the person to look at, never a silent `nothing to
+    do` that uses up their approval."""
+    from agent.exceptions import PlanChanged
+
+    HEALTH.update({"web-2": "CRITICAL"})
+    report, _ = run(tmp_path, {"approval": "manual"})
+    executor = LAST["executor"]
+    pending = report.remediations[0]
+    assert pending.decision == "pending"
+    with executor.state.write() as db:
+        db.execute("UPDATE runs SET report = NULL WHERE run_id = ?", (report.run_id,))
+    with pytest.raises(PlanChanged, match="now nothing to do"):
+        executor.decide_pending(report.run_id, approve=True, approver="alice", fingerprint=pending.plan["fingerprint"])
+    assert [p[1] for p in executor.state.pending(report.run_id)] == ["fix"]  # still waiting for a person
+    assert APPLIED == []
