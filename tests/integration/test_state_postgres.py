@@ -30,6 +30,7 @@ STATE_TESTS = [
     "tests/unit/test_remediate.py",
     "tests/unit/test_incidents.py",
     "tests/unit/test_outbox.py",
+    "tests/unit/test_rollout.py",
 ]
 
 
