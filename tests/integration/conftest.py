@@ -278,3 +278,41 @@ def state_database(server: str, name: str) -> str:
     with psycopg.connect(server, autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{database}"')
     return server.rsplit("/", 1)[0] + "/" + database
+
+
+# --- a container of its own compose project, and a runbook that restarts it on an alert -----------------
+
+BOUNCE_RUNBOOK = """
+id: bounce-{name}
+title: Bounce ({name})
+severity: SEV-3
+triggers:
+  - {{alertname: {alertname}}}
+params:
+  target: {target}
+checks:
+  - {{id: there, check: docker.container, with: {{container: '{{{{ params.target }}}}'}}}}
+remediations:
+  - id: bounce
+    do: docker.restart
+    with: {{container: '{{{{ params.target }}}}', wait_healthy: 30s}}
+    when: 'true'
+    approval: {approval}
+    cooldown: 0s
+    limit: {{max: 20, per: 1h}}
+    verify: [there]
+"""
+
+
+@pytest.fixture
+def target() -> Iterator[tuple[str, str]]:
+    """A container of a compose project of its own (the only one the runbooks may restart): (project,
+    container name)."""
+    project = f"rbtest-{uuid.uuid4().hex[:8]}"
+    container = throwaway_container(
+        ["sleep", "600"],
+        name=f"{project}-bounce-1",
+        labels={"com.docker.compose.project": project, "com.docker.compose.service": "bounce"},
+    )
+    yield project, container.get_wrapped_container().name
+    container.stop()

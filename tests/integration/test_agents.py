@@ -9,8 +9,6 @@ import json
 import os
 import signal
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,31 +17,11 @@ import psycopg
 import pytest
 
 from sandbox import faults
-from tests.integration.conftest import STATE_PASSWORD, cli, starts, state_database, throwaway_container
+from tests.integration.conftest import BOUNCE_RUNBOOK, STATE_PASSWORD, cli, starts, state_database
 from tests.integration.harness import Daemon, alertmanager
 
 pytestmark = pytest.mark.integration
 
-RUNBOOK = """
-id: bounce-{name}
-title: Bounce ({name})
-severity: SEV-3
-triggers:
-  - {{alertname: {alertname}}}
-params:
-  target: {target}
-checks:
-  - {{id: there, check: docker.container, with: {{container: '{{{{ params.target }}}}'}}}}
-remediations:
-  - id: bounce
-    do: docker.restart
-    with: {{container: '{{{{ params.target }}}}', wait_healthy: 30s}}
-    when: 'true'
-    approval: auto
-    cooldown: 0s
-    limit: {{max: 20, per: 1h}}
-    verify: [there]
-"""
 SWEEP = """
 id: sweep
 title: Sweep
@@ -58,20 +36,6 @@ SWEEP_EVERY = 4.0
 LOCK_TTL = 30.0
 
 
-@pytest.fixture
-def target() -> Iterator[tuple[str, str]]:
-    """A container of a compose project of its own. Its command ignores SIGTERM, so a restart takes the
-    engine's whole stop timeout (10 s): time to kill the agent in the middle of it."""
-    project = f"rbtest-{uuid.uuid4().hex[:8]}"
-    container = throwaway_container(
-        ["sleep", "600"],
-        name=f"{project}-bounce-1",
-        labels={"com.docker.compose.project": project, "com.docker.compose.service": "bounce"},
-    )
-    yield project, container.get_wrapped_container().name
-    container.stop()
-
-
 def audit(env: dict[str, str]) -> list[dict[str, Any]]:
     path = Path(env["RUNBOOK_STATE_DIR"]) / "audit.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
@@ -84,11 +48,14 @@ def events(env: dict[str, str], run_id: str) -> list[str]:
 def test_three_agents_on_shared_state_act_once_and_survive_a_kill(
     daemon_env: dict[str, str], tmp_path: Path, target: tuple[str, str], state_server: str, dc: docker.DockerClient
 ) -> None:
+    # The target's command (a bare `sleep`) ignores SIGTERM: a restart takes the engine's whole stop
+    # timeout (10 s), time to kill the agent in the middle of it.
     project, container = target
     runbooks = tmp_path / "shared-runbooks"
     runbooks.mkdir()
     for name, alertname in (("once", "BounceOnce"), ("slow", "BounceKilled")):
-        (runbooks / f"{name}.yaml").write_text(RUNBOOK.format(name=name, alertname=alertname, target=container))
+        text = BOUNCE_RUNBOOK.format(name=name, approval="auto", alertname=alertname, target=container)
+        (runbooks / f"{name}.yaml").write_text(text)
     # A scheduled sweep: once per period between the agents, not once each.
     (runbooks / "sweep.yaml").write_text(SWEEP.replace("TARGET", container))
     state_url = state_database(state_server, "agents")
@@ -98,7 +65,7 @@ def test_three_agents_on_shared_state_act_once_and_survive_a_kill(
             "RUNBOOK_COMPOSE_PROJECT": project,
             "RUNBOOK_STATE_URL": state_url,
             "RUNBOOK_STATE_DIR": str(tmp_path / f"agent-{n}"),  # each agent's own audit chain
-            "RUNBOOK_AGENT_DEAD_AFTER": "3s",
+            "RUNBOOK_AGENT_DEAD_AFTER": "6s",  # a heartbeat a second: a busy machine never misses six
             "RUNBOOK_LOCK_TTL": f"{LOCK_TTL:g}s",
         }
         for n in (1, 2, 3)

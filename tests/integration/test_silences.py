@@ -10,7 +10,7 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -19,47 +19,19 @@ import httpx
 import pytest
 
 from sandbox import faults
-from tests.integration.conftest import throwaway_container
+from tests.integration.conftest import BOUNCE_RUNBOOK
 from tests.integration.harness import Daemon, alertmanager, free_port
 
 pytestmark = pytest.mark.integration
 
-RUNBOOK = """
-id: bounce-{approval}
-title: Bounce ({approval})
-severity: SEV-3
-triggers:
-  - {{alertname: {alertname}}}
-params:
-  target: {target}
-checks:
-  - {{id: there, check: docker.container, with: {{container: '{{{{ params.target }}}}'}}}}
-remediations:
-  - id: bounce
-    do: docker.restart
-    with: {{container: '{{{{ params.target }}}}', wait_healthy: 30s}}
-    when: 'true'
-    approval: {approval}
-    cooldown: 0s
-    limit: {{max: 20, per: 1h}}
-    verify: [there]
-    silence: true
+# The shared restart runbook, silencing the alert while it works.
+RUNBOOK = (
+    BOUNCE_RUNBOOK
+    + """    silence: true
     silence_timeout: 5m
     silence_grace: {grace}
 """
-
-
-@pytest.fixture
-def target() -> Iterator[tuple[str, str]]:
-    """A container of a compose project of its own (the only one the runbooks may restart)."""
-    project = f"rbtest-{uuid.uuid4().hex[:8]}"
-    container = throwaway_container(
-        ["sleep", "600"],
-        name=f"{project}-bounce-1",
-        labels={"com.docker.compose.project": project, "com.docker.compose.service": "bounce"},
-    )
-    yield project, container.get_wrapped_container().name
-    container.stop()
+)
 
 
 def audit_of(env: dict[str, str], run_id: str) -> list[dict[str, Any]]:
@@ -130,7 +102,7 @@ def test_the_alert_is_silenced_while_its_fix_is_applied_and_verified(
     for approval, alertname in (("auto", "BounceAuto"), ("manual", "BounceAsk")):
         grace = "2m" if approval == "auto" else "0s"
         (runbooks / f"{approval}.yaml").write_text(
-            RUNBOOK.format(approval=approval, alertname=alertname, target=container, grace=grace)
+            RUNBOOK.format(name=approval, approval=approval, alertname=alertname, target=container, grace=grace)
         )
     am_port = free_port()
     env = {
