@@ -152,6 +152,11 @@ class Settings(BaseModel):
                 raise ValueError(f"engines.{name}: {message}") from None
         return self
 
+    @property
+    def engine_labels(self) -> dict[str, dict[str, str]]:
+        """The inventory as `hosts:` selects from it: each engine's name and labels, in order."""
+        return {name: dict(engine.labels) for name, engine in self.engines.items()}
+
     def engine_is_default(self, name: str) -> bool:
         """Whether an engine of the inventory is the default one (`docker_host`): its targets are then
         named as a step without hosts names them, so both meet the same locks and limits."""

@@ -400,18 +400,12 @@ class Executor:
                 out.append(_Instance(step, None, step.id))
                 continue
             try:
-                names = self._select_hosts(step.hosts, context)
+                names = select(self.settings.engine_labels, step.hosts, templates=self.templates, context=context)
             except HostError as exc:
                 out.append(_Instance(step, None, step.id, str(exc)))
                 continue
             out.extend(_Instance(step, h, f"{step.id}@{h}") for h in names if hosts is None or h in hosts)
         return out
-
-    def _select_hosts(
-        self, selectors: list[str], context: dict[str, Any], failing: Callable[[str], list[str]] | None = None
-    ) -> list[str]:
-        engines = {name: engine.labels for name, engine in self.settings.engines.items()}
-        return select(engines, selectors, templates=self.templates, context=context, failing=failing)
 
     def _run_checks(
         self,

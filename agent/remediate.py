@@ -281,7 +281,7 @@ class Remediator:
         for the whole rollout. Each change's target carries its engine (`container:app@web-2`), so
         locks, limits and the blast radius count per engine and across them."""
         spec = self.registry.remediation(step.do)
-        engines = {name: engine.labels for name, engine in self.settings.engines.items()}
+        engines = self.settings.engine_labels
         hosts = select(engines, step.hosts or [], templates=self.templates, context=context, failing=run.failing)
         changes: list[Change] = []
         for host in hosts:
