@@ -54,9 +54,14 @@ class Engine(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    docker_host: str = Field(description="unix:///var/run/docker.sock, or tcp://host:2376 (with TLS).")
+    docker_host: str = Field(
+        description="unix:///var/run/docker.sock, tcp://host:2376 (with TLS), or ssh://user@host[:port]."
+    )
     tls_verify: bool = Field(False, description="TLS verified both ways (a tcp:// engine).")
     cert_path: Path | None = Field(None, description="ca.pem, cert.pem, key.pem for this engine.")
+    ssh_identity: Path | None = Field(None, description="An ssh:// engine's private key (default: ssh's own).")
+    ssh_known_hosts: Path | None = Field(None, description="Its host key (default: ssh's known_hosts files).")
+    ssh_socket: str | None = Field(None, description="The engine's socket on that host (/var/run/docker.sock).")
     labels: dict[LabelText, LabelText] = Field(default_factory=dict, description="For `hosts: key=value`.")
     connect_timeout: Duration | None = Field(None, gt=0, description="This engine's own (a far one: longer).")
     read_timeout: Duration | None = Field(None, gt=0)
@@ -77,6 +82,13 @@ class Settings(BaseModel):
         None,
         description="Directory of ca.pem, cert.pem, key.pem for a TLS engine (DOCKER_CERT_PATH; default ~/.docker).",
     )
+    docker_ssh_identity: Path | None = Field(
+        None, description="Private key for an ssh:// engine (default: ssh's own: its config, agent, ~/.ssh)."
+    )
+    docker_ssh_known_hosts: Path | None = Field(
+        None, description="known_hosts file holding an ssh:// engine's host key (default: ssh's own files)."
+    )
+    docker_ssh_socket: str = Field("/var/run/docker.sock", description="The Docker socket on an ssh:// engine's host.")
     compose_project: str = Field("sandbox", description="Compose project whose services runbooks name.")
     runbooks_dir: Path | None = Field(None, description="Where runbooks live (RUNBOOK_DIR).")
     state_dir: Path = Field(default_factory=_default_state_dir, description="State directory.")
@@ -138,8 +150,8 @@ class Settings(BaseModel):
         each engine once (two names for one engine would keep two sets of locks and limits for it)."""
         seen: dict[str, str] = {}
         for name, engine in self.engines.items():
-            if not engine.docker_host.startswith(("unix://", "tcp://")):
-                raise ValueError(f"engines.{name}.docker_host: unix:// or tcp:// (ssh:// is not supported yet)")
+            if not engine.docker_host.startswith(("unix://", "tcp://", "ssh://")):
+                raise ValueError(f"engines.{name}.docker_host: unix://, tcp:// or ssh://")
             where = _engine_key(engine.docker_host)
             if where in seen:
                 raise ValueError(f"engines.{name}: the same engine as engines.{seen[where]} ({engine.docker_host})")
@@ -149,6 +161,7 @@ class Settings(BaseModel):
             except ValidationError as exc:
                 message = exc.errors()[0]["msg"].removeprefix("Value error, ")
                 message = message.replace("docker_cert_path (DOCKER_CERT_PATH)", "cert_path")
+                message = message.replace("docker_ssh_", "ssh_")
                 raise ValueError(f"engines.{name}: {message}") from None
         return self
 
@@ -171,7 +184,11 @@ class Settings(BaseModel):
             "docker_host": engine.docker_host,
             "docker_tls_verify": engine.tls_verify,
             "docker_cert_path": engine.cert_path,
+            "docker_ssh_identity": engine.ssh_identity,
+            "docker_ssh_known_hosts": engine.ssh_known_hosts,
         }
+        if engine.ssh_socket is not None:
+            update["docker_ssh_socket"] = engine.ssh_socket
         if engine.connect_timeout is not None:
             update["connect_timeout"] = engine.connect_timeout
         if engine.read_timeout is not None:
@@ -210,6 +227,40 @@ class Settings(BaseModel):
         if host is not None and host.startswith("tcp://") and not urlsplit(host).port:
             raise ValueError("a tcp:// engine needs its port (2376 with TLS, as dockerd listens)")
         return host
+
+    @model_validator(mode="after")
+    def _docker_ssh(self) -> Settings:
+        """An ssh:// engine as the docker CLI takes it, and what ssh is given checked before it runs: its
+        address (nothing in it an option), a key it can use without asking, the host key file."""
+        if not (self.docker_host or "").startswith("ssh://"):
+            return self
+        from agent import ssh_tunnel
+
+        assert self.docker_host is not None
+        ssh_tunnel.parse(self.docker_host)
+        if not ssh_tunnel.SOCKET_PATH.match(self.docker_ssh_socket):
+            socket = self.docker_ssh_socket
+            raise ValueError(f"docker_ssh_socket: an absolute path of letters, digits and ._/- ({socket})")
+        if self.docker_ssh_identity is not None:
+            ssh_tunnel.check_key(self.docker_ssh_identity)
+        if self.docker_ssh_known_hosts is not None and not self.docker_ssh_known_hosts.is_file():
+            raise ValueError(f"docker_ssh_known_hosts {self.docker_ssh_known_hosts}: no such file")
+        return self
+
+    @property
+    def docker_forward(self) -> Any:
+        """An ssh:// engine's forward (agent.ssh_tunnel.Forward), or None for any other engine."""
+        if not (self.docker_host or "").startswith("ssh://"):
+            return None
+        from agent.ssh_tunnel import Forward
+
+        return Forward(
+            url=self.docker_host or "",
+            remote_socket=self.docker_ssh_socket,
+            identity=self.docker_ssh_identity,
+            known_hosts=self.docker_ssh_known_hosts,
+            connect_timeout=self.connect_timeout,
+        )
 
     @model_validator(mode="after")
     def _docker_tls(self) -> Settings:

@@ -116,9 +116,16 @@ class RunClients:
             import requests
 
             from agent.docker_engine import track
+            from agent.ssh_tunnel import TunnelFailed
 
-            base_url = self.settings.docker_host or "unix:///var/run/docker.sock"
+            engine = self.settings.docker_host or "unix:///var/run/docker.sock"
+            base_url = engine
             try:
+                forward = self.settings.docker_forward
+                if forward is not None:  # ssh://: through the process's forward of the remote socket
+                    from agent.ssh_tunnel import local_socket
+
+                    base_url = local_socket(forward, self.settings.connect_timeout + self.settings.read_timeout)
                 # A fixed version makes no call here: docker-py would negotiate the API version in the
                 # constructor, before its connections can be tracked (and cut at a check's deadline).
                 tls: Any = False
@@ -135,15 +142,15 @@ class RunClients:
                 if tls:
                     _engine_ca_wins(client.api)
                 self._docker_in_flight = track(client)
-                known = _NEGOTIATED.get(base_url)
+                known = _NEGOTIATED.get(engine)
                 if known is None:
                     # Negotiate, as docker-py's "auto" does; this call is also the reachability check.
-                    known = _NEGOTIATED[base_url] = client.api.version(api_version=False)["ApiVersion"]
+                    known = _NEGOTIATED[engine] = client.api.version(api_version=False)["ApiVersion"]
                 # Negotiated by an earlier run of this process: no call here (the engine answers /version
                 # by asking containerd, ~6 ms). An engine gone since fails the check's first call, which
                 # the Docker checks report as unreachable (checks/docker.py).
                 client.api._version = known
-            except (docker.errors.DockerException, requests.RequestException, OSError) as exc:
+            except (docker.errors.DockerException, requests.RequestException, OSError, TunnelFailed) as exc:
                 # (OSError: a TLS file that went away, as requests reports it.)
                 raise TargetUnreachable("docker_unreachable", f"Docker engine unreachable: {exc}") from None
             return client

@@ -89,7 +89,16 @@ class LocalSocketUnavailable(Exception):
     """The local socket could not be made (another daemon has it, a path too long, no permission)."""
 
 
-_PATH_SETTINGS = ("runbooks_dir", "state_dir", "audit_log", "policy_file", "backup_dir", "docker_cert_path")
+_PATH_SETTINGS = (
+    "runbooks_dir",
+    "state_dir",
+    "audit_log",
+    "policy_file",
+    "backup_dir",
+    "docker_cert_path",
+    "docker_ssh_identity",
+    "docker_ssh_known_hosts",
+)
 
 
 def _relative_paths(env: dict[str, str], settings: Any) -> bool:

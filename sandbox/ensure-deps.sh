@@ -37,6 +37,10 @@ command -v systemd-analyze >/dev/null || missing+=(systemd)  # `systemd-analyze 
 # A static busybox: the one image of the tests' second Docker engine (tests/integration/remote_engine.py).
 dpkg -s busybox-static >/dev/null 2>&1 || missing+=(busybox-static)
 command -v ip >/dev/null || missing+=(iproute2)  # that engine's own bridge
+# An sshd on 127.0.0.1 in front of that engine, for ssh:// engines (tests/integration/ssh_server.py), and
+# setpriv, with which the agent's ssh forwards die with it.
+[ -x /usr/sbin/sshd ] && command -v ssh-keygen >/dev/null || missing+=(openssh-server openssh-client)
+command -v setpriv >/dev/null || missing+=(util-linux)
 [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
 # The binary alone: what it recommends would install and start Icinga's services.
 command -v icinga2 >/dev/null || apt_install --no-install-recommends icinga2-bin

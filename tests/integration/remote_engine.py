@@ -32,6 +32,7 @@ class RemoteEngine:
     host: str  # tcp://127.0.0.1:PORT, TLS only
     certs: Path  # the agent's client side: ca.pem, cert.pem, key.pem (as DOCKER_CERT_PATH)
     admin: docker.DockerClient  # the test's own way in: the engine's unix socket
+    socket: Path  # that socket (what an ssh:// engine forwards)
 
     def env(self) -> dict[str, str]:
         """What the agent is given to reach it, as the docker CLI would be; and, as on many machines, a
@@ -167,7 +168,7 @@ def remote_engine(index: int = 0) -> Iterator[RemoteEngine]:
                 raise RuntimeError("the second dockerd did not start:\n" + (root / "dockerd.log").read_text()[-2000:])
             time.sleep(0.2)
         _busybox_image(admin)
-        yield RemoteEngine(f"tcp://127.0.0.1:{port}", client, admin)
+        yield RemoteEngine(f"tcp://127.0.0.1:{port}", client, admin, root / "docker.sock")
     finally:
         with contextlib.suppress(Exception):
             for container in admin.containers.list(all=True):

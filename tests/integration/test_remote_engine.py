@@ -14,6 +14,7 @@ import pytest
 
 from tests.integration.conftest import cli, run_runbook
 from tests.integration.remote_engine import IMAGE, RemoteEngine, remote_engine, stranger_certificates
+from tests.integration.ssh_server import SshServer, ssh_server
 
 pytestmark = pytest.mark.integration
 
@@ -187,3 +188,146 @@ def test_an_inventory_of_engines_fans_out_and_rolls_out_where_it_failed(
     finally:
         here.remove(force=True)
         there.remove(force=True)
+
+
+# ---- ssh:// engines: the remote engine's socket forwarded by OpenSSH, to an sshd on this machine ----
+
+
+@pytest.fixture(scope="module")
+def sshd() -> Iterator[SshServer]:
+    with ssh_server() as server:
+        yield server
+
+
+def _ssh_env(engine: RemoteEngine, server: SshServer, identity: Path | None = None) -> dict[str, str]:
+    return {
+        "DOCKER_HOST": server.url,
+        "RUNBOOK_DOCKER_SSH_IDENTITY": str(identity or server.identity),
+        "RUNBOOK_DOCKER_SSH_KNOWN_HOSTS": str(server.known_hosts),
+        "RUNBOOK_DOCKER_SSH_SOCKET": str(engine.socket),
+    }
+
+
+def _forwards_to(server: SshServer) -> list[str]:
+    """The ssh processes forwarding to this server (the agent's, while it runs)."""
+    found = subprocess.run(["pgrep", "-af", "--", f"-p {server.port} -L"], capture_output=True, text=True)
+    return [line for line in found.stdout.splitlines() if "ssh -N" in line]
+
+
+def test_an_ssh_engines_container_is_checked_and_restarted_through_a_forward(
+    engine: RemoteEngine, sshd: SshServer, remote_app: tuple[str, str, Path], agent_env: dict[str, str], dc
+) -> None:
+    """DOCKER_HOST=ssh://root@127.0.0.1:PORT, as the docker CLI takes it: the container on the engine behind
+    that host is checked (a dry run changes nothing) and restarted there; the forward ends with the run."""
+    project, name, runbooks = remote_app
+    env = {**agent_env, **_ssh_env(engine, sshd), "RUNBOOK_COMPOSE_PROJECT": project}
+    started = engine.admin.api.inspect_container(name)["State"]["StartedAt"]
+
+    code, report = run_runbook(env, "remote-app", "--runbooks", str(runbooks), "--dry-run")
+    (check,) = report["checks"]
+    assert (check["status"], code) == ("OK", 0) and name in check["summary"], check
+    assert engine.admin.api.inspect_container(name)["State"]["StartedAt"] == started
+
+    code, report = run_runbook(env, "remote-app", "--runbooks", str(runbooks))
+    rem = report["remediations"][0]
+    assert (rem["decision"], rem["outcome"], code) == ("applied", "resolved", 0), rem
+    assert engine.admin.api.inspect_container(name)["State"]["StartedAt"] != started  # restarted there
+    assert not [c for c in dc.containers.list(all=True) if c.name == name]  # never on this engine
+    assert _forwards_to(sshd) == []  # the run's forward ended with it
+
+
+def test_ssh_engines_that_refuse_are_each_a_clear_critical(
+    engine: RemoteEngine, sshd: SshServer, remote_app: tuple[str, str, Path], agent_env: dict[str, str], tmp_path: Path
+) -> None:
+    """An inventory of ssh:// engines: the one that lets the agent in answers; a key it does not
+    authorize, a host key the agent does not know, and a host where no sshd listens are each CRITICAL
+    on their own line, saying why, within their timeouts."""
+    import json
+    import time
+
+    from tests.integration.harness import free_port
+
+    project, name, _ = remote_app
+    unknown = tmp_path / "known_hosts"
+    unknown.write_text("")
+    far = {"ssh_known_hosts": str(sshd.known_hosts), "ssh_socket": str(engine.socket)}
+    engines = {
+        "far": {"docker_host": sshd.url, "ssh_identity": str(sshd.identity), **far},
+        "stranger": {"docker_host": f"ssh://nobody@127.0.0.1:{sshd.port}", "ssh_identity": str(sshd.stranger), **far},
+        "unknown": {**far, "docker_host": f"ssh://127.0.0.1:{sshd.port}", "ssh_known_hosts": str(unknown)},
+        "nobody": {**far, "docker_host": f"ssh://root@127.0.0.1:{free_port()}", "connect_timeout": "1s"},
+    }
+    (tmp_path / "fleet").mkdir()
+    (tmp_path / "fleet" / "all.yaml").write_text(
+        "id: ssh-fleet\ntitle: The app on every ssh engine\nseverity: SEV-2\nchecks:\n"
+        f"  - {{id: app, check: docker.container, hosts: all, with: {{container: {name}}}}}\n"
+    )
+    env = {**agent_env, "RUNBOOK_ENGINES": json.dumps(engines), "RUNBOOK_COMPOSE_PROJECT": project}
+    began = time.monotonic()
+    code, report = run_runbook(env, "ssh-fleet", "--runbooks", str(tmp_path / "fleet"), "--dry-run")
+    checks = {c["id"]: c for c in report["checks"]}
+    assert checks["app@far"]["status"] == "OK", checks["app@far"]
+    why = {"stranger": "Permission denied", "unknown": "Host key verification failed", "nobody": "ssh:"}
+    for host, reason in why.items():
+        check = checks[f"app@{host}"]
+        assert (check["status"], check["code"]) == ("CRITICAL", "docker_unreachable"), check
+        assert reason in check["summary"] and "Traceback" not in check["summary"], check
+    assert code == 2 and time.monotonic() - began < 60
+
+
+def test_an_ssh_forward_is_made_again_when_it_dies_and_ends_with_a_killed_agent(
+    engine: RemoteEngine, sshd: SshServer
+) -> None:
+    """A dropped link ends the forward: the next use makes a new one. An agent killed -9 takes its forward
+    with it (the parent-death signal), so no ssh process is left holding the engine open."""
+    import os
+    import signal
+    import sys
+    import time
+
+    import docker as docker_sdk
+
+    from agent.ssh_tunnel import Forward, close_all, local_socket
+
+    forward = Forward(sshd.url, str(engine.socket), sshd.identity, sshd.known_hosts, 2.0)
+    try:
+        first = local_socket(forward, 10)
+        assert docker_sdk.DockerClient(base_url=first, version="1.41").ping()
+        assert local_socket(forward, 10) == first  # one forward per engine, reused
+        (line,) = _forwards_to(sshd)
+        os.kill(int(line.split()[0]), signal.SIGKILL)  # the link drops
+        time.sleep(0.2)
+        second = local_socket(forward, 10)
+        assert second != first and docker_sdk.DockerClient(base_url=second, version="1.41").ping()
+    finally:
+        close_all()
+    assert _forwards_to(sshd) == [] and not Path(first.removeprefix("unix://")).parent.exists()
+
+    agent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; from agent.ssh_tunnel import Forward, local_socket;"
+            f"print(local_socket(Forward({sshd.url!r}, {str(engine.socket)!r}, Path({str(sshd.identity)!r}),"
+            f" Path({str(sshd.known_hosts)!r})), 10), flush=True); time.sleep(120)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    try:
+        assert agent.stdout is not None
+        left = Path(agent.stdout.readline().strip().removeprefix("unix://")).parent
+        assert left.is_dir() and len(_forwards_to(sshd)) == 1
+        agent.kill()
+        agent.wait()
+        deadline = time.monotonic() + 20
+        while _forwards_to(sshd) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _forwards_to(sshd) == []
+        local_socket(forward, 10)  # the next agent to make a forward removes what the killed one left
+        assert not left.exists()
+    finally:
+        close_all()
+        if agent.poll() is None:
+            agent.kill()

@@ -196,3 +196,63 @@ def test_a_tls_engine_as_the_docker_cli_reaches_it(tmp_path: Path) -> None:
     (certs / "key.pem").write_text("-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIB\n-----END ENCRYPTED PRIVATE KEY-----\n")
     with pytest.raises(ConfigError, match=r"key\.pem is encrypted"):
         load_settings(env={**env, "DOCKER_TLS_VERIFY": "1"})
+
+
+def _keygen(path: Path, passphrase: str = "") -> Path:
+    import subprocess
+
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", passphrase, "-f", str(path)], check=True)
+    return path
+
+
+def test_an_ssh_engine_as_the_docker_cli_takes_it(tmp_path: Path) -> None:
+    """ssh://[user@]host[:port], nothing in it ssh could read as an option; a key usable without a
+    passphrase; the known_hosts file and the remote socket checked before ssh ever runs."""
+    key = _keygen(tmp_path / "id")
+    known = tmp_path / "known_hosts"
+    known.write_text("")
+    env = {
+        "DOCKER_HOST": "ssh://deploy@web-2.example:2222",
+        "RUNBOOK_DOCKER_SSH_IDENTITY": str(key),
+        "RUNBOOK_DOCKER_SSH_KNOWN_HOSTS": str(known),
+    }
+    forward = load_settings(env=env).docker_forward
+    argv = forward.argv(Path("/run/x.sock"))
+    assert argv[-2:] == ["--", "web-2.example"] and argv[argv.index("-l") + 1] == "deploy"
+    assert argv[argv.index("-p") + 1] == "2222" and argv[argv.index("-L") + 1] == "/run/x.sock:/var/run/docker.sock"
+    assert {"BatchMode=yes", "StrictHostKeyChecking=yes", f"UserKnownHostsFile={known}"} <= set(argv)
+    assert load_settings(env={"DOCKER_HOST": "unix:///run/docker.sock"}).docker_forward is None
+    refused = {
+        "ssh://-oProxyCommand=touch%20x": "bad host name",
+        "ssh://-oProxyCommand=x@web": "bad user name",
+        "ssh://u:pw@web": "no password",
+        "ssh://web/var/run/docker.sock": "ssh_socket, not in the address",
+        "ssh://web:99999": "bad port",
+    }
+    for url, why in refused.items():
+        with pytest.raises(ConfigError, match=why):
+            load_settings(env={**env, "DOCKER_HOST": url})
+    with pytest.raises(ConfigError, match="docker_ssh_socket"):
+        load_settings(env={**env, "RUNBOOK_DOCKER_SSH_SOCKET": "relative:path"})
+    with pytest.raises(ConfigError, match="no such file"):
+        load_settings(env={**env, "RUNBOOK_DOCKER_SSH_KNOWN_HOSTS": str(tmp_path / "none")})
+    with pytest.raises(ConfigError, match="passphrase"):
+        load_settings(env={**env, "RUNBOOK_DOCKER_SSH_IDENTITY": str(_keygen(tmp_path / "locked", "s3cret"))})
+    with pytest.raises(ConfigError, match="No such file"):
+        load_settings(env={**env, "RUNBOOK_DOCKER_SSH_IDENTITY": str(tmp_path / "nokey")})
+    (tmp_path / "pem").write_text("-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\n")
+    with pytest.raises(ConfigError, match="passphrase"):
+        load_settings(env={**env, "RUNBOOK_DOCKER_SSH_IDENTITY": str(tmp_path / "pem")})
+
+
+def test_an_inventory_engine_over_ssh_names_its_own_fields(tmp_path: Path) -> None:
+    import json
+
+    key = _keygen(tmp_path / "id")
+    engines = {"far": {"docker_host": "ssh://root@far", "ssh_identity": str(key), "ssh_socket": "/run/d.sock"}}
+    settings = load_settings(env={"RUNBOOK_ENGINES": json.dumps(engines)})
+    forward = settings.engine_settings("far").docker_forward
+    assert (forward.url, forward.remote_socket, forward.identity) == ("ssh://root@far", "/run/d.sock", key)
+    engines["far"]["ssh_identity"] = str(tmp_path / "nokey")
+    with pytest.raises(ConfigError, match=r"engines\.far: ssh_identity"):
+        load_settings(env={"RUNBOOK_ENGINES": json.dumps(engines)})
