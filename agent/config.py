@@ -14,6 +14,7 @@ import contextvars
 import json
 import logging
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
@@ -65,6 +66,11 @@ class Engine(BaseModel):
     labels: dict[LabelText, LabelText] = Field(default_factory=dict, description="For `hosts: key=value`.")
     connect_timeout: Duration | None = Field(None, gt=0, description="This engine's own (a far one: longer).")
     read_timeout: Duration | None = Field(None, gt=0)
+
+    @field_validator("docker_host")
+    @classmethod
+    def _scheme_as_written(cls, host: str) -> str:
+        return _normal_host(host)
 
 
 class Settings(BaseModel):
@@ -152,17 +158,17 @@ class Settings(BaseModel):
         for name, engine in self.engines.items():
             if not engine.docker_host.startswith(("unix://", "tcp://", "ssh://")):
                 raise ValueError(f"engines.{name}.docker_host: unix://, tcp:// or ssh://")
-            where = _engine_key(engine.docker_host)
-            if where in seen:
-                raise ValueError(f"engines.{name}: the same engine as engines.{seen[where]} ({engine.docker_host})")
-            seen[where] = name
             try:
-                self.engine_settings(name, check=True)
+                on_engine = self.engine_settings(name, check=True)
             except ValidationError as exc:
                 message = exc.errors()[0]["msg"].removeprefix("Value error, ")
                 message = message.replace("docker_cert_path (DOCKER_CERT_PATH)", "cert_path")
-                message = message.replace("docker_ssh_", "ssh_")
+                message = re.sub(r"^docker_ssh_", "ssh_", message)
                 raise ValueError(f"engines.{name}: {message}") from None
+            where = on_engine.engine_key
+            if where in seen:
+                raise ValueError(f"engines.{name}: the same engine as engines.{seen[where]} ({engine.docker_host})")
+            seen[where] = name
         return self
 
     @property
@@ -173,8 +179,17 @@ class Settings(BaseModel):
     def engine_is_default(self, name: str) -> bool:
         """Whether an engine of the inventory is the default one (`docker_host`): its targets are then
         named as a step without hosts names them, so both meet the same locks and limits."""
-        default = self.docker_host or "unix:///var/run/docker.sock"
-        return _engine_key(self.engines[name].docker_host) == _engine_key(default)
+        return self.engine_settings(name).engine_key == self.engine_key
+
+    @property
+    def engine_key(self) -> str:
+        """The default engine, however its address is written (a trailing slash; over ssh, the user)."""
+        host = self.docker_host or "unix:///var/run/docker.sock"
+        if host.startswith("ssh://"):
+            from agent.ssh_tunnel import engine_key
+
+            return engine_key(host, self.docker_ssh_socket)
+        return _engine_key(host)
 
     def engine_settings(self, name: str, *, check: bool = False) -> Settings:
         """These settings, on the inventory's engine `name` (its host, TLS and timeouts)."""
@@ -186,9 +201,9 @@ class Settings(BaseModel):
             "docker_cert_path": engine.cert_path,
             "docker_ssh_identity": engine.ssh_identity,
             "docker_ssh_known_hosts": engine.ssh_known_hosts,
+            # Each engine its own, as its certificates: never another host's socket path.
+            "docker_ssh_socket": engine.ssh_socket or "/var/run/docker.sock",
         }
-        if engine.ssh_socket is not None:
-            update["docker_ssh_socket"] = engine.ssh_socket
         if engine.connect_timeout is not None:
             update["connect_timeout"] = engine.connect_timeout
         if engine.read_timeout is not None:
@@ -224,8 +239,13 @@ class Settings(BaseModel):
     @field_validator("docker_host")
     @classmethod
     def _port_given(cls, host: str | None) -> str | None:
+        host = None if host is None else _normal_host(host)
         if host is not None and host.startswith("tcp://") and not urlsplit(host).port:
             raise ValueError("a tcp:// engine needs its port (2376 with TLS, as dockerd listens)")
+        if host is not None and host.startswith("ssh://"):
+            from agent.ssh_tunnel import parse
+
+            parse(host)  # the address, before anything else of it is looked at
         return host
 
     @model_validator(mode="after")
@@ -236,15 +256,13 @@ class Settings(BaseModel):
             return self
         from agent import ssh_tunnel
 
-        assert self.docker_host is not None
-        ssh_tunnel.parse(self.docker_host)
-        if not ssh_tunnel.SOCKET_PATH.match(self.docker_ssh_socket):
+        if not ssh_tunnel.SOCKET_PATH.fullmatch(self.docker_ssh_socket):
             socket = self.docker_ssh_socket
-            raise ValueError(f"docker_ssh_socket: an absolute path of letters, digits and ._/- ({socket})")
+            raise ValueError(f"docker_ssh_socket: an absolute path of letters, digits and ._/- ({socket!r})")
         if self.docker_ssh_identity is not None:
-            ssh_tunnel.check_key(self.docker_ssh_identity)
-        if self.docker_ssh_known_hosts is not None and not self.docker_ssh_known_hosts.is_file():
-            raise ValueError(f"docker_ssh_known_hosts {self.docker_ssh_known_hosts}: no such file")
+            ssh_tunnel.check_key(self.docker_ssh_identity, "docker_ssh_identity")
+        if self.docker_ssh_known_hosts is not None:
+            ssh_tunnel.check_path("docker_ssh_known_hosts", self.docker_ssh_known_hosts)
         return self
 
     @property
@@ -523,6 +541,14 @@ def load_settings(config_file: Path | None = None, env: Mapping[str, str] | None
         redactor = Redactor()
         raise ConfigError("\n".join(redactor.text(line) for line in load.problems + lines))
     return settings
+
+
+def _normal_host(host: str) -> str:
+    """An engine's address as docker-py reads it: no surrounding space, the scheme in lower case (so that
+    `SSH://` is checked as ssh:// is, and goes through the same forward)."""
+    host = host.strip()
+    scheme, sep, rest = host.partition("://")
+    return f"{scheme.lower()}{sep}{rest}" if sep else host
 
 
 def _engine_key(docker_host: str) -> str:

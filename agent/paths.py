@@ -22,6 +22,7 @@ __all__ = [
     "run_files_digest",
     "secret_files",
     "setting_from_env",
+    "ssh_files",
     "tls_files",
 ]
 
@@ -99,6 +100,7 @@ ENV_NAMES = (
     "CREDENTIALS_DIRECTORY",
     "XDG_STATE_HOME",
     "HOME",
+    "SSH_AUTH_SOCK",  # an ssh:// engine's login: another agent socket may hold another key
     "APP_URL",
 )
 
@@ -125,7 +127,14 @@ def secret_files(env: Mapping[str, str] | None = None) -> list[Path]:
         files
         + [directory / setting for directory in directories for setting in sorted(SECRET_SETTINGS)]
         + tls_files(env)
+        + ssh_files(env)
     )
+
+
+def ssh_files(env: Mapping[str, str]) -> list[Path]:
+    """An ssh:// engine's key and known_hosts file, when the environment names them: another key is
+    another identity, another known_hosts another trust."""
+    return [Path(v) for s in ("docker_ssh_identity", "docker_ssh_known_hosts") if (v := setting_from_env(s, env))]
 
 
 def tls_files(env: Mapping[str, str]) -> list[Path]:

@@ -223,24 +223,56 @@ def test_an_ssh_engine_as_the_docker_cli_takes_it(tmp_path: Path) -> None:
     assert {"BatchMode=yes", "StrictHostKeyChecking=yes", f"UserKnownHostsFile={known}"} <= set(argv)
     assert load_settings(env={"DOCKER_HOST": "unix:///run/docker.sock"}).docker_forward is None
     refused = {
-        "ssh://-oProxyCommand=touch%20x": "bad host name",
-        "ssh://-oProxyCommand=x@web": "bad user name",
+        "ssh://-oProxyCommand=touch%20x": "is not ssh://",
+        "ssh://-oProxyCommand=x@web": "is not ssh://",
+        "ssh://web -oProxyCommand=x": "is not ssh://",
         "ssh://u:pw@web": "no password",
-        "ssh://web/var/run/docker.sock": "ssh_socket, not in the address",
+        "ssh://web/var/run/docker.sock": "set apart",
         "ssh://web:99999": "bad port",
+        "ssh://web:0": "bad port",
+        "ssh://[::1]junk:22": "is not ssh://",
+        "ssh://we\nb": "is not ssh://",
     }
     for url, why in refused.items():
         with pytest.raises(ConfigError, match=why):
             load_settings(env={**env, "DOCKER_HOST": url})
-    with pytest.raises(ConfigError, match="docker_ssh_socket"):
-        load_settings(env={**env, "RUNBOOK_DOCKER_SSH_SOCKET": "relative:path"})
-    with pytest.raises(ConfigError, match="no such file"):
+    # As docker-py reads it: the scheme in any case, space around it; checked and forwarded as ssh://.
+    for url in ("SSH://deploy@web-2.example:2222", " ssh://deploy@web-2.example:2222 "):
+        assert load_settings(env={**env, "DOCKER_HOST": url}).docker_forward == forward
+    with pytest.raises(ConfigError, match="is not ssh://"):
+        load_settings(env={**env, "DOCKER_HOST": "SSH://-oProxyCommand=x"})
+    ipv6 = load_settings(env={**env, "DOCKER_HOST": "ssh://root@[::1]:22"}).docker_forward.argv(Path("/l"))
+    assert ipv6[-2:] == ["--", "::1"]
+    for socket in ("relative:path", "/run/docker.sock\n", "/run/a b.sock"):
+        with pytest.raises(ConfigError, match="docker_ssh_socket"):
+            load_settings(env={**env, "RUNBOOK_DOCKER_SSH_SOCKET": socket})
+    with pytest.raises(ConfigError, match=r"docker_ssh_known_hosts .*No such file"):
         load_settings(env={**env, "RUNBOOK_DOCKER_SSH_KNOWN_HOSTS": str(tmp_path / "none")})
+    spaced = tmp_path / "known hosts"
+    spaced.write_text("")
+    with pytest.raises(ConfigError, match="without spaces"):
+        load_settings(env={**env, "RUNBOOK_DOCKER_SSH_KNOWN_HOSTS": str(spaced)})
+    import os
+
+    os.mkfifo(tmp_path / "fifo")  # never opened: it would block the agent's start
+    with pytest.raises(ConfigError, match="not a regular file"):
+        load_settings(env={**env, "RUNBOOK_DOCKER_SSH_IDENTITY": str(tmp_path / "fifo")})
+    loose = _keygen(tmp_path / "loose")
+    loose.chmod(0o644)
+    with pytest.raises(ConfigError, match="readable by others"):
+        load_settings(env={**env, "RUNBOOK_DOCKER_SSH_IDENTITY": str(loose)})
+    cut = tmp_path / "cut"
+    lines = key.read_text().splitlines()
+    cut.write_text("\n".join([lines[0], lines[1][:-3], lines[-1]]))
+    cut.chmod(0o600)
+    with pytest.raises(ConfigError, match="not a readable OpenSSH private key"):
+        load_settings(env={**env, "RUNBOOK_DOCKER_SSH_IDENTITY": str(cut)})
     with pytest.raises(ConfigError, match="passphrase"):
         load_settings(env={**env, "RUNBOOK_DOCKER_SSH_IDENTITY": str(_keygen(tmp_path / "locked", "s3cret"))})
-    with pytest.raises(ConfigError, match="No such file"):
+    with pytest.raises(ConfigError, match=r"docker_ssh_identity .*No such file"):
         load_settings(env={**env, "RUNBOOK_DOCKER_SSH_IDENTITY": str(tmp_path / "nokey")})
     (tmp_path / "pem").write_text("-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\n")
+    (tmp_path / "pem").chmod(0o600)
     with pytest.raises(ConfigError, match="passphrase"):
         load_settings(env={**env, "RUNBOOK_DOCKER_SSH_IDENTITY": str(tmp_path / "pem")})
 
@@ -256,3 +288,21 @@ def test_an_inventory_engine_over_ssh_names_its_own_fields(tmp_path: Path) -> No
     engines["far"]["ssh_identity"] = str(tmp_path / "nokey")
     with pytest.raises(ConfigError, match=r"engines\.far: ssh_identity"):
         load_settings(env={"RUNBOOK_ENGINES": json.dumps(engines)})
+    # One engine is one engine however it is reached: another user, the port written, the host's case...
+    same = {"a": {"docker_host": "ssh://root@far"}, "b": {"docker_host": "ssh://deploy@FAR:22"}}
+    with pytest.raises(ConfigError, match=r"the same engine as engines\.a"):
+        load_settings(env={"RUNBOOK_ENGINES": json.dumps(same)})
+    # ...and two engines on one host are two (rootless and rootful Docker), each with its own socket.
+    two = {"a": {"docker_host": "ssh://far"}, "b": {"docker_host": "ssh://far", "ssh_socket": "/run/user/1000/d.sock"}}
+    settings = load_settings(env={"RUNBOOK_DOCKER_SSH_SOCKET": "/elsewhere.sock", "RUNBOOK_ENGINES": json.dumps(two)})
+    assert settings.engine_settings("a").docker_forward.remote_socket == "/var/run/docker.sock"  # its own default
+
+
+def test_the_handoff_compares_an_ssh_engines_login() -> None:
+    """Another key, another known_hosts or another ssh agent is another login: a run is handed to the
+    local daemon only if they are the same for both."""
+    from agent.paths import ENV_NAMES, secret_files
+
+    env = {"RUNBOOK_DOCKER_SSH_IDENTITY": "/etc/runbook/key", "RUNBOOK_DOCKER_SSH_KNOWN_HOSTS": "/etc/runbook/kh"}
+    assert {Path("/etc/runbook/key"), Path("/etc/runbook/kh")} <= set(secret_files(env))
+    assert "SSH_AUTH_SOCK" in ENV_NAMES

@@ -268,7 +268,7 @@ def test_the_default_engine_by_name_is_the_same_target(tmp_path: Path, monkeypat
     [
         ({"a": {"docker_host": "unix:///x.sock"}, "b": {"docker_host": "unix:///x.sock/"}}, "the same engine as"),
         ({"a": {"docker_host": "npipe:////./pipe/docker_engine"}}, r"unix://, tcp:// or ssh://"),
-        ({"a": {"docker_host": "ssh://me@-oProxyCommand=x"}}, r"engines\.a: bad host name"),
+        ({"a": {"docker_host": "ssh://me@-oProxyCommand=x"}}, r"engines\.a: 'ssh://me@-oProxyCommand=x' is not ssh://"),
         ({"a": {"docker_host": "ssh://me@h"}, "b": {"docker_host": "ssh://me@h/"}}, "the same engine as"),
         ({"all": {"docker_host": "unix:///x.sock"}}, "may not be named `all`"),
     ],
