@@ -7,13 +7,12 @@ import asyncio
 import contextlib
 import itertools
 import os
-import queue
 import socket
 import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -48,6 +47,13 @@ class _Queued:
     target: str
     origin: RunOrigin
 
+
+# A queued run no agent began within this time is interrupted, not begun late: an alert that still fires
+# is delivered again (and starts a fresh run); what an old alert asked for may no longer be true.
+QUEUED_MAX_AGE = 900.0
+# How often an idle worker looks in the shared queue for runs other agents queued (its own agent's wake
+# it at once).
+QUEUE_POLL = 0.5
 
 LARGE_PAYLOAD = 1000  # alerts: a payload whose parsed form is worth returning to the system afterwards
 
@@ -135,7 +141,12 @@ class Daemon:
         self.stopping = threading.Event()
         self.incidents = Incidents(self.state, self.audit, incident_policy or IncidentPolicy(), redactor, runbooks)
         self.courier = Courier(self.incidents.outbox, dict(self.incidents.policy.channels), self.audit, redactor)
-        self._queue: queue.Queue[_Queued] = queue.Queue(maxsize=queue_size)
+        # The run queue is the state's (shared by the agents on it); this agent's workers are woken here
+        # when it queues a run, and look there every QUEUE_POLL seconds for the others'.
+        self.queue_size = queue_size
+        self._mode = "dry-run" if dry_run else "live"
+        self._queued = threading.Condition()
+        self._queued_generation = 0
         self._workers = [threading.Thread(target=self._work, name=f"run-{i}", daemon=True) for i in range(workers)]
         self._scheduler = threading.Thread(target=self._schedule, name="scheduler", daemon=True)
         # Routing, dedup and queueing happen one payload at a time, so two copies cannot both start a run
@@ -166,15 +177,18 @@ class Daemon:
         self.courier.start()
 
     def stop(self, deadline: float = 30.0) -> None:
-        """Start nothing new; let in-flight checks finish (up to the deadline); queued runs are interrupted."""
+        """Start nothing new; let in-flight checks finish (up to the deadline). The runs it queued stay in
+        the queue for the other agents if one is alive; with none, they are interrupted."""
         self.stopping.set()
+        self._wake_workers()
         end = time.monotonic() + deadline
-        while True:
-            try:
-                run_id = self._queue.get_nowait().run_id
-            except queue.Empty:
-                break
-            self.state.set_run(run_id, "interrupted", result="interrupted")
+        try:
+            others = self.state.agents_alive(self.settings.agent_dead_after, besides=self.agent_id)
+            left = [] if others else self.state.interrupt_queued(self.agent_id)
+        except Exception as exc:  # the state unreachable: the others (or the stale sweep) will see to them
+            others, left = [], []
+            logs.log(logs.WARNING, "stop_queue_failed", error=self.redactor.text(f"{type(exc).__name__}: {exc}"))
+        for run_id in left:
             self.audit.record("run_interrupted", run_id=run_id, reason="daemon stopped before it began")
         for worker in [*self._workers, *list(self.local_runs)]:
             worker.join(max(0.0, end - time.monotonic()))
@@ -285,7 +299,7 @@ class Daemon:
         admitted: list[tuple[_Arrival, list[Disposition], list[dict[str, Any]]]] = []
         try:
             with self.state.write():  # the batch: one commit
-                room = self._queue.maxsize - self._queue.qsize()
+                room = self.queue_size - self.state.queued_count(self._mode)
                 for arrival in batch:
                     try:
                         with self.state.write():  # this payload: a savepoint, undone alone if it is refused
@@ -325,13 +339,9 @@ class Daemon:
                     logs.log(logs.ERROR, "alerts_refused", count=len(arrival.alerts), reason=str(exc))
             return
         try:
-            for arrival, results, new_runs in admitted:
-                for run in new_runs:
-                    self._queue.put_nowait(
-                        _Queued(
-                            run["run_id"], run["runbook"], run["params"], run["actor"], run["target"], run["origin"]
-                        )
-                    )
+            if any(new_runs for _, _, new_runs in admitted):
+                self._wake_workers()
+            for arrival, results, _ in admitted:
                 arrival.settle(results=results)
                 with contextlib.suppress(Exception):  # a log line never keeps the next payload from its queue
                     _log_dispositions(arrival.alerts, results)
@@ -442,7 +452,7 @@ class Daemon:
                 "mode": "dry-run" if self.dry_run else "live",
                 "actor": actor,
                 "params": params,
-                "origin": RunOrigin(actor, alert.name, alert.labels.get("severity"), alert.starts_at),
+                "origin": asdict(RunOrigin(actor, alert.name, alert.labels.get("severity"), alert.starts_at)),
             }
         )
         decided[(name, target)] = result("deduplicated", run_id, "a run for this incident is in progress")
@@ -492,6 +502,10 @@ class Daemon:
                             run_id=run_id,
                             reason=f"agent {agent} stopped its heartbeat (killed, or its host lost)",
                         )
+                    for run_id in store.interrupt_stale(time.time() - QUEUED_MAX_AGE):
+                        self.audit.record(
+                            "run_interrupted", run_id=run_id, reason=f"queued {QUEUED_MAX_AGE:g}s, begun by no agent"
+                        )
                 except Exception as exc:  # the state unreachable for now: beat again next time
                     logs.log(logs.WARNING, "heartbeat_failed", error=self.redactor.text(f"{type(exc).__name__}: {exc}"))
                 if self.stopping.wait(every):
@@ -514,7 +528,7 @@ class Daemon:
                 with self.state.write():
                     recent = time.time() - 0.9 * schedule.every
                     if (
-                        self._queue.full()
+                        self.state.queued_count(self._mode) >= self.queue_size
                         or self.state.active_run(loaded.spec.id, "-")
                         or self.state.recent_run(loaded.spec.id, "-", recent)
                     ):
@@ -528,8 +542,9 @@ class Daemon:
                         actor="schedule",
                         params={},
                         status="queued",
+                        origin=asdict(RunOrigin("schedule")),
                     )
-                self._queue.put_nowait(_Queued(run_id, loaded.spec.id, {}, "schedule", "-", RunOrigin("schedule")))
+                self._wake_workers()
 
     def prune(self) -> dict[str, int]:
         """Retention: the state store keeps alerts and runs for the configured times (the audit log,
@@ -538,11 +553,37 @@ class Daemon:
 
     # --- runs ------------------------------------------------------------------------------------------------
 
+    def _wake_workers(self) -> None:
+        with self._queued:
+            self._queued_generation += 1
+            self._queued.notify_all()
+
+    def _next_run(self) -> _Queued | None:
+        """The oldest run in the shared queue this agent can run (its mode, a runbook it has), taken:
+        woken at once for a run this agent queued, within QUEUE_POLL for another agent's."""
+        with self._queued:
+            generation = self._queued_generation
+        try:
+            claimed = self.state.claim_run(self._mode, list(self.runbooks.runbooks), time.time() - QUEUED_MAX_AGE)
+        except Exception as exc:  # the state unreachable for now: a worker lives on, and looks again
+            logs.log(logs.WARNING, "queue_unavailable", error=self.redactor.text(f"{type(exc).__name__}: {exc}"))
+            claimed = None
+        if claimed is None:
+            with self._queued:
+                if self._queued_generation == generation and not self.stopping.is_set():
+                    self._queued.wait(QUEUE_POLL)
+            return None
+        if claimed.queued_by not in (None, self.agent_id):
+            with contextlib.suppress(AuditError):
+                self.audit.record("run_taken", run_id=claimed.run_id, queued_by=claimed.queued_by)
+        fields = {name: claimed.origin[name] for name in RunOrigin.__dataclass_fields__ if name in claimed.origin}
+        origin = RunOrigin(**{"actor": claimed.actor, **fields})
+        return _Queued(claimed.run_id, claimed.runbook, claimed.params, claimed.actor, claimed.target, origin)
+
     def _work(self) -> None:
         while not self.stopping.is_set():
-            try:
-                queued = self._queue.get(timeout=0.5)
-            except queue.Empty:
+            queued = self._next_run()
+            if queued is None:
                 continue
             self._running.add(queued.run_id)
             started = datetime.now(UTC).isoformat(timespec="seconds")

@@ -9,7 +9,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,6 +98,8 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     # 6: the agent (daemon) a run belongs to: a lost agent's runs are found by it, not by a pid.
     ("ALTER TABLE runs ADD COLUMN agent TEXT", "CREATE INDEX runs_agent ON runs (agent) WHERE agent IS NOT NULL"),
+    # 7: the run queue, shared by the agents: a queued run's origin (for its incident), found oldest first.
+    ("ALTER TABLE runs ADD COLUMN origin TEXT", "CREATE INDEX runs_queued ON runs (created) WHERE status = 'queued'"),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -170,6 +172,8 @@ _PG_MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     # 2: as SQLite's 6.
     ("ALTER TABLE runs ADD COLUMN agent TEXT", "CREATE INDEX runs_agent ON runs (agent) WHERE agent IS NOT NULL"),
+    # 3: as SQLite's 7.
+    ("ALTER TABLE runs ADD COLUMN origin TEXT", "CREATE INDEX runs_queued ON runs (created) WHERE status = 'queued'"),
 )
 
 
@@ -177,8 +181,21 @@ _FLAG_UPSERT = " ON CONFLICT (name) DO UPDATE SET value = excluded.value, at = e
 
 _INSERT_RUN = (
     "INSERT INTO runs (run_id, runbook, target, status, mode, actor, params, secret_params, host, pid, created,"
-    " agent) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " agent, origin) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+
+
+@dataclass(frozen=True)
+class QueuedRun:
+    """A run taken from the queue: what its worker needs to run it and tell its incident."""
+
+    run_id: str
+    runbook: str
+    target: str
+    actor: str
+    params: dict[str, Any]
+    origin: dict[str, Any]
+    queued_by: str | None
 
 
 @dataclass(frozen=True)
@@ -440,11 +457,15 @@ class StateStore:
         params: dict[str, Any],
         status: str = "running",
         secret_params: list[str] | None = None,
+        origin: dict[str, Any] | None = None,
     ) -> None:
         """Record a run. `params` are its overrides in clear; `secret_params` only names those given but
-        not stored (an approval of the run must be given them again)."""
+        not stored (an approval of the run must be given them again). A queued run's `origin` is what its
+        incident needs to know of where it came from, for whichever agent takes it."""
         with self._write() as db:
-            db.execute(_INSERT_RUN, self._run_row(run_id, runbook, target, status, mode, actor, params, secret_params))
+            db.execute(
+                _INSERT_RUN, self._run_row(run_id, runbook, target, status, mode, actor, params, secret_params, origin)
+            )
 
     def _run_row(
         self,
@@ -456,6 +477,7 @@ class StateStore:
         actor: str,
         params: dict[str, Any],
         secret_params: list[str] | None,
+        origin: dict[str, Any] | None = None,
     ) -> tuple[Any, ...]:
         return (
             run_id,
@@ -470,6 +492,7 @@ class StateStore:
             os.getpid(),
             time.time(),
             self.agent_id,
+            json.dumps(origin, default=str) if origin is not None else None,
         )
 
     def set_run(
@@ -536,14 +559,86 @@ class StateStore:
         return str(row[0]) if row else None
 
     def interrupt_orphans(self) -> list[str]:
-        """Runs left queued or running by a process of this host that is gone (kill -9, a crash)."""
-        rows = self._read(
-            "SELECT run_id, pid FROM runs WHERE status IN ('queued', 'running') AND host = ?", (self.host,)
-        ).fetchall()
+        """Runs left running by a process of this host that is gone (kill -9, a crash). (Its queued runs
+        never began: they stay in the queue, for the next agent to take while they are fresh.)"""
+        rows = self._read("SELECT run_id, pid FROM runs WHERE status = 'running' AND host = ?", (self.host,)).fetchall()
         orphans = [r[0] for r in rows if r[1] == os.getpid() or not _alive(r[1])]
         for run_id in orphans:
             self.set_run(run_id, "interrupted", result="interrupted")
         return orphans
+
+    # --- the run queue, shared by the agents -------------------------------------------------------------
+
+    def queued_count(self, mode: str) -> int:
+        """Runs waiting in the queue, of every agent (those of `mode`: live or dry-run)."""
+        row = self._read("SELECT count(*) FROM runs WHERE status = 'queued' AND mode = ?", (mode,)).fetchone()
+        return int(row[0])
+
+    def claim_run(self, mode: str, runbooks: Collection[str], since: float) -> QueuedRun | None:
+        """Take the oldest queued run of `mode` for one of `runbooks` queued after `since`, whichever agent
+        queued it, and make it this agent's running run: one agent takes each (SKIP LOCKED on
+        PostgreSQL: agents claiming at once take different runs, none waits on another's)."""
+        if not runbooks:
+            return None
+        # A read first: an idle worker looks often, and a look at an empty queue takes no write lock.
+        if self._read("SELECT 1 FROM runs WHERE status = 'queued' AND mode = ? LIMIT 1", (mode,)).fetchone() is None:
+            return None
+        names = sorted(runbooks)
+        with self.write(serialize=False) as db:
+            row = db.execute(
+                "SELECT run_id, runbook, target, actor, params, origin, agent FROM runs WHERE status = 'queued'"
+                f" AND mode = ? AND created >= ? AND runbook IN ({', '.join('?' * len(names))})"
+                " ORDER BY created LIMIT 1" + self.skip_locked,
+                (mode, since, *names),
+            ).fetchone()
+            if row is None:
+                return None
+            db.execute(
+                "UPDATE runs SET status = 'running', host = ?, pid = ?, agent = ? WHERE run_id = ?",
+                (self.host, os.getpid(), self.agent_id, row[0]),
+            )
+        return QueuedRun(
+            run_id=row[0],
+            runbook=row[1],
+            target=row[2],
+            actor=row[3],
+            params=json.loads(row[4]),
+            origin=json.loads(row[5]) if row[5] else {},
+            queued_by=row[6],
+        )
+
+    def interrupt_stale(self, before: float) -> list[str]:
+        """Queued runs no agent began before `before`: interrupted, once (an alert that still fires is
+        delivered again, and starts a fresh run)."""
+        with self.write(serialize=False) as db:
+            rows = db.execute(
+                "SELECT run_id FROM runs WHERE status = 'queued' AND created < ?" + self.skip_locked, (before,)
+            ).fetchall()
+            db.executemany(
+                "UPDATE runs SET status = 'interrupted', result = 'interrupted', finished = ? WHERE run_id = ?",
+                [(time.time(), row[0]) for row in rows],
+            )
+        return [row[0] for row in rows]
+
+    def interrupt_queued(self, agent_id: str) -> list[str]:
+        """The queued runs `agent_id` queued, interrupted (it stops, and no other agent will take them)."""
+        with self.write(serialize=False) as db:
+            rows = db.execute(
+                "SELECT run_id FROM runs WHERE status = 'queued' AND agent = ?" + self.skip_locked, (agent_id,)
+            ).fetchall()
+            db.executemany(
+                "UPDATE runs SET status = 'interrupted', result = 'interrupted', finished = ? WHERE run_id = ?",
+                [(time.time(), row[0]) for row in rows],
+            )
+        return [row[0] for row in rows]
+
+    def agents_alive(self, dead_after: float, *, besides: str) -> list[str]:
+        """The agents other than `besides` whose heartbeat is fresh and that have not stopped."""
+        rows = self._read(
+            "SELECT agent_id FROM agents WHERE stopped IS NULL AND heartbeat >= ? AND agent_id <> ?",
+            (self.now() - dead_after, besides),
+        ).fetchall()
+        return [row[0] for row in rows]
 
     # --- agents -------------------------------------------------------------------------------------------
 
@@ -590,15 +685,15 @@ class StateStore:
         return [r[0] for r in locks], [r[0] for r in runs]
 
     def interrupt_lost(self, dead_after: float) -> list[tuple[str, str]]:
-        """Runs left queued or running by an agent that stopped (and left some) or whose heartbeat is
-        older than `dead_after` (killed, its host gone), as (run_id, agent_id): marked interrupted by
-        whichever agent sees it first, once (SKIP LOCKED: two survivors never both take one run). Never
-        resumed or re-applied: the change it may have started stays recorded, and counts against the
-        target's limits."""
+        """Runs left running by an agent that stopped (and left some) or whose heartbeat is older than
+        `dead_after` (killed, its host gone), as (run_id, agent_id): marked interrupted by whichever agent
+        sees it first, once (SKIP LOCKED: two survivors never both take one run). Never resumed or
+        re-applied: the change it may have started stays recorded, and counts against the target's
+        limits. (Its queued runs never began: they stay in the queue, for the next agent to take.)"""
         with self.write(serialize=False) as db:
             now = self.backend.now(db)
             rows = db.execute(
-                "SELECT run_id, agent FROM runs WHERE status IN ('queued', 'running') AND agent IN"
+                "SELECT run_id, agent FROM runs WHERE status = 'running' AND agent IN"
                 " (SELECT agent_id FROM agents WHERE stopped IS NOT NULL OR heartbeat < ?)" + self.skip_locked,
                 (now - dead_after,),
             ).fetchall()
@@ -644,7 +739,15 @@ class StateStore:
                 _INSERT_RUN,
                 [
                     self._run_row(
-                        r["run_id"], r["runbook"], r["target"], "queued", r["mode"], r["actor"], r["params"], []
+                        r["run_id"],
+                        r["runbook"],
+                        r["target"],
+                        "queued",
+                        r["mode"],
+                        r["actor"],
+                        r["params"],
+                        [],
+                        r.get("origin"),
                     )
                     for r in runs
                 ],

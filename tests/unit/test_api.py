@@ -513,3 +513,66 @@ def test_a_state_database_that_cannot_answer_is_a_retryable_503(api: Api, monkey
         assert api.alert(service="app").status_code == 202 and api.daemon.state.alert_count() == 1
     finally:
         api.daemon.stop(5)
+
+
+def _agent(tmp_path: Path, name: str, *, workers: int) -> Daemon:
+    """Another daemon on the same state (its own audit log), as a second agent would be."""
+    settings = Settings(state_dir=tmp_path / "state", audit_log=tmp_path / f"{name}-audit.jsonl")
+    return Daemon(
+        load_runbooks([tmp_path / "runbooks"]), settings, Redactor(), policy=EnvironmentPolicy(), workers=workers
+    )
+
+
+def _wait_for(condition: Any, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "not within the time"
+        time.sleep(0.05)
+
+
+def test_the_run_queue_is_shared_a_run_one_agent_queued_another_runs(tmp_path: Path) -> None:
+    """The agent that admitted an alert cannot run it (no free worker here; or killed -9 after the
+    commit): another agent on the same state takes the queued run, runs it once, and says so."""
+    admitting = Api(tmp_path)  # never started: its workers never take anything
+    response = admitting.alert(service="worker")
+    (result,) = response.json()["results"]
+    run_id = result["run_id"]
+    assert admitting.daemon.state.run(run_id)["status"] == "queued"
+    other = _agent(tmp_path, "other", workers=1)
+    told: list[Any] = []
+    other.incidents.after_run = lambda report, origin: told.append((report.run_id, origin))  # type: ignore[method-assign]
+    other.start()
+    try:
+        _wait_for(lambda: other.state.run(run_id)["status"] == "finished")
+    finally:
+        other.stop(10)
+    assert other.state.query("SELECT agent FROM runs WHERE run_id = ?", (run_id,)) == [(other.agent_id,)]
+    assert other.state.run(run_id)["report"]["params"]["service"] == "worker"  # the alert's params, kept
+    audit = (tmp_path / "other-audit.jsonl").read_text()
+    assert '"event":"run_taken"' in audit.replace(" ", "") and admitting.daemon.agent_id in audit
+    ((told_run, origin),) = told  # its incident hears of it as of the alert that queued it
+    assert (told_run, origin.alert_name) == (run_id, "SvcDown")
+
+
+def test_a_stopping_agent_leaves_its_queued_runs_to_a_live_one_or_else_interrupts_them(tmp_path: Path) -> None:
+    Api(tmp_path)  # its runbooks
+    first, alive, last = (_agent(tmp_path, name, workers=0) for name in ("first", "alive", "last"))
+    for daemon in (first, alive):
+        daemon.start()
+
+    def queue(daemon: Daemon, service: str) -> str:
+        alert = IncomingAlert.build("generic", "firing", {"alertname": "SvcDown", "service": service}, {}, service)
+        (result,) = daemon.receive([alert])
+        assert result.run_id is not None
+        return result.run_id
+
+    run_id = queue(first, "app")
+    first.stop(5)  # another agent is alive: the run stays queued, for it
+    assert first.state.run(run_id)["status"] == "queued"
+    alive.stop(5)  # the last agent alive: nobody would begin it
+    assert alive.state.run(run_id)["status"] == "queued"  # (not its run to end: the sweep ends it if stale)
+    last.start()
+    run_id = queue(last, "worker")
+    last.stop(5)
+    assert last.state.run(run_id)["status"] == "interrupted"
+    assert "daemon stopped before it began" in (tmp_path / "last-audit.jsonl").read_text()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import socket
@@ -134,8 +135,9 @@ def _age_heartbeat(store: StateStore, agent_id: str, seconds: float) -> None:
 
 
 def test_the_runs_of_an_agent_that_stopped_its_heartbeat_are_interrupted_once(tmp_path: Path) -> None:
-    """A daemon killed -9 (or its host lost) leaves runs queued or running: the agents sharing the state
-    mark them interrupted once it has been silent for `agent_dead_after`, and only once between them."""
+    """A daemon killed -9 (or its host lost) leaves runs running: the agents sharing the state mark them
+    interrupted once it has been silent for `agent_dead_after`, and only once between them. Its queued
+    runs never began: they stay queued, for another agent to take."""
     store = open_state(tmp_path)
     store.agent_id = "lost"
     store.register_agent("lost", "1.0")
@@ -146,12 +148,13 @@ def test_the_runs_of_an_agent_that_stopped_its_heartbeat_are_interrupted_once(tm
     _age_heartbeat(store, "lost", 60)
     survivors = [open_state(tmp_path), open_state(tmp_path)]
     taken = [item for other in survivors for item in other.interrupt_lost(30)]
-    assert sorted(taken) == [("r1", "lost"), ("r2", "lost")]  # each run once, by one of them
+    assert sorted(taken) == [("r1", "lost")]  # once, by one of them
     assert {r["run_id"]: r["status"] for r in store.runs()} == {
         "r1": "interrupted",
-        "r2": "interrupted",
+        "r2": "queued",
         "done": "finished",
     }
+    assert survivors[0].claim_run("live", ["x"], 0).run_id == "r2"  # taken from the queue instead
     (agent,) = store.agents()
     assert (agent.agent_id, agent.version, agent.stopped) == ("lost", "1.0", None)
 
@@ -251,3 +254,65 @@ def test_opening_the_store_again_in_a_process_keeps_its_locks(tmp_path: Path) ->
             timeout=60,
         )
         assert other.returncode != 0 and "database is locked" in other.stderr, other.stderr
+
+
+def _queue(store: StateStore, run_id: str, *, runbook: str = "x", mode: str = "live", agent: str = "a1") -> None:
+    store.agent_id = agent
+    origin = {"actor": "alertmanager", "alert_name": "AppDown", "severity_label": "critical", "detected": 1.5}
+    store.add_run(
+        run_id=run_id,
+        runbook=runbook,
+        target="-",
+        mode=mode,
+        actor="am",
+        params={"s": "app"},
+        status="queued",
+        origin=origin,
+    )
+
+
+def test_the_run_queue_is_shared_and_each_run_is_taken_once(tmp_path: Path) -> None:
+    """Any agent takes the oldest queued run it can run (its mode, a runbook it has, still fresh); two
+    agents taking at once never take the same run; the run becomes the taker's, running."""
+    store = open_state(tmp_path)
+    for run_id in ("r1", "r2", "r3"):
+        _queue(store, run_id)
+        time.sleep(0.01)
+    _queue(store, "dry", mode="dry-run")
+    _queue(store, "other", runbook="y")
+    assert store.queued_count("live") == 4 and store.queued_count("dry-run") == 1
+    agents = [open_state(tmp_path) for _ in range(2)]
+    for i, agent in enumerate(agents):
+        agent.agent_id = f"b{i}"
+    first = agents[0].claim_run("live", ["x"], 0)
+    assert first is not None and first.run_id == "r1"  # the oldest first
+    assert (first.queued_by, first.params, first.actor) == ("a1", {"s": "app"}, "am")
+    assert first.origin == {
+        "actor": "alertmanager",
+        "alert_name": "AppDown",
+        "severity_label": "critical",
+        "detected": 1.5,
+    }
+    assert agents[0].query("SELECT status, agent FROM runs WHERE run_id = 'r1'") == [("running", "b0")]
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        taken = list(pool.map(lambda agent: agent.claim_run("live", ["x"], 0), agents))
+    assert sorted(t.run_id for t in taken if t) == ["r2", "r3"]  # each once
+    assert agents[0].claim_run("live", ["x"], 0) is None  # y's run: not a runbook this agent has
+    assert agents[1].claim_run("dry-run", ["x"], 0).run_id == "dry"  # a dry run only by a dry-run agent
+    assert agents[1].claim_run("live", ["y"], time.time() + 60) is None  # too old to begin now
+    assert agents[1].claim_run("live", [], 0) is None
+    assert store.interrupt_stale(time.time() + 1) == ["other"]
+    assert store.run("other")["status"] == "interrupted" and store.queued_count("live") == 0
+
+
+def test_a_stopping_agent_interrupts_only_its_own_queued_runs(tmp_path: Path) -> None:
+    store = open_state(tmp_path)
+    _queue(store, "mine", agent="a1")
+    _queue(store, "theirs", agent="a2")
+    store.register_agent("a1", "1.0")
+    store.register_agent("a2", "1.0")
+    assert store.agents_alive(30, besides="a1") == ["a2"]
+    store.agent_stopped("a2")
+    assert store.agents_alive(30, besides="a1") == []
+    assert store.interrupt_queued("a1") == ["mine"]
+    assert {r["run_id"]: r["status"] for r in store.runs()} == {"mine": "interrupted", "theirs": "queued"}
