@@ -81,7 +81,10 @@ class _State:
     def load(self, given: Sequence[Path] = ()) -> Any:
         from agent.loader import load_runbooks
 
-        return load_runbooks(self.runbooks_dirs(given), template_env=self.settings.template_env)
+        settings = self.settings
+        return load_runbooks(
+            self.runbooks_dirs(given), template_env=settings.template_env, inventory=settings.engine_labels
+        )
 
     @property
     def actor(self) -> str:

@@ -48,7 +48,7 @@ def select(
     from agent.templating import TemplateError
 
     if not engines:
-        raise HostError("hosts: given, but the config has no `engines` inventory")
+        raise HostError("hosts: the config has no `engines` inventory to choose from")
     chosen: set[str] = set()
     for selector in selectors:
         if is_template(selector):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,6 +12,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from agent.exceptions import RunbookValidationError
+from agent.inventory import HostError, select
 from agent.registry import Registry, UnknownPlugin
 from agent.schema import Runbook
 from agent.sources import Loc, Problems, YamlSource, reason
@@ -72,6 +73,7 @@ def _check_runbook(
     templates: Templates,
     problems: Problems,
     env: Sequence[str] | None,
+    inventory: Mapping[str, Mapping[str, str]] | None = None,
 ) -> None:
     params = list(spec.params)
     check_ids = [c.id for c in spec.checks]
@@ -97,6 +99,13 @@ def _check_runbook(
         for j, selector in enumerate(selectors or []):
             if is_template(selector):
                 template((*loc, "hosts", j), selector, {"params": params, "env": env, "config": None})
+            elif inventory is not None and not selector.startswith("failing:"):
+                # A name or a label is known now: one the inventory lacks is this file's error, not a
+                # failure of every run that reaches the step.
+                try:
+                    select(inventory, [selector], templates=templates, context={})
+                except HostError as exc:
+                    problems.add(source, (*loc, "hosts", j), str(exc).removeprefix("hosts: "))
             elif selector.startswith("failing:"):
                 if not remediation:
                     problems.add(source, (*loc, "hosts", j), "failing:CHECK is for remediations")
@@ -177,10 +186,16 @@ def _files(paths: Sequence[Path]) -> list[Path]:
 
 
 def load_runbooks(
-    paths: Sequence[Path], registry: Registry | None = None, *, template_env: Sequence[str] | None = None
+    paths: Sequence[Path],
+    registry: Registry | None = None,
+    *,
+    template_env: Sequence[str] | None = None,
+    inventory: Mapping[str, Mapping[str, str]] | None = None,
 ) -> RunbookSet:
     """Load and validate every runbook under `paths`; raise with all problems found, not just the first.
-    `template_env` names the environment variables templates may read (`env.NAME`); None: any."""
+    `template_env` names the environment variables templates may read (`env.NAME`); None: any.
+    `inventory` (each engine's name and labels, from the settings) checks the engines `hosts:` names;
+    None: not checked here (they are when a run reaches the step)."""
     registry = registry or Registry()
     templates = Templates()
     problems = Problems()
@@ -212,7 +227,7 @@ def load_runbooks(
         except ValidationError as exc:
             problems.from_validation(source, exc)
             continue
-        _check_runbook(source, spec, registry, templates, problems, template_env)
+        _check_runbook(source, spec, registry, templates, problems, template_env, inventory)
         if spec.id in runbooks:
             problems.add(source, ("id",), f"duplicate runbook id {spec.id!r} (also in {runbooks[spec.id].path})")
             continue

@@ -193,3 +193,22 @@ def test_hosts_are_for_steps_on_an_engine(write_runbook: WriteRunbook) -> None:
         GOOD.replace('{service: "{{ params.service }}"}\n    needs', '{service: "{{ host.name }}"}\n    needs'),
     )
     assert any("unknown name 'host'" in p for p in problems([path]))  # `host` only where there are hosts
+
+
+def test_engines_hosts_names_are_checked_against_the_inventory_when_given(write_runbook: WriteRunbook) -> None:
+    """With the settings' inventory, a name or label it lacks is an error of the file (line and field),
+    not a failure of each run; a template is checked when it renders (its value comes later)."""
+    fanned = GOOD.replace(
+        'with: {service: "{{ params.service }}"}\n    needs',
+        'hosts: [web-1, "role=db", "{{ params.service }}"]\n    with: {service: app}\n    needs',
+    )
+    path = write_runbook("demo.yaml", fanned)
+    inventory = {"web-1": {"role": "web"}, "web-2": {"role": "web"}}
+    with pytest.raises(RunbookValidationError) as info:
+        load_runbooks([path], inventory=inventory)
+    assert info.value.problems == [f"{path}:13: checks[1].hosts[1]: no engine of the inventory has the label role=db"]
+    load_runbooks([path], inventory={**inventory, "db-1": {"role": "db"}})
+    load_runbooks([path])  # no inventory given: left to the run
+    with pytest.raises(RunbookValidationError) as info:
+        load_runbooks([path], inventory={})
+    assert "checks[1].hosts[0]: the config has no `engines` inventory to choose from" in info.value.problems[0]
