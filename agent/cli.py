@@ -540,11 +540,13 @@ def status(state: _State, as_json: bool) -> None:
     store = _store(state)
     paused = store.paused()
     agents = _agents(store, state.settings.agent_dead_after)
+    queued, oldest = store.queue()
     if as_json:
         _print_json(
             state,
             {
                 "agents": agents,
+                "queue": {"queued": queued, "oldest": oldest},
                 "paused": {"reason": paused[0], "by": paused[1], "since": paused[2]} if paused else None,
                 "breakers": [vars(b) for b in store.breakers()],
                 "locks": [{"target": t, "run_id": r, "expires": e} for t, r, e in store.locks()],
@@ -561,6 +563,8 @@ def status(state: _State, as_json: bool) -> None:
             f"agent {agent['agent_id']} ({agent['version']}): {agent['state']}, heartbeat"
             f" {agent['heartbeat_age']:.0f}s ago" + (f"; holds {', '.join(holds)}" if holds else "")
         )
+    if queued:
+        state.echo(f"queue: {queued} run(s) waiting, the oldest for {max(0.0, store.now() - (oldest or 0)):.0f}s")
     for b in store.breakers():
         until = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(b.until))
         state.echo(f"circuit open: {b.target} ({b.reason}; run {b.run_id}) until {until} UTC")
@@ -583,7 +587,11 @@ def _agents(store: Any, dead_after: float) -> list[dict[str, Any]]:
         out.append(
             {
                 **vars(agent),
-                "state": "stopped" if agent.stopped is not None else "alive" if alive else "lost",
+                "state": "stopped"
+                if agent.stopped is not None
+                else ("stopping" if agent.stopping is not None else "alive")
+                if alive
+                else "lost",
                 "heartbeat_age": max(0.0, now - agent.heartbeat),
                 "locks": locks,
                 "runs": runs,

@@ -30,7 +30,7 @@ from agent.notify.outbox import Courier
 from agent.policy import EnvironmentPolicy
 from agent.redaction import Redactor
 from agent.retention import prune
-from agent.state import StateStore
+from agent.state import QueuedRun, StateStore
 from agent.status import Status
 
 __all__ = ["Daemon", "Disposition", "QueueFull"]
@@ -48,9 +48,11 @@ class _Queued:
     origin: RunOrigin
 
 
-# A queued run no agent began within this time is interrupted, not begun late: an alert that still fires
-# is delivered again (and starts a fresh run); what an old alert asked for may no longer be true.
-QUEUED_MAX_AGE = 900.0
+# A queued run no agent began within this time is interrupted, not begun late, and its incident hears of
+# it (UNKNOWN: nothing was checked). A run begins with its checks, so one begun late acts only on what is
+# true then; the bound is for a queue nobody takes from (every agent of its mode stopped).
+QUEUED_MAX_AGE = 3600.0
+STALE_SWEEP_EVERY = 30.0
 # How often an idle worker looks in the shared queue for runs other agents queued (its own agent's wake
 # it at once).
 QUEUE_POLL = 0.5
@@ -166,7 +168,7 @@ class Daemon:
     # --- lifecycle ------------------------------------------------------------------------------------
 
     def start(self) -> None:
-        self.state.register_agent(self.agent_id, _version())
+        self.state.register_agent(self.agent_id, _version(), self._mode)
         self._heart.start()
         for run_id in self.state.interrupt_orphans():
             # Left running by a process that died: recorded as interrupted, never resumed or re-applied.
@@ -177,16 +179,18 @@ class Daemon:
         self.courier.start()
 
     def stop(self, deadline: float = 30.0) -> None:
-        """Start nothing new; let in-flight checks finish (up to the deadline). The runs it queued stay in
-        the queue for the other agents if one is alive; with none, they are interrupted."""
+        """Start nothing new; let in-flight checks finish (up to the deadline). Queued runs stay in the queue
+        if another agent of this mode is alive to take them; with none, they are interrupted."""
         self.stopping.set()
         self._wake_workers()
         end = time.monotonic() + deadline
         try:
-            others = self.state.agents_alive(self.settings.agent_dead_after, besides=self.agent_id)
-            left = [] if others else self.state.interrupt_queued(self.agent_id)
+            # Stopping first, so that agents stopping together do not each leave the queue to the other.
+            self.state.agent_stopping(self.agent_id)
+            others = self.state.agents_alive(self.settings.agent_dead_after, besides=self.agent_id, mode=self._mode)
+            left = [] if others else self.state.interrupt_queued(self._mode)
         except Exception as exc:  # the state unreachable: the others (or the stale sweep) will see to them
-            others, left = [], []
+            left = []
             logs.log(logs.WARNING, "stop_queue_failed", error=self.redactor.text(f"{type(exc).__name__}: {exc}"))
         for run_id in left:
             self.audit.record("run_interrupted", run_id=run_id, reason="daemon stopped before it began")
@@ -299,7 +303,7 @@ class Daemon:
         admitted: list[tuple[_Arrival, list[Disposition], list[dict[str, Any]]]] = []
         try:
             with self.state.write():  # the batch: one commit
-                room = self.queue_size - self.state.queued_count(self._mode)
+                room = self.queue_size - self.state.queued_count(self._mode, time.time() - QUEUED_MAX_AGE)
                 for arrival in batch:
                     try:
                         with self.state.write():  # this payload: a savepoint, undone alone if it is refused
@@ -339,8 +343,8 @@ class Daemon:
                     logs.log(logs.ERROR, "alerts_refused", count=len(arrival.alerts), reason=str(exc))
             return
         try:
-            if any(new_runs for _, _, new_runs in admitted):
-                self._wake_workers()
+            if queued := sum(len(new_runs) for _, _, new_runs in admitted):
+                self._wake_workers(queued)
             for arrival, results, _ in admitted:
                 arrival.settle(results=results)
                 with contextlib.suppress(Exception):  # a log line never keeps the next payload from its queue
@@ -463,6 +467,7 @@ class Daemon:
     def _schedule(self) -> None:
         due: dict[str, float] = {}
         next_prune = time.monotonic() + 60
+        next_stale = time.monotonic() + STALE_SWEEP_EVERY
         trimmed = 0.0
         while not self.stopping.wait(1.0):
             try:
@@ -472,6 +477,9 @@ class Daemon:
                 if (self._large_payload > trimmed and now - self._large_payload >= 1.0) or now - trimmed >= 60:
                     memory.trim()
                     trimmed = now
+                if time.monotonic() >= next_stale:
+                    next_stale = time.monotonic() + STALE_SWEEP_EVERY
+                    self._sweep_stale()
                 if time.monotonic() >= next_prune:
                     next_prune = time.monotonic() + 3600  # a failed prune is tried next hour, not every second
                     self.prune()
@@ -502,10 +510,6 @@ class Daemon:
                             run_id=run_id,
                             reason=f"agent {agent} stopped its heartbeat (killed, or its host lost)",
                         )
-                    for run_id in store.interrupt_stale(time.time() - QUEUED_MAX_AGE):
-                        self.audit.record(
-                            "run_interrupted", run_id=run_id, reason=f"queued {QUEUED_MAX_AGE:g}s, begun by no agent"
-                        )
                 except Exception as exc:  # the state unreachable for now: beat again next time
                     logs.log(logs.WARNING, "heartbeat_failed", error=self.redactor.text(f"{type(exc).__name__}: {exc}"))
                 if self.stopping.wait(every):
@@ -528,7 +532,7 @@ class Daemon:
                 with self.state.write():
                     recent = time.time() - 0.9 * schedule.every
                     if (
-                        self.state.queued_count(self._mode) >= self.queue_size
+                        self.state.queued_count(self._mode, time.time() - QUEUED_MAX_AGE) >= self.queue_size
                         or self.state.active_run(loaded.spec.id, "-")
                         or self.state.recent_run(loaded.spec.id, "-", recent)
                     ):
@@ -544,7 +548,7 @@ class Daemon:
                         status="queued",
                         origin=asdict(RunOrigin("schedule")),
                     )
-                self._wake_workers()
+                self._wake_workers(1)
 
     def prune(self) -> dict[str, int]:
         """Retention: the state store keeps alerts and runs for the configured times (the audit log,
@@ -553,32 +557,57 @@ class Daemon:
 
     # --- runs ------------------------------------------------------------------------------------------------
 
-    def _wake_workers(self) -> None:
+    def _sweep_stale(self) -> None:
+        """Queued runs no agent began in QUEUED_MAX_AGE: interrupted, audited, and told to their incidents."""
+        for stale in self.state.interrupt_stale(time.time() - QUEUED_MAX_AGE):
+            reason = f"queued {QUEUED_MAX_AGE:g}s, begun by no agent"
+            self.audit.record("run_interrupted", run_id=stale.run_id, reason=reason)
+            queued = self._queued_of(stale)
+            now = datetime.now(UTC).isoformat(timespec="seconds")
+            self.guarded(self.incidents.after_run, self._unfinished(queued, now, reason), queued.origin)
+
+    def _wake_workers(self, runs: int | None = None) -> None:
+        """Wake one idle worker per new run (all of them: stopping)."""
         with self._queued:
             self._queued_generation += 1
-            self._queued.notify_all()
+            if runs is None:
+                self._queued.notify_all()
+            else:
+                self._queued.notify(runs)
+
+    @staticmethod
+    def _queued_of(claimed: QueuedRun) -> _Queued:
+        fields = {name: claimed.origin[name] for name in RunOrigin.__dataclass_fields__ if name in claimed.origin}
+        origin = RunOrigin(**{"actor": claimed.actor, **fields})
+        return _Queued(claimed.run_id, claimed.runbook, claimed.params, claimed.actor, claimed.target, origin)
 
     def _next_run(self) -> _Queued | None:
         """The oldest run in the shared queue this agent can run (its mode, a runbook it has), taken:
         woken at once for a run this agent queued, within QUEUE_POLL for another agent's."""
         with self._queued:
             generation = self._queued_generation
+        if self.stopping.is_set():
+            return None
         try:
             claimed = self.state.claim_run(self._mode, list(self.runbooks.runbooks), time.time() - QUEUED_MAX_AGE)
-        except Exception as exc:  # the state unreachable for now: a worker lives on, and looks again
+        except Exception as exc:  # the state unreachable for now: a worker lives on, and looks again later
             logs.log(logs.WARNING, "queue_unavailable", error=self.redactor.text(f"{type(exc).__name__}: {exc}"))
-            claimed = None
+            self.stopping.wait(QUEUE_POLL * 10)
+            return None
         if claimed is None:
             with self._queued:
                 if self._queued_generation == generation and not self.stopping.is_set():
                     self._queued.wait(QUEUE_POLL)
             return None
+        if self.stopping.is_set():
+            # Taken as this agent began to stop: nothing began, so it goes back, for an agent that is not.
+            with contextlib.suppress(Exception):
+                if self.state.unclaim(claimed):
+                    return None
         if claimed.queued_by not in (None, self.agent_id):
             with contextlib.suppress(AuditError):
                 self.audit.record("run_taken", run_id=claimed.run_id, queued_by=claimed.queued_by)
-        fields = {name: claimed.origin[name] for name in RunOrigin.__dataclass_fields__ if name in claimed.origin}
-        origin = RunOrigin(**{"actor": claimed.actor, **fields})
-        return _Queued(claimed.run_id, claimed.runbook, claimed.params, claimed.actor, claimed.target, origin)
+        return self._queued_of(claimed)
 
     def _work(self) -> None:
         while not self.stopping.is_set():
@@ -599,9 +628,11 @@ class Daemon:
                 )
                 self.metrics.observe(report)
             except Exception as exc:
+                error = self.redactor.text(f"{type(exc).__name__}: {exc}")
                 with contextlib.suppress(AuditError):
-                    error = self.redactor.text(f"{type(exc).__name__}: {exc}")
                     self.audit.record("run_failed", run_id=queued.run_id, error=error)
+                with contextlib.suppress(Exception):  # taken from the queue, not finished: not left running
+                    self.state.interrupt_own(queued.run_id)
                 self.metrics.runs.labels(runbook=queued.runbook, status="ERROR").inc()
                 # A run that could not finish has found nothing OK: the incident hears of it as UNKNOWN.
                 report = self._unfinished(queued, started, error)

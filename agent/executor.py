@@ -292,8 +292,9 @@ class Executor:
                     params=resolved.stored,
                     secret_params=resolved.secret_overrides,
                 )
-            else:
-                self.state.set_run(run_id, "running")
+            elif not self.state.begin_run(run_id):
+                # Another agent took it from the shared queue (or it ended): it runs there, never here too.
+                raise Conflict(f"run {run_id} is not this agent's to begin (taken by another, or ended)")
         try:
             report = self._run(
                 runbook,

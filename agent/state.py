@@ -100,6 +100,8 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ("ALTER TABLE runs ADD COLUMN agent TEXT", "CREATE INDEX runs_agent ON runs (agent) WHERE agent IS NOT NULL"),
     # 7: the run queue, shared by the agents: a queued run's origin (for its incident), found oldest first.
     ("ALTER TABLE runs ADD COLUMN origin TEXT", "CREATE INDEX runs_queued ON runs (created) WHERE status = 'queued'"),
+    # 8: what an agent can take from the queue (its mode), and that it is stopping (it takes nothing more).
+    ("ALTER TABLE agents ADD COLUMN mode TEXT", "ALTER TABLE agents ADD COLUMN stopping REAL"),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -174,6 +176,8 @@ _PG_MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ("ALTER TABLE runs ADD COLUMN agent TEXT", "CREATE INDEX runs_agent ON runs (agent) WHERE agent IS NOT NULL"),
     # 3: as SQLite's 7.
     ("ALTER TABLE runs ADD COLUMN origin TEXT", "CREATE INDEX runs_queued ON runs (created) WHERE status = 'queued'"),
+    # 4: as SQLite's 8.
+    ("ALTER TABLE agents ADD COLUMN mode TEXT", "ALTER TABLE agents ADD COLUMN stopping DOUBLE PRECISION"),
 )
 
 
@@ -198,6 +202,18 @@ class QueuedRun:
     queued_by: str | None
 
 
+def _queued_run(row: tuple[Any, ...]) -> QueuedRun:
+    return QueuedRun(
+        run_id=row[0],
+        runbook=row[1],
+        target=row[2],
+        actor=row[3],
+        params=json.loads(row[4]),
+        origin=json.loads(row[5]) if row[5] else {},
+        queued_by=row[6],
+    )
+
+
 @dataclass(frozen=True)
 class Agent:
     """A daemon sharing this state: where it runs, since when, and its last sign of life."""
@@ -209,6 +225,8 @@ class Agent:
     started: float
     heartbeat: float
     stopped: float | None
+    mode: str | None = None  # the runs it takes from the queue: live or dry-run
+    stopping: float | None = None  # since when it takes nothing more from the queue
 
 
 @dataclass(frozen=True)
@@ -561,17 +579,27 @@ class StateStore:
     def interrupt_orphans(self) -> list[str]:
         """Runs left running by a process of this host that is gone (kill -9, a crash). (Its queued runs
         never began: they stay in the queue, for the next agent to take while they are fresh.)"""
-        rows = self._read("SELECT run_id, pid FROM runs WHERE status = 'running' AND host = ?", (self.host,)).fetchall()
+        rows = self._read(
+            # (A queued run without an origin was queued by an older agent, in its own memory: gone with it.)
+            "SELECT run_id, pid FROM runs WHERE (status = 'running' OR (status = 'queued' AND origin IS NULL))"
+            " AND host = ?",
+            (self.host,),
+        ).fetchall()
         orphans = [r[0] for r in rows if r[1] == os.getpid() or not _alive(r[1])]
         for run_id in orphans:
             self.set_run(run_id, "interrupted", result="interrupted")
         return orphans
 
     # --- the run queue, shared by the agents -------------------------------------------------------------
+    # A queued run is one a daemon of this version queued (it has an origin: an older agent keeps its own
+    # runs in memory, and would run them itself), of one mode (a dry-run agent never takes a live run).
 
-    def queued_count(self, mode: str) -> int:
-        """Runs waiting in the queue, of every agent (those of `mode`: live or dry-run)."""
-        row = self._read("SELECT count(*) FROM runs WHERE status = 'queued' AND mode = ?", (mode,)).fetchone()
+    def queued_count(self, mode: str, since: float) -> int:
+        """Runs waiting in the queue since `since`, of every agent (those of `mode`: live or dry-run)."""
+        row = self._read(
+            "SELECT count(*) FROM runs WHERE status = 'queued' AND origin IS NOT NULL AND mode = ? AND created >= ?",
+            (mode, since),
+        ).fetchone()
         return int(row[0])
 
     def claim_run(self, mode: str, runbooks: Collection[str], since: float) -> QueuedRun | None:
@@ -580,16 +608,20 @@ class StateStore:
         PostgreSQL: agents claiming at once take different runs, none waits on another's)."""
         if not runbooks:
             return None
-        # A read first: an idle worker looks often, and a look at an empty queue takes no write lock.
-        if self._read("SELECT 1 FROM runs WHERE status = 'queued' AND mode = ? LIMIT 1", (mode,)).fetchone() is None:
-            return None
         names = sorted(runbooks)
+        where = (
+            "status = 'queued' AND origin IS NOT NULL AND mode = ? AND created >= ?"
+            f" AND runbook IN ({', '.join('?' * len(names))})"
+        )
+        args = (mode, since, *names)
+        # A read first: an idle worker looks often, and a look at a queue with nothing for it takes no lock.
+        if self._read(f"SELECT 1 FROM runs WHERE {where} LIMIT 1", args).fetchone() is None:
+            return None
         with self.write(serialize=False) as db:
             row = db.execute(
-                "SELECT run_id, runbook, target, actor, params, origin, agent FROM runs WHERE status = 'queued'"
-                f" AND mode = ? AND created >= ? AND runbook IN ({', '.join('?' * len(names))})"
+                f"SELECT run_id, runbook, target, actor, params, origin, agent FROM runs WHERE {where}"
                 " ORDER BY created LIMIT 1" + self.skip_locked,
-                (mode, since, *names),
+                args,
             ).fetchone()
             if row is None:
                 return None
@@ -597,22 +629,67 @@ class StateStore:
                 "UPDATE runs SET status = 'running', host = ?, pid = ?, agent = ? WHERE run_id = ?",
                 (self.host, os.getpid(), self.agent_id, row[0]),
             )
-        return QueuedRun(
-            run_id=row[0],
-            runbook=row[1],
-            target=row[2],
-            actor=row[3],
-            params=json.loads(row[4]),
-            origin=json.loads(row[5]) if row[5] else {},
-            queued_by=row[6],
-        )
+        return _queued_run(row)
 
-    def interrupt_stale(self, before: float) -> list[str]:
-        """Queued runs no agent began before `before`: interrupted, once (an alert that still fires is
-        delivered again, and starts a fresh run)."""
+    def unclaim(self, run: QueuedRun) -> bool:
+        """Put back a run this agent took but did not begin (it is stopping): queued again, its queuer's."""
+        with self._write() as db:
+            return (
+                db.execute(
+                    "UPDATE runs SET status = 'queued', agent = ?"
+                    " WHERE run_id = ? AND status = 'running' AND agent = ?",
+                    (run.queued_by, run.run_id, self.agent_id),
+                ).rowcount
+                > 0
+            )
+
+    def begin_run(self, run_id: str) -> bool:
+        """Set a recorded run running here, if it is this process's to run: queued, or already taken by it
+        from the queue. False: another agent has it (or it ended), and it must not run here too."""
+        with self._write() as db:
+            return (
+                db.execute(
+                    "UPDATE runs SET status = 'running', host = ?, pid = ?, agent = ? WHERE run_id = ?"
+                    " AND (status = 'queued' OR (status = 'running' AND host = ? AND pid = ?))",
+                    (self.host, os.getpid(), self.agent_id, run_id, self.host, os.getpid()),
+                ).rowcount
+                > 0
+            )
+
+    def interrupt_own(self, run_id: str) -> bool:
+        """A run this process has running, ended as interrupted (it failed before it could finish)."""
+        with self._write() as db:
+            return (
+                db.execute(
+                    "UPDATE runs SET status = 'interrupted', result = 'error', finished = ? WHERE run_id = ?"
+                    " AND status = 'running' AND host = ? AND pid = ?",
+                    (time.time(), run_id, self.host, os.getpid()),
+                ).rowcount
+                > 0
+            )
+
+    def interrupt_stale(self, before: float) -> list[QueuedRun]:
+        """Queued runs no agent began before `before`: interrupted, once, by one agent (which tells their
+        incidents)."""
         with self.write(serialize=False) as db:
             rows = db.execute(
-                "SELECT run_id FROM runs WHERE status = 'queued' AND created < ?" + self.skip_locked, (before,)
+                "SELECT run_id, runbook, target, actor, params, origin, agent FROM runs"
+                " WHERE status = 'queued' AND origin IS NOT NULL AND created < ?" + self.skip_locked,
+                (before,),
+            ).fetchall()
+            db.executemany(
+                "UPDATE runs SET status = 'interrupted', result = 'interrupted', finished = ? WHERE run_id = ?",
+                [(time.time(), row[0]) for row in rows],
+            )
+        return [_queued_run(row) for row in rows]
+
+    def interrupt_queued(self, mode: str) -> list[str]:
+        """Every queued run of `mode`, interrupted: the last agent that could take them is stopping."""
+        with self.write(serialize=False) as db:
+            rows = db.execute(
+                "SELECT run_id FROM runs WHERE status = 'queued' AND origin IS NOT NULL AND mode = ?"
+                + self.skip_locked,
+                (mode,),
             ).fetchall()
             db.executemany(
                 "UPDATE runs SET status = 'interrupted', result = 'interrupted', finished = ? WHERE run_id = ?",
@@ -620,25 +697,22 @@ class StateStore:
             )
         return [row[0] for row in rows]
 
-    def interrupt_queued(self, agent_id: str) -> list[str]:
-        """The queued runs `agent_id` queued, interrupted (it stops, and no other agent will take them)."""
-        with self.write(serialize=False) as db:
-            rows = db.execute(
-                "SELECT run_id FROM runs WHERE status = 'queued' AND agent = ?" + self.skip_locked, (agent_id,)
-            ).fetchall()
-            db.executemany(
-                "UPDATE runs SET status = 'interrupted', result = 'interrupted', finished = ? WHERE run_id = ?",
-                [(time.time(), row[0]) for row in rows],
-            )
-        return [row[0] for row in rows]
-
-    def agents_alive(self, dead_after: float, *, besides: str) -> list[str]:
-        """The agents other than `besides` whose heartbeat is fresh and that have not stopped."""
+    def agents_alive(self, dead_after: float, *, besides: str, mode: str) -> list[str]:
+        """The agents other than `besides` that could take a queued run of `mode`: heartbeat fresh, that
+        mode, not stopping."""
         rows = self._read(
-            "SELECT agent_id FROM agents WHERE stopped IS NULL AND heartbeat >= ? AND agent_id <> ?",
-            (self.now() - dead_after, besides),
+            "SELECT agent_id FROM agents WHERE stopped IS NULL AND stopping IS NULL AND heartbeat >= ?"
+            " AND agent_id <> ? AND mode = ?",
+            (self.now() - dead_after, besides, mode),
         ).fetchall()
         return [row[0] for row in rows]
+
+    def queue(self) -> tuple[int, float | None]:
+        """(queued runs, when the oldest was queued) of the shared queue, for `runbook status`."""
+        row = self._read(
+            "SELECT count(*), min(created) FROM runs WHERE status = 'queued' AND origin IS NOT NULL"
+        ).fetchone()
+        return int(row[0]), (float(row[1]) if row[1] is not None else None)
 
     # --- agents -------------------------------------------------------------------------------------------
 
@@ -648,13 +722,19 @@ class StateStore:
             return time.time()
         return float(self._read(self.backend.now_sql).fetchone()[0])
 
-    def register_agent(self, agent_id: str, version: str) -> None:
+    def register_agent(self, agent_id: str, version: str, mode: str = "live") -> None:
         with self.write(serialize=False) as db:
             now = self.backend.now(db)
             db.execute(
-                "INSERT INTO agents (agent_id, host, pid, version, started, heartbeat) VALUES (?, ?, ?, ?, ?, ?)",
-                (agent_id, self.host, os.getpid(), version, now, now),
+                "INSERT INTO agents (agent_id, host, pid, version, started, heartbeat, mode)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (agent_id, self.host, os.getpid(), version, now, now, mode),
             )
+
+    def agent_stopping(self, agent_id: str) -> None:
+        """It takes nothing more from the queue (its running runs are still its own until it stops)."""
+        with self.write(serialize=False) as db:
+            db.execute("UPDATE agents SET stopping = ? WHERE agent_id = ?", (self.backend.now(db), agent_id))
 
     def heartbeat(self, agent_id: str) -> None:
         """One row of its own, no read first: never waits on the other agents' writes."""
@@ -668,18 +748,19 @@ class StateStore:
 
     def agents(self) -> list[Agent]:
         rows = self._read(
-            "SELECT agent_id, host, pid, version, started, heartbeat, stopped FROM agents ORDER BY started"
+            "SELECT agent_id, host, pid, version, started, heartbeat, stopped, mode, stopping FROM agents"
+            " ORDER BY started"
         ).fetchall()
         return [Agent(*row) for row in rows]
 
     def held_by(self, agent: Agent) -> tuple[list[str], list[str]]:
-        """(target locks, runs queued or running) of one agent, for `runbook status`."""
+        """(target locks, runs running) of one agent, for `runbook status` (queued runs are the queue's)."""
         locks = self._read(
             "SELECT target FROM locks WHERE expires >= ? AND host = ? AND pid = ? ORDER BY target",
             (self.now(), agent.host, agent.pid),
         ).fetchall()
         runs = self._read(
-            "SELECT run_id FROM runs WHERE status IN ('queued', 'running') AND agent = ? ORDER BY created",
+            "SELECT run_id FROM runs WHERE status = 'running' AND agent = ? ORDER BY created",
             (agent.agent_id,),
         ).fetchall()
         return [r[0] for r in locks], [r[0] for r in runs]

@@ -164,3 +164,33 @@ def test_of_survivors_sweeping_a_lost_agent_at_once_each_run_is_taken_once(url: 
         taken = [run for result in results for run in result]
         assert len(taken) == len(set(taken)) and (attempt > 0 or len(taken) == 20), results
         assert attempt == 0 or taken == []
+
+
+def test_of_agents_taking_from_the_queue_at_once_each_run_is_taken_once(url: str) -> None:
+    """Eight agents' workers claiming 40 queued runs at once, each over and over until the queue is
+    empty (SKIP LOCKED): every run taken exactly once, none left."""
+    queuer = StateStore(url)
+    queuer.agent_id = "queuer"
+    for i in range(40):
+        queuer.add_run(
+            run_id=f"q{i}",
+            runbook="x",
+            target=f"t{i}",
+            mode="live",
+            actor="a",
+            params={},
+            status="queued",
+            origin={"actor": "a"},
+        )
+
+    def drain(store: StateStore, i: int) -> list[str]:
+        store.agent_id = f"agent-{i}"
+        taken = []
+        while (run := store.claim_run("live", ["x"], 0)) is not None:
+            taken.append(run.run_id)
+        return taken
+
+    results = _race(url, 8, drain)
+    taken = [run for result in results for run in result]
+    assert sorted(taken) == sorted(f"q{i}" for i in range(40)), results  # each once
+    assert queuer.queued_count("live", 0) == 0

@@ -245,7 +245,14 @@ def test_reading_commands_print_json(tmp_path: Path, write_runbook: Callable[[st
     plugin = json.loads(out)
     assert code == 0 and plugin["kind"] == "check" and "warn_pct" in plugin["params"]["properties"]
     code, out, _ = invoke("status", "--json", env=env)
-    assert code == 0 and json.loads(out) == {"agents": [], "paused": None, "breakers": [], "locks": [], "pending": []}
+    assert code == 0 and json.loads(out) == {
+        "agents": [],
+        "queue": {"queued": 0, "oldest": None},
+        "paused": None,
+        "breakers": [],
+        "locks": [],
+        "pending": [],
+    }
     code, out, _ = invoke("validate", runbooks, "--json", env=env)
     assert code == 0 and json.loads(out)["valid"] is True
     text = (REPO / "runbooks" / "db-connection.yaml").read_text().replace("warn_pct: 80,", "warn_pct: lots,")

@@ -285,15 +285,15 @@ def test_a_silence_that_fails_never_stops_the_fix(
 
 
 def test_a_dry_run_never_speaks_to_alertmanager(h: Harness, am: StubAlertmanager) -> None:
-    run_id = uuid.uuid4().hex[:12]
     alert = {"source": "alertmanager", "fingerprint": "f", "status": "firing", "name": "ThingBroken"}
     alert |= {"labels": LABELS, "annotations": {}, "runbook": "t", "target": "-", "disposition": "run_started"}
-    h.state.record_intake([{**alert, "run_id": run_id}], [], [])
     settings = Settings(state_dir=h.tmp_path, default_cooldown=0, alertmanager_url=am.url)
     for executor, dry_run in (
         (h.executor({"silence": True}, settings=settings), True),
         (h.executor({"silence": True}, settings=settings, dry_run=True), False),
     ):
+        run_id = uuid.uuid4().hex[:12]  # a run of an alert
+        h.state.record_intake([{**alert, "run_id": run_id}], [], [])
         rem = executor.run("t", actor="x", run_id=run_id, dry_run=dry_run).remediations[0]
         assert rem.decision == "planned_only"
     assert am.requests == [] and fake_effects.applied == []

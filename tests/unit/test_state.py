@@ -142,7 +142,9 @@ def test_the_runs_of_an_agent_that_stopped_its_heartbeat_are_interrupted_once(tm
     store.agent_id = "lost"
     store.register_agent("lost", "1.0")
     store.add_run(run_id="r1", runbook="x", target="-", mode="live", actor="a", params={})
-    store.add_run(run_id="r2", runbook="x", target="-", mode="live", actor="a", params={}, status="queued")
+    store.add_run(
+        run_id="r2", runbook="x", target="-", mode="live", actor="a", params={}, status="queued", origin={"actor": "a"}
+    )
     store.add_run(run_id="done", runbook="x", target="-", mode="live", actor="a", params={}, status="finished")
     assert store.interrupt_lost(30) == []  # its heartbeat is fresh
     _age_heartbeat(store, "lost", 60)
@@ -280,7 +282,7 @@ def test_the_run_queue_is_shared_and_each_run_is_taken_once(tmp_path: Path) -> N
         time.sleep(0.01)
     _queue(store, "dry", mode="dry-run")
     _queue(store, "other", runbook="y")
-    assert store.queued_count("live") == 4 and store.queued_count("dry-run") == 1
+    assert store.queued_count("live", 0) == 4 and store.queued_count("dry-run", 0) == 1
     agents = [open_state(tmp_path) for _ in range(2)]
     for i, agent in enumerate(agents):
         agent.agent_id = f"b{i}"
@@ -301,18 +303,50 @@ def test_the_run_queue_is_shared_and_each_run_is_taken_once(tmp_path: Path) -> N
     assert agents[1].claim_run("dry-run", ["x"], 0).run_id == "dry"  # a dry run only by a dry-run agent
     assert agents[1].claim_run("live", ["y"], time.time() + 60) is None  # too old to begin now
     assert agents[1].claim_run("live", [], 0) is None
-    assert store.interrupt_stale(time.time() + 1) == ["other"]
-    assert store.run("other")["status"] == "interrupted" and store.queued_count("live") == 0
+    (stale,) = store.interrupt_stale(time.time() + 1)
+    assert (stale.run_id, stale.runbook, stale.origin["alert_name"]) == ("other", "y", "AppDown")
+    assert store.run("other")["status"] == "interrupted" and store.queued_count("live", 0) == 0
+    assert store.queue() == (0, None)
 
 
-def test_a_stopping_agent_interrupts_only_its_own_queued_runs(tmp_path: Path) -> None:
+def test_the_last_agent_of_a_mode_to_stop_interrupts_the_queue(tmp_path: Path) -> None:
     store = open_state(tmp_path)
     _queue(store, "mine", agent="a1")
     _queue(store, "theirs", agent="a2")
+    _queue(store, "dry", agent="a2", mode="dry-run")
     store.register_agent("a1", "1.0")
     store.register_agent("a2", "1.0")
-    assert store.agents_alive(30, besides="a1") == ["a2"]
-    store.agent_stopped("a2")
-    assert store.agents_alive(30, besides="a1") == []
-    assert store.interrupt_queued("a1") == ["mine"]
-    assert {r["run_id"]: r["status"] for r in store.runs()} == {"mine": "interrupted", "theirs": "queued"}
+    store.register_agent("d1", "1.0", mode="dry-run")
+    assert store.agents_alive(30, besides="a1", mode="live") == ["a2"]  # a dry-run agent takes no live run
+    store.agent_stopping("a2")  # stopping: it takes nothing more
+    assert store.agents_alive(30, besides="a1", mode="live") == []
+    assert sorted(store.interrupt_queued("live")) == ["mine", "theirs"]  # every live one, whoever queued it
+    assert {r["run_id"]: r["status"] for r in store.runs()} == {
+        "mine": "interrupted",
+        "theirs": "interrupted",
+        "dry": "queued",
+    }
+    assert store.queue()[0] == 1
+
+
+def test_a_run_is_begun_by_one_process_only(tmp_path: Path) -> None:
+    """The executor begins a recorded run only if it is queued or this process took it: a run another
+    agent took is never run here too (an older agent with its own in-memory queue, say). Runs an older
+    agent queued (no origin) are never taken from it."""
+    store = open_state(tmp_path)
+    _queue(store, "r1")
+    other = open_state(tmp_path)
+    other.agent_id, other.host = "a2", "elsewhere"
+    assert other.claim_run("live", ["x"], 0).run_id == "r1"
+    assert not store.begin_run("r1")  # another process has it
+    assert other.begin_run("r1")  # its own
+    store.add_run(run_id="old", runbook="x", target="-", mode="live", actor="a", params={}, status="queued")
+    assert store.claim_run("live", ["x"], 0) is None  # queued by an older agent: its own to run
+    assert store.begin_run("old")
+    _queue(store, "r2")
+    taken = store.claim_run("live", ["x"], 0)
+    assert taken.run_id == "r2" and store.unclaim(taken)  # taken as the agent began to stop: put back
+    assert store.run("r2")["status"] == "queued"
+    taken = store.claim_run("live", ["x"], 0)
+    assert store.interrupt_own("r2") and store.run("r2")["status"] == "interrupted"
+    assert not other.interrupt_own("old")  # not its run
