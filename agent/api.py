@@ -620,6 +620,11 @@ def create_app(daemon: Daemon, security: ApiSecurity) -> FastAPI:
         admin.reset_breaker(daemon.state, admin_audit(person), body.target)
         return {"target": body.target, "closed": True, "by": person}
 
+    # The web console (/ui): pages for people, signed in with their decision credential.
+    from agent.console import mount
+
+    mount(app, daemon, guard.person_of)
+
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
         """The process answers."""

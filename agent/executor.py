@@ -661,7 +661,9 @@ class Executor:
         runbook = self.runbooks.runbooks.get(run["runbook"])
         if runbook is None:
             raise NotFound(f"runbook {run['runbook']!r} of run {run_id} is not loaded")
-        step = next(r for r in runbook.spec.remediations if r.id == rem_id)
+        step = next((r for r in runbook.spec.remediations if r.id == rem_id), None)
+        if step is None:  # the runbook was changed since, and reloaded: nothing left to decide on
+            raise NotFound(f"remediation {rem_id!r} is no longer in runbook {runbook.spec.id!r}")
         audit = _Audit(self.audit.bind(run_id=run_id, actor=approver, mode="live", runbook=runbook.spec.id))
         decision = RemediationDecision(step.id, step.do, step.approval, True, f"pending since run {run_id}")
         if not approve:
@@ -697,8 +699,10 @@ class Executor:
                     },
                 )
             except PlanChanged:
-                # Still waiting for a person, who must now look at the new plan.
-                self.state.add_pending(run_id, rem_id, pending_fp, decision.plan or {})
+                # Still waiting for a person, who must now look at the new plan: it is the one pending
+                # (its fingerprint is what an approval of it must name).
+                now_fp = str((decision.plan or {}).get("fingerprint") or pending_fp)
+                self.state.add_pending(run_id, rem_id, now_fp, decision.plan or {})
                 raise
         finally:
             if applier is not None:

@@ -325,7 +325,7 @@ class Remediator:
             if run.expected is not None:  # approved a plan with changes: the person must see this one
                 raise PlanChanged(
                     f"the plan changed since it was approved (approved {run.expected}, now nothing to do);"
-                    " run the runbook again to see the new plan"
+                    " nothing was applied; the new plan is the one pending now"
                 )
             return self._decide(
                 decision, "nothing_to_do", "the targets are already as the remediation would leave them"
@@ -715,8 +715,8 @@ class Remediator:
         def approve(_: RemediationStep, plan: Plan) -> bool:
             if plan.fingerprint != fingerprint:
                 raise PlanChanged(
-                    f"the plan changed since it was approved (approved {fingerprint}, now {plan.fingerprint});"
-                    " run the runbook again to see the new plan"
+                    f"the plan changed since it was approved (approved {fingerprint}, now {plan.fingerprint}):"
+                    " nothing was applied; the new plan is the one pending now (runbook runs show / the console)"
                 )
             return True
 

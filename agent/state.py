@@ -454,6 +454,13 @@ class StateStore:
         ).fetchall()
         return [(r[0], r[1], r[2], r[3]) for r in rows]
 
+    def pending_plans(self, run_id: str) -> list[tuple[str, str, dict[str, Any]]]:
+        """A run's pending approvals with their plans: (remediation, fingerprint, plan), as a person sees them."""
+        rows = self._read(
+            "SELECT remediation, fingerprint, plan FROM pending WHERE run_id = ? ORDER BY at", (run_id,)
+        ).fetchall()
+        return [(r[0], r[1], json.loads(r[2])) for r in rows]
+
     def take_pending(self, run_id: str, remediation: str) -> bool:
         """Remove a pending approval; False if it was not (or no longer) pending: decided once only."""
         with self._write() as db:

@@ -44,6 +44,9 @@ command -v setpriv >/dev/null || missing+=(util-linux)
 [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
 # The binary alone: what it recommends would install and start Icinga's services.
 command -v icinga2 >/dev/null || apt_install --no-install-recommends icinga2-bin
+# The browser the console's test drives (tests/integration/test_console.py): Debian's, not a download;
+# without what it recommends (a desktop's services).
+command -v chromium >/dev/null || apt_install --no-install-recommends chromium fonts-dejavu-core
 
 if docker_ok; then echo "docker engine running"; exit 0; fi
 echo "starting dockerd"

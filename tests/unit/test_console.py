@@ -1,0 +1,222 @@
+"""The console's rules in-process (no browser): no session, no page; sign-in with a decision credential
+only; cookies HttpOnly, SameSite=Strict, Secure over TLS; CSRF on every form; security headers; alert
+text escaped; a changed plan shown, never applied. The browser test is tests/integration/test_console.py."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from agent.alerts import IncomingAlert
+from agent.api import create_app
+from tests.unit.test_api import ALICE, INTAKE, Api
+
+
+def _login_form(client: TestClient) -> str:
+    page = client.get("/ui/login")
+    assert page.status_code == 200
+    return re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)  # type: ignore[union-attr]
+
+
+def _signed_in(api: Api, *, https: bool = False) -> TestClient:
+    client = TestClient(
+        create_app(api.daemon, api.security), base_url="https://testserver" if https else "http://testserver"
+    )
+    token = _login_form(client)
+    response = client.post(
+        "/ui/login", data={"csrf": token, "credential": ALICE, "next": "/ui/status"}, follow_redirects=False
+    )
+    assert response.status_code == 303 and response.headers["location"] == "/ui/status", response.text
+    return client
+
+
+def _csrf(client: TestClient, path: str) -> str:
+    return re.search(r'name="csrf" value="([^"]+)"', client.get(path).text).group(1)  # type: ignore[union-attr]
+
+
+@pytest.fixture
+def api(tmp_path: Path) -> Api:
+    return Api(tmp_path)
+
+
+def test_no_session_no_page_and_no_action(api: Api) -> None:
+    client = TestClient(create_app(api.daemon, api.security))
+    for path in ("/ui/incidents", "/ui/incidents/1", "/ui/runs/x", "/ui/status", "/ui/incidents/1/timeline.svg"):
+        response = client.get(path, follow_redirects=False)
+        assert response.status_code == 303 and response.headers["location"].startswith("/ui/login?next="), path
+    for path in ("/ui/pause", "/ui/incidents/1/note", "/ui/runs/x/approve", "/ui/logout"):
+        assert client.post(path, data={"csrf": "x"}).status_code == 403, path
+    assert api.daemon.state.paused() is None
+    # Nor with an API bearer token: the console's pages take a session, nothing else.
+    response = client.get("/ui/status", headers={"Authorization": f"Bearer {ALICE}"}, follow_redirects=False)
+    assert response.status_code == 303
+
+
+def test_sign_in_takes_a_decision_credential_only(api: Api) -> None:
+    client = TestClient(create_app(api.daemon, api.security))
+    token = _login_form(client)
+    for credential in (INTAKE, "nobody-knows-this-one", ""):
+        response = client.post("/ui/login", data={"csrf": token, "credential": credential}, follow_redirects=False)
+        assert response.status_code == 401 and "not a decision credential" in response.text
+        assert "runbook_session" not in response.cookies
+        token = re.search(r'name="csrf" value="([^"]+)"', response.text).group(1)  # type: ignore[union-attr]
+    # Without the sign-in form's own token (a login CSRF): refused.
+    fresh = TestClient(create_app(api.daemon, api.security))
+    assert fresh.post("/ui/login", data={"csrf": "guess", "credential": ALICE}).status_code == 403
+    response = client.post(
+        "/ui/login", data={"csrf": token, "credential": ALICE, "next": "//evil.example/x"}, follow_redirects=False
+    )
+    assert response.headers["location"] == "/ui/incidents"  # never sent to another site
+    cookie = response.headers["set-cookie"]
+    assert "runbook_session=" in cookie and "HttpOnly" in cookie and "SameSite=strict" in cookie
+    assert "Path=/ui" in cookie and "Max-Age=" in cookie and "Secure" not in cookie
+    assert "console_signed_in" in api.settings.audit_path.read_text()
+
+
+def test_over_tls_the_cookies_are_secure(api: Api) -> None:
+    client = TestClient(create_app(api.daemon, api.security), base_url="https://testserver")
+    token = _login_form(client)
+    response = client.post("/ui/login", data={"csrf": token, "credential": ALICE}, follow_redirects=False)
+    assert "Secure" in response.headers["set-cookie"]
+
+
+def test_every_form_needs_its_csrf_token_and_actions_are_the_signed_in_persons(api: Api) -> None:
+    client = _signed_in(api)
+    assert client.post("/ui/pause", data={"reason": "no token"}).status_code == 403
+    assert client.post("/ui/pause", data={"reason": "wrong", "csrf": "x" * 43}).status_code == 403
+    assert client.post("/ui/pause", json={"reason": "json"}).status_code == 415
+    assert api.daemon.state.paused() is None
+    token = _csrf(client, "/ui/status")
+    response = client.post("/ui/pause", data={"reason": "deploy freeze", "csrf": token}, follow_redirects=False)
+    assert response.status_code == 303 and response.headers["location"] == "/ui/status?done=paused"
+    reason, by, _ = api.daemon.state.paused()  # type: ignore[misc]
+    assert (reason, by) == ("deploy freeze", "console:alice")
+    page = client.get("/ui/status?done=paused")
+    assert "Remediation paused." in page.text and "Paused by console:alice" in page.text
+    assert client.get("/ui/status?done=<script>").text.count("<script>") == 0  # fixed messages only
+
+
+def test_pages_carry_security_headers_and_escape_alert_text(api: Api) -> None:
+    hostile = "<script>alert(1)</script>{{ 7*7 }}"
+    alert = IncomingAlert.build(
+        "generic", "firing", {"alertname": "SvcDown", "service": "app"}, {"summary": hostile}, "f"
+    )
+    api.daemon.receive([alert])
+    client = _signed_in(api)
+    token = _csrf(client, "/ui/status")
+    incident = _open_incident(api)
+    client.post(f"/ui/incidents/{incident}/note", data={"text": hostile, "csrf": token})
+    page = client.get(f"/ui/incidents/{incident}")
+    assert page.status_code == 200
+    assert "<script>alert(1)" not in page.text and "&lt;script&gt;alert(1)&lt;/script&gt;{{ 7*7 }}" in page.text
+    headers = page.headers
+    csp = headers["content-security-policy"]
+    assert "frame-ancestors 'none'" in csp and "default-src 'none'" in csp and "unsafe-inline" not in csp
+    assert "script-src" not in csp  # no script at all
+    assert headers["x-frame-options"] == "DENY" and headers["x-content-type-options"] == "nosniff"
+    assert headers["cache-control"] == "no-store"
+    assert client.get("/ui/static/console.css").headers["content-type"].startswith("text/css")
+
+
+def _open_incident(api: Api) -> int:
+    from agent.incidents.service import RunOrigin
+    from agent.models import CheckResult, RunReport
+    from agent.status import Status
+
+    report = RunReport(
+        run_id="r1",
+        runbook="svc-down",
+        title="A service is down",
+        severity="SEV-2",
+        mode="live",
+        actor="alert",
+        started_at="2026-11-30T00:00:00+00:00",
+        status=Status.CRITICAL,
+        params={"service": "app"},
+        checks=[CheckResult("load", "host.load", Status.CRITICAL, "<b>overloaded</b>", 1.0)],
+    )
+    incident = api.daemon.incidents.after_run(report, RunOrigin("alert", "SvcDown"))
+    assert incident is not None
+    return int(incident.id)
+
+
+def test_incident_actions_from_the_console(api: Api) -> None:
+    incident = _open_incident(api)
+    client = _signed_in(api)
+    token = _csrf(client, f"/ui/incidents/{incident}")
+    for action, data in (
+        ("ack", {}),
+        ("assign", {"commander": "bob"}),
+        ("severity", {"severity": "SEV-1", "reason": "customers"}),
+        ("note", {"text": "looking"}),
+        ("resolve", {"reason": "fixed"}),
+    ):
+        response = client.post(
+            f"/ui/incidents/{incident}/{action}", data={**data, "csrf": token}, follow_redirects=False
+        )
+        assert response.status_code == 303, (action, response.text)
+    found = api.daemon.incidents.get(incident)
+    assert (found.commander, found.severity, found.status) == ("bob", "SEV-1", "resolved")
+    assert (
+        client.post(f"/ui/incidents/{incident}/severity", data={"severity": "SEV-9", "csrf": token}).status_code == 422
+    )
+    assert client.post(f"/ui/incidents/{incident}/note", data={"text": "", "csrf": token}).status_code == 422
+    assert client.get("/ui/incidents/999").status_code == 404
+    listed = client.get("/ui/incidents?status=resolved&severity=SEV-1")
+    assert f"INC-{incident}" in listed.text and ("met (" in listed.text or "missed" in listed.text)
+    assert f"INC-{incident}" not in client.get("/ui/incidents?status=open").text
+    svg = client.get(f"/ui/incidents/{incident}/timeline.svg")
+    assert svg.status_code == 200 and svg.headers["content-type"].startswith("image/svg+xml")
+    assert client.get(f"/ui/incidents/{incident}/postmortem.md").text.startswith("#")
+
+
+FIX = """
+id: fix-it
+title: Fix it
+severity: SEV-3
+checks:
+  - {id: load, check: host.load}
+remediations:
+  - {id: bounce, do: docker.restart, with: {container: app}, approval: manual}
+"""
+
+
+def test_an_approval_of_a_plan_that_changed_shows_the_new_plan_and_applies_nothing(tmp_path: Path) -> None:
+    (tmp_path / "runbooks").mkdir()
+    (tmp_path / "runbooks" / "fix.yaml").write_text(FIX)
+    api = Api(tmp_path)
+    api.daemon.state.add_run(run_id="r9", runbook="fix-it", target="-", mode="live", actor="a", params={})
+    plan: dict[str, Any] = {
+        "fingerprint": "new-plan-fp",
+        "changes": [{"target": "container:app", "summary": "restart app"}],
+    }
+    api.daemon.state.add_pending("r9", "bounce", "new-plan-fp", plan)
+    client = _signed_in(api)
+    page = client.get("/ui/runs/r9")
+    assert "Waiting for approval: bounce" in page.text and "new-plan-fp" in page.text and "restart app" in page.text
+    token = _csrf(client, "/ui/runs/r9")
+    response = client.post(
+        "/ui/runs/r9/approve", data={"remediation": "bounce", "fingerprint": "old-plan-fp", "csrf": token}
+    )
+    assert response.status_code == 409 and "The plan changed since you saw it" in response.text
+    assert "new-plan-fp" in response.text  # the plan as it is now, to approve or not
+    assert [p[2] for p in api.daemon.state.pending("r9")] == ["new-plan-fp"]  # still waiting for a person
+    assert client.post("/ui/runs/r9/approve", data={"remediation": "bounce", "fingerprint": "x"}).status_code == 403
+    response = client.post(
+        "/ui/runs/r9/reject", data={"remediation": "bounce", "reason": "not now", "csrf": token}, follow_redirects=False
+    )
+    assert response.status_code == 303 and api.daemon.state.pending("r9") == []
+    api.daemon.state.add_pending("r9", "gone", "fp", plan)  # a remediation the runbook no longer has
+    response = client.post("/ui/runs/r9/reject", data={"remediation": "gone", "csrf": token})
+    assert response.status_code == 409 and "no longer in runbook" in response.text
+
+
+def test_sign_out_ends_the_session(api: Api) -> None:
+    client = _signed_in(api)
+    token = _csrf(client, "/ui/status")
+    assert client.post("/ui/logout", data={"csrf": token}, follow_redirects=False).status_code == 303
+    assert client.get("/ui/status", follow_redirects=False).status_code == 303
