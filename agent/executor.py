@@ -703,6 +703,7 @@ class Executor:
                 # (its fingerprint is what an approval of it must name).
                 now_fp = str((decision.plan or {}).get("fingerprint") or pending_fp)
                 self.state.add_pending(run_id, rem_id, now_fp, decision.plan or {})
+                audit.record("pending_plan_replaced", remediation=rem_id, was=pending_fp, now=now_fp)
                 raise
         finally:
             if applier is not None:

@@ -322,7 +322,9 @@ class Remediator:
         decision.plan = self.redactor.data(plan.to_json())
         run.audit.record("remediation_planned", remediation=step.id, do=step.do, plan=decision.plan)
         if not plan.changes:
-            if run.expected is not None:  # approved a plan with changes: the person must see this one
+            if run.expected is not None and run.expected != plan.fingerprint:
+                # Approved a plan with changes: the person must see this one (approving it, in turn, is
+                # "nothing to do").
                 raise PlanChanged(
                     f"the plan changed since it was approved (approved {run.expected}, now nothing to do);"
                     " nothing was applied; the new plan is the one pending now"

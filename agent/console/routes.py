@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import hmac
 import secrets
+import threading
 import time
 import urllib.parse
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,9 +19,9 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader
 from starlette.concurrency import run_in_threadpool
 
-from agent import admin
+from agent import admin, logs
 from agent.console.sessions import COOKIE, LOGIN_COOKIE, Session, Sessions
-from agent.exceptions import AuditError, Conflict, NotFound, PlanChanged, RunbookError, StateUnavailable
+from agent.exceptions import AuditError, NotFound, PlanChanged, RunbookError, StateUnavailable
 
 __all__ = ["mount"]
 
@@ -44,7 +46,9 @@ DONE = {
     "note": "Note added.",
     "severity": "Severity changed.",
     "resolve": "Resolved.",
-    "approved": "Approved: the plan was applied (see the outcome below).",
+    "approved": "Approved: the plan was applied and verified.",
+    "approved_unverified": "Approved and applied, but not verified: see the outcome below.",
+    "approved_not_applied": "Approved, but nothing was applied: see the decision below.",
     "rejected": "Rejected: nothing was changed.",
     "paused": "Remediation paused.",
     "resumed": "Remediation resumed.",
@@ -105,6 +109,7 @@ def mount(app: FastAPI, daemon: Any, person_of: Callable[[bytes], str | None]) -
     )
     env.filters.update(duration=_duration, when=_when, target_text=_target_text)
     sessions = Sessions()
+    failures = _Failures()
 
     def page(request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
         session = _session(request)
@@ -113,6 +118,7 @@ def mount(app: FastAPI, daemon: Any, person_of: Callable[[bytes], str | None]) -
             csrf=session.csrf if session else "",
             done=DONE.get(request.query_params.get("done", "")),
             now=time.time(),
+            dry_run=daemon.dry_run,
             **context,
         )
         return HTMLResponse(html, status_code=status, headers=SECURITY_HEADERS)
@@ -130,9 +136,15 @@ def mount(app: FastAPI, daemon: Any, person_of: Callable[[bytes], str | None]) -
         media = request.headers.get("content-type", "").partition(";")[0].strip().lower()
         if media != "application/x-www-form-urlencoded":
             raise _Refused(415, "expected a form (application/x-www-form-urlencoded)")
-        body = await request.body()
-        if len(body) > MAX_FORM:
+        # Never more than a form's worth read, declared or chunked: the sign-in form is open to anyone.
+        declared = request.headers.get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > MAX_FORM):
             raise _Refused(413, f"a form of at most {MAX_FORM} bytes")
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_FORM:
+                raise _Refused(413, f"a form of at most {MAX_FORM} bytes")
         try:
             pairs = urllib.parse.parse_qsl(body.decode("utf-8"), keep_blank_values=True, max_num_fields=20)
         except (UnicodeDecodeError, ValueError):
@@ -154,6 +166,10 @@ def mount(app: FastAPI, daemon: Any, person_of: Callable[[bytes], str | None]) -
 
     @app.exception_handler(_Refused)
     async def refused(request: Request, exc: _Refused) -> Response:
+        if exc.status == 401 and request.method == "GET" and request.headers.get("sec-fetch-site") == "cross-site":
+            # A link from a notification (mail, chat) is a cross-site visit: the browser keeps the
+            # SameSite=Strict cookie back. Loaded again from here, the same page gets it (no script).
+            return page(request, "reload.html", 200)
         if exc.status == 401 and request.method == "GET":
             target = "/ui/login?" + urllib.parse.urlencode({"next": request.url.path})
             return RedirectResponse(target, status_code=303, headers=SECURITY_HEADERS)
@@ -174,9 +190,17 @@ def mount(app: FastAPI, daemon: Any, person_of: Callable[[bytes], str | None]) -
     ) -> Response:
         token = secrets.token_urlsafe(32)
         after = _local_path(after or request.query_params.get("next"))
-        response = page(request, "login.html", status, login_csrf=token, message=message, next=after)
+        plain = request.url.scheme == "http" and not _local_plain_http(request)
+        plain = plain and request.headers.get("x-forwarded-proto", "").lower() != "https"
+        response = page(request, "login.html", status, login_csrf=token, message=message, next=after, plain_http=plain)
         response.set_cookie(
-            LOGIN_COOKIE, token, max_age=600, path="/ui", httponly=True, samesite="strict", secure=_tls(request)
+            LOGIN_COOKIE,
+            token,
+            max_age=600,
+            path="/ui",
+            httponly=True,
+            samesite="strict",
+            secure=_secure_cookie(request),
         )
         return response
 
@@ -186,6 +210,9 @@ def mount(app: FastAPI, daemon: Any, person_of: Callable[[bytes], str | None]) -
 
     @app.post("/ui/login", include_in_schema=False)
     async def login(request: Request) -> Response:
+        address = request.client.host if request.client else "-"
+        if not failures.allowed(address):
+            raise _Refused(429, "too many failed sign-ins from here; wait a minute")
         fields = await form(request)
         expected = request.cookies.get(LOGIN_COOKIE, "")
         if not expected or not hmac.compare_digest(fields.get("csrf", "").encode(), expected.encode()):
@@ -193,7 +220,10 @@ def mount(app: FastAPI, daemon: Any, person_of: Callable[[bytes], str | None]) -
         person = person_of(fields.get("credential", "").strip().encode())
         if person is None:
             # The intake token, or nothing known: one answer for both (nothing says which it was).
+            failures.failed(address)
+            logs.log(logs.WARNING, "console_sign_in_refused", client=address)
             return login_page(request, 401, "That is not a decision credential of this agent.", fields.get("next"))
+        sessions.close(request.cookies.get(COOKIE))  # a session this browser had ends with a new one
         session_id, _ = sessions.open(person)
         daemon.audit.bind(actor=f"console:{person}", mode="admin").record("console_signed_in", person=person)
         response = RedirectResponse(_local_path(fields.get("next")), status_code=303, headers=SECURITY_HEADERS)
@@ -204,14 +234,15 @@ def mount(app: FastAPI, daemon: Any, person_of: Callable[[bytes], str | None]) -
             path="/ui",
             httponly=True,
             samesite="strict",
-            secure=_tls(request),
+            secure=_secure_cookie(request),
         )
         response.delete_cookie(LOGIN_COOKIE, path="/ui")
         return response
 
     @app.post("/ui/logout", include_in_schema=False)
     async def logout(request: Request) -> Response:
-        await acting(request)
+        actor, _ = await acting(request)
+        daemon.audit.bind(actor=actor, mode="admin").record("console_signed_out")
         sessions.close(request.cookies.get(COOKIE))
         response = RedirectResponse("/ui/login", status_code=303, headers=SECURITY_HEADERS)
         response.delete_cookie(COOKIE, path="/ui")
@@ -224,15 +255,11 @@ def mount(app: FastAPI, daemon: Any, person_of: Callable[[bytes], str | None]) -
         signed_in(request)
         status = status if status in (*STATUSES, "open") else ""
         severity = severity if severity in SEVERITIES else ""
-        found = daemon.incidents.store.find(status=status if status in STATUSES else None, limit=200)
-        if status == "open":
-            found = [i for i in found if i.is_open]
-        if severity:
-            found = [i for i in found if i.severity == severity]
-        rows = []
-        for incident in found[:100]:
-            described = daemon.incidents.describe(incident.id)
-            rows.append({"incident": daemon.redactor.data(incident.to_json()), "targets": described["targets"]})
+        found = daemon.incidents.store.find(status=status or None, severity=severity or None, limit=100)
+        now = time.time()
+        rows = [
+            {"incident": daemon.redactor.data(i.to_json()), "targets": daemon.incidents.targets(i, now)} for i in found
+        ]
         return page(
             request,
             "incidents.html",
@@ -262,10 +289,28 @@ def mount(app: FastAPI, daemon: Any, person_of: Callable[[bytes], str | None]) -
             raise _Refused(404, exc.message) from None
         return page(request, "incident.html", view=view, severities=SEVERITIES)
 
+    drafting = threading.BoundedSemaphore(2)  # a draft reads the audit log: two at a time at most
+    drafts: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
+
     def draft(incident_id: int) -> Any:
+        """The post-mortem draft and its timeline, made again only when the incident or the audit log
+        changed (each view of an incident page asks for its picture)."""
         from agent.incidents.postmortem import draft_postmortem
 
-        return draft_postmortem(daemon.incidents, incident_id, daemon.settings.audit_path, "timeline.svg")
+        incident = daemon.incidents.get(incident_id)
+        try:
+            size = daemon.settings.audit_path.stat().st_size
+        except OSError:
+            size = -1
+        key = (incident_id, incident.updated, size)
+        if key in drafts:
+            return drafts[key]
+        with drafting:
+            made = draft_postmortem(daemon.incidents, incident_id, daemon.settings.audit_path, "timeline.svg")
+        drafts[key] = made
+        while len(drafts) > 20:
+            drafts.popitem(last=False)
+        return made
 
     @app.get("/ui/incidents/{incident_id}/timeline.svg", include_in_schema=False)
     def timeline(request: Request, incident_id: int) -> Response:
@@ -274,7 +319,7 @@ def mount(app: FastAPI, daemon: Any, person_of: Callable[[bytes], str | None]) -
             svg = draft(incident_id).svg
         except NotFound as exc:
             raise _Refused(404, exc.message) from None
-        return Response(svg, media_type="image/svg+xml", headers=SECURITY_HEADERS)
+        return Response(daemon.redactor.text(svg), media_type="image/svg+xml", headers=SECURITY_HEADERS)
 
     @app.get("/ui/incidents/{incident_id}/postmortem.md", include_in_schema=False)
     def postmortem(request: Request, incident_id: int) -> Response:
@@ -289,11 +334,14 @@ def mount(app: FastAPI, daemon: Any, person_of: Callable[[bytes], str | None]) -
         actor, fields = await acting(request)
         try:
             await run_in_threadpool(act, actor, fields)
+        except (AuditError, StateUnavailable):
+            raise  # 503, as the API answers it: nothing was recorded
         except NotFound as exc:
-            raise _Refused(404, exc.message) from None
-        except (Conflict, RunbookError) as exc:
+            raise _Refused(404, daemon.redactor.text(exc.message)) from None
+        except RunbookError as exc:
             view = await run_in_threadpool(incident_view, incident_id)
-            return page(request, "incident.html", 409, view=view, severities=SEVERITIES, error=exc.message)
+            message = daemon.redactor.text(exc.message)
+            return page(request, "incident.html", 409, view=view, severities=SEVERITIES, error=message)
         return back(f"/ui/incidents/{incident_id}", done)
 
     def text(fields: dict[str, str], name: str, limit: int, *, required: bool = False) -> str:
@@ -380,16 +428,22 @@ def mount(app: FastAPI, daemon: Any, person_of: Callable[[bytes], str | None]) -
             return result
 
         try:
-            await run_in_threadpool(act)
+            result = await run_in_threadpool(act)
+        except (AuditError, StateUnavailable):
+            raise
         except PlanChanged:
             # Nothing applied: the person sees the plan as it is now, and may approve that one.
             view = await run_in_threadpool(run_view, run_id)
             message = "The plan changed since you saw it. Nothing was applied; this is the plan now."
             return page(request, "run.html", 409, run=view, error=message)
-        except (NotFound, Conflict, RunbookError) as exc:
+        except RunbookError as exc:
             view = await run_in_threadpool(run_view, run_id)
             return page(request, "run.html", 409, run=view, error=daemon.redactor.text(exc.message))
-        return back(f"/ui/runs/{run_id}", "approved" if approve else "rejected")
+        if not approve:
+            return back(f"/ui/runs/{run_id}", "rejected")
+        if result.decision != "applied":
+            return back(f"/ui/runs/{run_id}", "approved_not_applied")
+        return back(f"/ui/runs/{run_id}", "approved" if result.outcome == "resolved" else "approved_unverified")
 
     @app.post("/ui/runs/{run_id}/approve", include_in_schema=False)
     async def approve(request: Request, run_id: str) -> Response:
@@ -421,6 +475,7 @@ def mount(app: FastAPI, daemon: Any, person_of: Callable[[bytes], str | None]) -
             locks=state.locks(),
             agents=agents,
             queue=state.queue(),
+            pending=state.pending(),
         )
 
     async def admin_action(request: Request, done: str, act: Callable[[str, dict[str, str], Any], None]) -> Response:
@@ -430,6 +485,8 @@ def mount(app: FastAPI, daemon: Any, person_of: Callable[[bytes], str | None]) -
             await run_in_threadpool(act, actor, fields, audit)
         except (AuditError, StateUnavailable):
             raise
+        except NotFound as exc:
+            raise _Refused(404, daemon.redactor.text(exc.message)) from None
         except RunbookError as exc:
             raise _Refused(409, daemon.redactor.text(exc.message)) from None
         return back("/ui/status", done)
@@ -456,6 +513,42 @@ def mount(app: FastAPI, daemon: Any, person_of: Callable[[bytes], str | None]) -
         return await admin_action(request, "reset", act)
 
 
-def _tls(request: Request) -> bool:
-    """Served over TLS (then the cookies are Secure)."""
-    return request.url.scheme == "https"
+_LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def _local_plain_http(request: Request) -> bool:
+    """Plain HTTP from this very host (a person on the agent's machine, or a test): the one case where
+    a cookie cannot be Secure and need not be."""
+    client = request.client.host if request.client else ""
+    return request.url.scheme == "http" and client in _LOOPBACK
+
+
+def _secure_cookie(request: Request) -> bool:
+    """Cookies are Secure unless the console is used over plain HTTP on this host. Behind a proxy that
+    ends TLS the daemon sees http from the proxy's address, and the browser, which sees https, keeps
+    them; over plain HTTP from elsewhere the browser drops them, and nobody signs in (the sign-in page
+    says so)."""
+    return not _local_plain_http(request)
+
+
+class _Failures:
+    """Failed sign-ins per address: five a minute, then a minute's wait (a bounded table)."""
+
+    def __init__(self, most: int = 5, window: float = 60.0, addresses: int = 10_000) -> None:
+        self.most, self.window, self.addresses = most, window, addresses
+        self._seen: OrderedDict[str, list[float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def allowed(self, address: str) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            recent = [t for t in self._seen.get(address, []) if now - t < self.window]
+            self._seen[address] = recent
+            return len(recent) < self.most
+
+    def failed(self, address: str) -> None:
+        with self._lock:
+            self._seen.setdefault(address, []).append(time.monotonic())
+            self._seen.move_to_end(address)
+            while len(self._seen) > self.addresses:
+                self._seen.popitem(last=False)

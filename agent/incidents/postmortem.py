@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from xml.sax.saxutils import escape as xml
+from xml.sax.saxutils import escape as _escape
 
 from agent.audit import read_records, verify
 from agent.incidents.service import Incidents
@@ -22,6 +22,15 @@ __all__ = ["Draft", "draft_postmortem"]
 class Draft:
     markdown: str
     svg: str
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def xml(text: str) -> str:
+    """Escaped for XML text and attributes, without the control characters XML 1.0 forbids (one would
+    make the whole picture invalid)."""
+    return _escape(_CONTROL.sub("\ufffd", text), {'"': "&quot;"})
 
 
 def _hms(ts: float | None) -> str:

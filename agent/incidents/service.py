@@ -652,11 +652,8 @@ class Incidents:
         """The guide's status-page or internal update for an incident, for a terminal."""
         return self.book.render(which, self.view(self.get(incident_id)), "terminal")
 
-    def describe(self, incident_id: int, now: float | None = None) -> dict[str, Any]:
-        """Everything about an incident, for `incident show` and the API: the record, time to each target,
-        who was paged when, the notifications and how their delivery went, and the timeline."""
-        incident = self.get(incident_id)
-        now = now or time.time()
+    def targets(self, incident: Incident, now: float) -> dict[str, dict[str, Any]]:
+        """Time to each of the guide's targets for the incident's severity: met, missed, or time left."""
         target = self.policy.incidents.target(incident.severity)
         targets: dict[str, dict[str, Any]] = {}
         for name, limit, done in (
@@ -673,6 +670,14 @@ class Incidents:
             else:
                 state = "missed" if now > due else "running"
                 targets[name] = {"limit_s": limit, "state": state, "left_s": round(due - now, 1)}
+        return targets
+
+    def describe(self, incident_id: int, now: float | None = None) -> dict[str, Any]:
+        """Everything about an incident, for `incident show` and the API: the record, time to each target,
+        who was paged when, the notifications and how their delivery went, and the timeline."""
+        incident = self.get(incident_id)
+        now = now or time.time()
+        targets = self.targets(incident, now)
         levels = self.policy.escalation
         paged = [
             {

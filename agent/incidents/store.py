@@ -78,13 +78,17 @@ class IncidentStore:
         rows = self.state.query(f"SELECT {_COLUMNS} FROM incidents WHERE id = ?", (incident_id,))
         return Incident(*rows[0]) if rows else None
 
-    def find(self, *, status: str | None = None, limit: int = 100, oldest_first: bool = False) -> list[Incident]:
+    def find(
+        self, *, status: str | None = None, limit: int = 100, oldest_first: bool = False, severity: str | None = None
+    ) -> list[Incident]:
         if status == "open":
             where, args = f"status IN ({', '.join('?' * len(OPEN))})", tuple(OPEN)
         elif status:
             where, args = "status = ?", (status,)
         else:
             where, args = "1 = 1", ()
+        if severity:
+            where, args = f"{where} AND severity = ?", (*args, severity)
         order = "ASC" if oldest_first else "DESC"
         rows = self.state.query(
             f"SELECT {_COLUMNS} FROM incidents WHERE {where} ORDER BY declared {order} LIMIT ?", (*args, limit)

@@ -143,7 +143,7 @@ def test_the_console_takes_a_person_from_the_incident_to_an_applied_rollback(
         with page.expect_navigation(url=f"**/ui/runs/{run_id}?done=approved"):
             page.click("section.pending button.primary")  # the plan now shown
         content = page.content()
-        assert "Approved" in content and "resolved" in content, content[-3000:]
+        assert "Approved: the plan was applied and verified." in content and "resolved" in content, content[-3000:]
         _accessible(page, "run-applied")
         assert dc.containers.get(stack.container_name("app")).image.id == stale.id
         report = daemon.client.get(f"/v1/runs/{run_id}").json()["report"]

@@ -22,10 +22,13 @@ def _login_form(client: TestClient) -> str:
     return re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)  # type: ignore[union-attr]
 
 
-def _signed_in(api: Api, *, https: bool = False) -> TestClient:
-    client = TestClient(
-        create_app(api.daemon, api.security), base_url="https://testserver" if https else "http://testserver"
-    )
+def _client(api: Api, base_url: str = "http://testserver", address: str = "127.0.0.1") -> TestClient:
+    """The console as a browser on this host reaches it (plain HTTP from loopback), unless told."""
+    return TestClient(create_app(api.daemon, api.security), base_url=base_url, client=(address, 50000))
+
+
+def _signed_in(api: Api) -> TestClient:
+    client = _client(api)
     token = _login_form(client)
     response = client.post(
         "/ui/login", data={"csrf": token, "credential": ALICE, "next": "/ui/status"}, follow_redirects=False
@@ -44,7 +47,7 @@ def api(tmp_path: Path) -> Api:
 
 
 def test_no_session_no_page_and_no_action(api: Api) -> None:
-    client = TestClient(create_app(api.daemon, api.security))
+    client = _client(api)
     for path in ("/ui/incidents", "/ui/incidents/1", "/ui/runs/x", "/ui/status", "/ui/incidents/1/timeline.svg"):
         response = client.get(path, follow_redirects=False)
         assert response.status_code == 303 and response.headers["location"].startswith("/ui/login?next="), path
@@ -57,7 +60,7 @@ def test_no_session_no_page_and_no_action(api: Api) -> None:
 
 
 def test_sign_in_takes_a_decision_credential_only(api: Api) -> None:
-    client = TestClient(create_app(api.daemon, api.security))
+    client = _client(api)
     token = _login_form(client)
     for credential in (INTAKE, "nobody-knows-this-one", ""):
         response = client.post("/ui/login", data={"csrf": token, "credential": credential}, follow_redirects=False)
@@ -65,7 +68,7 @@ def test_sign_in_takes_a_decision_credential_only(api: Api) -> None:
         assert "runbook_session" not in response.cookies
         token = re.search(r'name="csrf" value="([^"]+)"', response.text).group(1)  # type: ignore[union-attr]
     # Without the sign-in form's own token (a login CSRF): refused.
-    fresh = TestClient(create_app(api.daemon, api.security))
+    fresh = _client(api)
     assert fresh.post("/ui/login", data={"csrf": "guess", "credential": ALICE}).status_code == 403
     response = client.post(
         "/ui/login", data={"csrf": token, "credential": ALICE, "next": "//evil.example/x"}, follow_redirects=False
@@ -77,11 +80,18 @@ def test_sign_in_takes_a_decision_credential_only(api: Api) -> None:
     assert "console_signed_in" in api.settings.audit_path.read_text()
 
 
-def test_over_tls_the_cookies_are_secure(api: Api) -> None:
-    client = TestClient(create_app(api.daemon, api.security), base_url="https://testserver")
+def test_the_cookies_are_secure_unless_on_this_host_over_plain_http(api: Api) -> None:
+    client = _client(api, "https://testserver", "203.0.113.9")  # over TLS
     token = _login_form(client)
     response = client.post("/ui/login", data={"csrf": token, "credential": ALICE}, follow_redirects=False)
     assert "Secure" in response.headers["set-cookie"]
+    # Plain HTTP from elsewhere (a TLS proxy in front, or a mistake): Secure too (the browser on plain
+    # HTTP drops them, and signs in nowhere).
+    page = _client(api, "http://testserver", "203.0.113.9").get("/ui/login")
+    assert "Secure" in page.headers["set-cookie"]
+    assert "came over plain HTTP" in page.text  # the person is told why signing in will not stick
+    proxied = _client(api, "http://testserver", "203.0.113.9").get("/ui/login", headers={"X-Forwarded-Proto": "https"})
+    assert "came over plain HTTP" not in proxied.text
 
 
 def test_every_form_needs_its_csrf_token_and_actions_are_the_signed_in_persons(api: Api) -> None:
@@ -110,9 +120,14 @@ def test_pages_carry_security_headers_and_escape_alert_text(api: Api) -> None:
     token = _csrf(client, "/ui/status")
     incident = _open_incident(api)
     client.post(f"/ui/incidents/{incident}/note", data={"text": hostile, "csrf": token})
+    client.post(f"/ui/incidents/{incident}/assign", data={"commander": '"><script>x</script>', "csrf": token})
     page = client.get(f"/ui/incidents/{incident}")
     assert page.status_code == 200
-    assert "<script>alert(1)" not in page.text and "&lt;script&gt;alert(1)&lt;/script&gt;{{ 7*7 }}" in page.text
+    assert "<script>" not in page.text and "&lt;script&gt;alert(1)&lt;/script&gt;{{ 7*7 }}" in page.text
+    assert 'value="&#34;&gt;&lt;script&gt;x&lt;/script&gt;"' in page.text  # in an attribute too
+    assert "&lt;b&gt;overloaded&lt;/b&gt;" in page.text  # a check's summary, as the run recorded it
+    svg = client.get(f"/ui/incidents/{incident}/timeline.svg").text
+    assert "<script" not in svg
     headers = page.headers
     csp = headers["content-security-policy"]
     assert "frame-ancestors 'none'" in csp and "default-src 'none'" in csp and "unsafe-inline" not in csp
@@ -139,6 +154,8 @@ def _open_incident(api: Api) -> int:
         params={"service": "app"},
         checks=[CheckResult("load", "host.load", Status.CRITICAL, "<b>overloaded</b>", 1.0)],
     )
+    api.daemon.state.add_run(run_id="r1", runbook="svc-down", target="-", mode="live", actor="alert", params={})
+    api.daemon.state.set_run("r1", "finished", result="CRITICAL", report=report.to_json())
     incident = api.daemon.incidents.after_run(report, RunOrigin("alert", "SvcDown"))
     assert incident is not None
     return int(incident.id)
@@ -215,8 +232,52 @@ def test_an_approval_of_a_plan_that_changed_shows_the_new_plan_and_applies_nothi
     assert response.status_code == 409 and "no longer in runbook" in response.text
 
 
-def test_sign_out_ends_the_session(api: Api) -> None:
+def test_sign_out_ends_the_session_on_the_server(api: Api) -> None:
     client = _signed_in(api)
+    session = client.cookies["runbook_session"]
     token = _csrf(client, "/ui/status")
     assert client.post("/ui/logout", data={"csrf": token}, follow_redirects=False).status_code == 303
-    assert client.get("/ui/status", follow_redirects=False).status_code == 303
+    replay = _client(api)
+    replay.cookies.set("runbook_session", session)  # the old cookie, kept by someone
+    assert replay.get("/ui/status", follow_redirects=False).status_code == 303
+    assert "console_signed_out" in api.settings.audit_path.read_text()
+
+
+def test_sessions_expire_and_are_bounded() -> None:
+    import time
+
+    from agent.console.sessions import Sessions
+
+    sessions = Sessions(life=0.05, limit=2)
+    first, _ = sessions.open("a")
+    assert sessions.get(first) is not None
+    time.sleep(0.1)
+    assert sessions.get(first) is None  # expired
+    ids = [sessions.open(p)[0] for p in ("b", "c", "d")]
+    assert sessions.get(ids[0]) is None and sessions.get(ids[2]).person == "d"  # type: ignore[union-attr]
+    assert sessions.get("x" * 500) is None and sessions.get(None) is None
+
+
+def test_sign_in_is_bounded_and_slowed(api: Api) -> None:
+    client = _client(api)
+    big = client.post(
+        "/ui/login",
+        content=b"a" * 100_000,
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert big.status_code == 413  # refused on its declared length, never read whole
+    token = _login_form(client)
+    for _ in range(5):
+        response = client.post("/ui/login", data={"csrf": token, "credential": "wrong-token-xyz"})
+        token = re.search(r'name="csrf" value="([^"]+)"', response.text).group(1)  # type: ignore[union-attr]
+    response = client.post("/ui/login", data={"csrf": token, "credential": ALICE})
+    assert response.status_code == 429  # five failures a minute from one address, then a wait
+
+
+def test_a_link_from_a_notification_reloads_itself_to_send_the_strict_cookie(api: Api) -> None:
+    client = _signed_in(api)
+    bare = _client(api)  # the browser leaves a SameSite=Strict cookie out of a cross-site visit
+    page = bare.get("/ui/status", headers={"Sec-Fetch-Site": "cross-site"}, follow_redirects=False)
+    assert page.status_code == 200 and '<meta http-equiv="refresh" content="0">' in page.text
+    assert "<script" not in page.text
+    assert client.get("/ui/status", headers={"Sec-Fetch-Site": "same-origin"}).status_code == 200
