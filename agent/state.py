@@ -678,30 +678,30 @@ class StateStore:
     def interrupt_stale(self, before: float) -> list[QueuedRun]:
         """Queued runs no agent began before `before`: interrupted, once, by one agent (which tells their
         incidents)."""
+        rows = self._interrupt_where(
+            "SELECT run_id, runbook, target, actor, params, origin, agent FROM runs"
+            " WHERE status = 'queued' AND origin IS NOT NULL AND created < ?",
+            (before,),
+        )
+        return [_queued_run(row) for row in rows]
+
+    def _interrupt_where(self, select: str, args: tuple[Any, ...], now: float | None = None) -> list[Any]:
+        """The runs `select` finds (their run_id first), marked interrupted in the same transaction, each
+        by one agent only (SKIP LOCKED on PostgreSQL); returns the rows found."""
         with self.write(serialize=False) as db:
-            rows = db.execute(
-                "SELECT run_id, runbook, target, actor, params, origin, agent FROM runs"
-                " WHERE status = 'queued' AND origin IS NOT NULL AND created < ?" + self.skip_locked,
-                (before,),
-            ).fetchall()
+            at = self.backend.now(db) if now is None else now
+            rows = db.execute(select + self.skip_locked, args).fetchall()
             db.executemany(
                 "UPDATE runs SET status = 'interrupted', result = 'interrupted', finished = ? WHERE run_id = ?",
-                [(time.time(), row[0]) for row in rows],
+                [(at, row[0]) for row in rows],
             )
-        return [_queued_run(row) for row in rows]
+        return list(rows)
 
     def interrupt_queued(self, mode: str) -> list[str]:
         """Every queued run of `mode`, interrupted: the last agent that could take them is stopping."""
-        with self.write(serialize=False) as db:
-            rows = db.execute(
-                "SELECT run_id FROM runs WHERE status = 'queued' AND origin IS NOT NULL AND mode = ?"
-                + self.skip_locked,
-                (mode,),
-            ).fetchall()
-            db.executemany(
-                "UPDATE runs SET status = 'interrupted', result = 'interrupted', finished = ? WHERE run_id = ?",
-                [(time.time(), row[0]) for row in rows],
-            )
+        rows = self._interrupt_where(
+            "SELECT run_id FROM runs WHERE status = 'queued' AND origin IS NOT NULL AND mode = ?", (mode,)
+        )
         return [row[0] for row in rows]
 
     def agents_alive(self, dead_after: float, *, besides: str, mode: str) -> list[str]:
@@ -778,17 +778,11 @@ class StateStore:
         sees it first, once (SKIP LOCKED: two survivors never both take one run). Never resumed or
         re-applied: the change it may have started stays recorded, and counts against the target's
         limits. (Its queued runs never began: they stay in the queue, for the next agent to take.)"""
-        with self.write(serialize=False) as db:
-            now = self.backend.now(db)
-            rows = db.execute(
-                "SELECT run_id, agent FROM runs WHERE status = 'running' AND agent IN"
-                " (SELECT agent_id FROM agents WHERE stopped IS NOT NULL OR heartbeat < ?)" + self.skip_locked,
-                (now - dead_after,),
-            ).fetchall()
-            db.executemany(
-                "UPDATE runs SET status = 'interrupted', result = 'interrupted', finished = ? WHERE run_id = ?",
-                [(now, row[0]) for row in rows],
-            )
+        rows = self._interrupt_where(
+            "SELECT run_id, agent FROM runs WHERE status = 'running' AND agent IN"
+            " (SELECT agent_id FROM agents WHERE stopped IS NOT NULL OR heartbeat < ?)",
+            (self.now() - dead_after,),
+        )
         return [(row[0], row[1]) for row in rows]
 
     # --- alerts ---------------------------------------------------------------------------------------
