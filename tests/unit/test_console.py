@@ -235,11 +235,12 @@ def test_an_approval_of_a_plan_that_changed_shows_the_new_plan_and_applies_nothi
 def test_sign_out_ends_the_session_on_the_server(api: Api) -> None:
     client = _signed_in(api)
     session = client.cookies["runbook_session"]
+    kept = {"Cookie": f"runbook_session={session}"}  # the cookie, as someone kept it
+    other = TestClient(client.app, client=("127.0.0.1", 50001))  # another browser, the same daemon
+    assert other.get("/ui/status", headers=kept, follow_redirects=False).status_code == 200
     token = _csrf(client, "/ui/status")
     assert client.post("/ui/logout", data={"csrf": token}, follow_redirects=False).status_code == 303
-    replay = _client(api)
-    replay.cookies.set("runbook_session", session)  # the old cookie, kept by someone
-    assert replay.get("/ui/status", follow_redirects=False).status_code == 303
+    assert other.get("/ui/status", headers=kept, follow_redirects=False).status_code == 303
     assert "console_signed_out" in api.settings.audit_path.read_text()
 
 
