@@ -463,11 +463,7 @@ class StateStore:
 
     def take_pending(self, run_id: str, remediation: str) -> bool:
         """Remove a pending approval; False if it was not (or no longer) pending: decided once only."""
-        with self._write() as db:
-            return (
-                db.execute("DELETE FROM pending WHERE run_id = ? AND remediation = ?", (run_id, remediation)).rowcount
-                > 0
-            )
+        return self._changed("DELETE FROM pending WHERE run_id = ? AND remediation = ?", (run_id, remediation))
 
     # --- runs ----------------------------------------------------------------------------------------
 
@@ -640,40 +636,32 @@ class StateStore:
 
     def unclaim(self, run: QueuedRun) -> bool:
         """Put back a run this agent took but did not begin (it is stopping): queued again, its queuer's."""
-        with self._write() as db:
-            return (
-                db.execute(
-                    "UPDATE runs SET status = 'queued', agent = ?"
-                    " WHERE run_id = ? AND status = 'running' AND agent = ?",
-                    (run.queued_by, run.run_id, self.agent_id),
-                ).rowcount
-                > 0
-            )
+        return self._changed(
+            "UPDATE runs SET status = 'queued', agent = ? WHERE run_id = ? AND status = 'running' AND agent = ?",
+            (run.queued_by, run.run_id, self.agent_id),
+        )
 
     def begin_run(self, run_id: str) -> bool:
         """Set a recorded run running here, if it is this process's to run: queued, or already taken by it
         from the queue. False: another agent has it (or it ended), and it must not run here too."""
-        with self._write() as db:
-            return (
-                db.execute(
-                    "UPDATE runs SET status = 'running', host = ?, pid = ?, agent = ? WHERE run_id = ?"
-                    " AND (status = 'queued' OR (status = 'running' AND host = ? AND pid = ?))",
-                    (self.host, os.getpid(), self.agent_id, run_id, self.host, os.getpid()),
-                ).rowcount
-                > 0
-            )
+        return self._changed(
+            "UPDATE runs SET status = 'running', host = ?, pid = ?, agent = ? WHERE run_id = ?"
+            " AND (status = 'queued' OR (status = 'running' AND host = ? AND pid = ?))",
+            (self.host, os.getpid(), self.agent_id, run_id, self.host, os.getpid()),
+        )
 
     def interrupt_own(self, run_id: str) -> bool:
         """A run this process has running, ended as interrupted (it failed before it could finish)."""
+        return self._changed(
+            "UPDATE runs SET status = 'interrupted', result = 'error', finished = ? WHERE run_id = ?"
+            " AND status = 'running' AND host = ? AND pid = ?",
+            (time.time(), run_id, self.host, os.getpid()),
+        )
+
+    def _changed(self, sql: str, args: tuple[Any, ...]) -> bool:
+        """One conditional write: whether it changed a row (the condition held, once)."""
         with self._write() as db:
-            return (
-                db.execute(
-                    "UPDATE runs SET status = 'interrupted', result = 'error', finished = ? WHERE run_id = ?"
-                    " AND status = 'running' AND host = ? AND pid = ?",
-                    (time.time(), run_id, self.host, os.getpid()),
-                ).rowcount
-                > 0
-            )
+            return db.execute(sql, args).rowcount > 0
 
     def interrupt_stale(self, before: float) -> list[QueuedRun]:
         """Queued runs no agent began before `before`: interrupted, once, by one agent (which tells their
