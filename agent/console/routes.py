@@ -291,6 +291,7 @@ def mount(app: FastAPI, daemon: Any, person_of: Callable[[bytes], str | None]) -
 
     drafting = threading.BoundedSemaphore(2)  # a draft reads the audit log: two at a time at most
     drafts: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
+    drafts_lock = threading.Lock()
 
     def draft(incident_id: int) -> Any:
         """The post-mortem draft and its timeline, made again only when the incident or the audit log
@@ -303,13 +304,15 @@ def mount(app: FastAPI, daemon: Any, person_of: Callable[[bytes], str | None]) -
         except OSError:
             size = -1
         key = (incident_id, incident.updated, size)
-        if key in drafts:
-            return drafts[key]
+        with drafts_lock:
+            if key in drafts:
+                return drafts[key]
         with drafting:
             made = draft_postmortem(daemon.incidents, incident_id, daemon.settings.audit_path, "timeline.svg")
-        drafts[key] = made
-        while len(drafts) > 20:
-            drafts.popitem(last=False)
+        with drafts_lock:  # request threads share the cache
+            drafts[key] = made
+            while len(drafts) > 20:
+                drafts.popitem(last=False)
         return made
 
     @app.get("/ui/incidents/{incident_id}/timeline.svg", include_in_schema=False)
