@@ -9,7 +9,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -777,7 +777,7 @@ class StateStore:
 
     def record_intake(
         self,
-        alerts: list[dict[str, Any]],
+        alerts: Iterable[dict[str, Any]],
         runs: list[dict[str, Any]],
         resolved: list[tuple[str, str]],
     ) -> None:
@@ -788,7 +788,7 @@ class StateStore:
             db.executemany(
                 "INSERT INTO alerts (received, source, fingerprint, status, name, labels, annotations, runbook, target,"
                 " disposition, run_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
+                (
                     (
                         now,
                         a["source"],
@@ -803,7 +803,7 @@ class StateStore:
                         a["run_id"],
                     )
                     for a in alerts
-                ],
+                ),
             )
             db.executemany(
                 _INSERT_RUN,

@@ -43,7 +43,8 @@ def test_reference_deliveries_are_accepted_and_deduplicated(dc, daemon: Daemon) 
     assert set(runs) == {"email-queue", "app-down"}
     assert runs["app-down"]["params"] == {"app_service": "app"} and runs["email-queue"]["params"] == {"queue": "email"}
     for run in runs.values():
-        assert daemon.wait_run(run["run_id"])["result"] == "OK"
+        finished = daemon.wait_run(run["run_id"])
+        assert finished["result"] == "OK", finished
     # The resolved alert closed the incident: the same alert firing again is a new incident, a new run.
     again = json.loads(FIXTURES.read_text().splitlines()[1])
     response = httpx.post(daemon.url + again["path"], json=again["body"], headers=again["headers"])

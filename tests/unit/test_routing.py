@@ -105,3 +105,30 @@ def test_an_alert_names_its_runbook_among_those_whose_triggers_match(tmp_path: P
     # A wiki anchor or page names nothing; a URL that does not parse is outside data, not an error.
     for url in ("https://wiki.example.com/oncall#db-connection", "http://[wiki/x", "https://wiki/HighErrors"):
         assert route(runbooks, alert(some, {"runbook_url": url})).spec.id == "app-down", url
+
+
+def test_routing_follows_the_runbooks_loaded_now(tmp_path: Path) -> None:
+    # Triggers are compiled once per loaded set: a set loaded later (a reload) routes by its own triggers,
+    # and the earlier set, still used by a run in flight, by its own.
+    first, second = tmp_path / "first", tmp_path / "second"
+    for directory, name in ((first, "OldName"), (second, "NewName")):
+        directory.mkdir()
+        (directory / "db.yaml").write_text(RUNBOOK.format(id="db", triggers=f"triggers:\n  - {{alertname: {name}}}"))
+    old, new = load_runbooks([first]), load_runbooks([second])
+    for _ in range(2):
+        assert route(old, alert({"alertname": "OldName"})) is not None
+        assert route(old, alert({"alertname": "NewName"})) is None
+        assert route(new, alert({"alertname": "NewName"})) is not None
+        assert route(new, alert({"alertname": "OldName"})) is None
+
+
+def test_a_trigger_holds_only_if_every_rule_does_whatever_their_order(tmp_path: Path) -> None:
+    # The comparisons are tried before the patterns; which runs first never changes the answer.
+    (tmp_path / "q.yaml").write_text(
+        RUNBOOK.format(id="q", triggers="triggers:\n  - {alertname: '=~Queue.*', queue: email, env: '!=staging'}")
+    )
+    runbooks = load_runbooks([tmp_path])
+    assert route(runbooks, alert({"alertname": "QueueDepth", "queue": "email"})) is not None
+    assert route(runbooks, alert({"alertname": "QueueDepth", "queue": "email", "env": "staging"})) is None
+    assert route(runbooks, alert({"alertname": "Other", "queue": "email"})) is None
+    assert route(runbooks, alert({"alertname": "QueueDepth", "queue": "sms"})) is None
