@@ -11,7 +11,7 @@ from agent.config import Settings
 from agent.context import ApplyContext, RunClients
 from agent.exceptions import ApplyError
 from agent.plugins import Effect, EffectSet
-from agent.registry import DEFAULT_EFFECT_MODULES, families
+from agent.registry import DEFAULT_EFFECT_MODULES, PLUGIN_IMPORTS, families
 
 __all__ = ["DEFAULT_EFFECT_MODULES", "Applier"]
 
@@ -31,7 +31,8 @@ class Applier:
             family = name.split(".", 1)[0]
             if family not in self._modules:
                 raise KeyError(f"no effects module for {name!r}")
-            module = importlib.import_module(self._modules[family])
+            with PLUGIN_IMPORTS:  # never while a checks module is imported (see agent.registry)
+                module = importlib.import_module(self._modules[family])
             effects = getattr(module, "effects", None)
             # The module must be the family's own: a pack cannot serve `docker.*` effects from another name.
             if not isinstance(effects, EffectSet) or effects.family != family:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import importlib
 import sys
+import threading
 from collections.abc import Mapping
 
 from agent.exceptions import ConfigError
@@ -20,6 +21,7 @@ __all__ = [
     "DEFAULT_CHECK_MODULES",
     "DEFAULT_EFFECT_MODULES",
     "DEFAULT_REMEDIATION_MODULES",
+    "PLUGIN_IMPORTS",
     "Registry",
     "UnknownPlugin",
     "families",
@@ -89,6 +91,11 @@ def families(group: str) -> Mapping[str, str]:
     return installed_modules(group, _BUILTIN[group])
 
 
+# Plugin and effects modules are imported one at a time in a process: what a module's import brought in
+# (an effects module, which no checks module may) is then its own, never another thread's import.
+PLUGIN_IMPORTS = threading.RLock()
+
+
 def _effects_imported() -> set[str]:
     return {m for m in families("runbook.effects").values() if m in sys.modules}
 
@@ -142,6 +149,13 @@ class Registry:
         applier's alone)."""
         if module_name in self._loaded:
             return
+        # The checks of a run start at once, and the first of a family to run loads it: one at a time, or a
+        # second would find the family half-registered and report its own check as failed.
+        with PLUGIN_IMPORTS:
+            if module_name not in self._loaded:
+                self._load_now(module_name, family)
+
+    def _load_now(self, module_name: str, family: str) -> None:
         effects_before = _effects_imported()
         module = importlib.import_module(module_name)
         plugins = getattr(module, "plugins", None)

@@ -1,5 +1,8 @@
 import subprocess
 import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -113,3 +116,52 @@ def test_a_module_must_be_the_family_it_is_installed_as_and_never_import_effects
     plans = Registry(check_modules={}, remediation_modules={"acting": "acting_plans"})
     with pytest.raises(ConfigError, match=r"imported remediations\.effects\.redis"):
         plans.remediation("acting.anything")
+
+
+def _slow_imports(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
+    """Each checks module's import takes a while, as docker's or psycopg's first import does in a daemon."""
+    import importlib
+
+    import agent.registry
+
+    real = importlib.import_module
+
+    def slow(name: str, package: str | None = None) -> object:
+        if name.startswith("checks."):
+            time.sleep(seconds)
+        return real(name, package)
+
+    monkeypatch.setattr(agent.registry.importlib, "import_module", slow)
+
+
+def test_the_first_checks_of_a_family_at_once_all_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A run starts its checks together; the first of a family loads it. Each must get its check, not a
+    # "docker.container already registered" from the load another check's thread had begun.
+    _slow_imports(monkeypatch, 0.05)
+    registry = Registry()
+    names = ["docker.container", "docker.log_matches", "docker.stats", "docker.error_rate"] * 2
+    start = threading.Barrier(len(names))
+
+    def first_use(name: str) -> str:
+        start.wait()
+        return registry.check(name).name
+
+    with ThreadPoolExecutor(len(names)) as pool:
+        assert list(pool.map(first_use, names)) == names
+
+
+def test_an_effects_import_elsewhere_is_not_blamed_on_a_checks_module(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The live applier imports an effects module while a check's thread loads a family: only a module's
+    # own imports count against it.
+    from agent.apply import Applier
+    from agent.config import load_settings
+
+    _slow_imports(monkeypatch, 0.2)
+    monkeypatch.delitem(sys.modules, "remediations.effects.redis", raising=False)
+    registry = Registry()
+    applier = Applier(load_settings(env={}))
+    with ThreadPoolExecutor(1) as pool:
+        loading = pool.submit(registry.check, "redis.ping")
+        time.sleep(0.05)  # the family's load has begun
+        applier._effect("redis.queue.pause")
+        assert loading.result().name == "redis.ping"
