@@ -193,8 +193,10 @@ class RunClients:
         transaction and write after it: checks and plans only ever read. With a `watchdog` (a check's),
         the connection is cut at the deadline — once this statement holds it, never another's — and
         dropped, so the run's next query connects afresh."""
-        conn = self.postgres(dsn, read_only=True)
         with self._lock_for(dsn):
+            # Taken under the lock: a check cut at its deadline drops the connection it held, and the next
+            # statement must run on a new one, not on the one that check's cut has just shut.
+            conn = self.postgres(dsn, read_only=True)
             guard = watchdog(lambda: self._cut_postgres(dsn, conn)) if watchdog else contextlib.nullcontext()
             try:
                 with guard, conn.cursor() as cur:

@@ -175,8 +175,8 @@ class Registry:
                 f"importing {module_name} imported {', '.join(acting)}: checks and remediation plans never "
                 "load effects (only a live process's applier does)"
             )
-        self._loaded.add(module_name)
         self.add_plugins(plugins)
+        self._loaded.add(module_name)  # last: `_load` reads it unlocked, and then the plugins must be there
 
     def check(self, name: str) -> CheckSpec:
         family = name.split(".", 1)[0]

@@ -224,6 +224,7 @@ _TUNNELS: dict[Forward, _Tunnel] = {}
 _STARTING: dict[Forward, threading.Lock] = {}
 _FAILED: dict[Forward, tuple[float, str]] = {}  # the last attempt's failure: waiters for it share it
 _state: dict[str, object] = {}  # the private directory, its lock, the spawning thread: made when first needed
+_DIRECTORY = threading.Lock()  # two engines' first forwards at once make one directory, never two
 _count = [0]
 
 
@@ -231,6 +232,11 @@ def _directory() -> Path:
     """This process's private directory (0700, short: a unix socket's path is at most 107 bytes), made
     again if something removed it; a lock on a file in it, held for the process's life, marks it in use
     (across pid namespaces too)."""
+    with _DIRECTORY:
+        return _directory_now()
+
+
+def _directory_now() -> Path:
     directory = _state.get("dir")
     if isinstance(directory, Path) and directory.is_dir():
         return directory

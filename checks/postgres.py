@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import Field
@@ -49,6 +50,60 @@ def query(ctx: CheckContext, params: QueryParams) -> Outcome:
     return Outcome(Status.OK, f"query ran, {len(rows)} row(s)", details={"first_value": str(first)})
 
 
+# What the session checks below read: pg_stat_activity as one statement saw it, once per run (by whichever
+# of them asks first; the others wait for it): three checks, one round trip on the critical path of a
+# diagnosis. A verification or final pass reads it afresh (new clients), so a change is always seen.
+_ACTIVITY = (
+    "SELECT pid = pg_backend_pid(), backend_type, coalesce(state, 'background'), pid, usename, application_name,"
+    " extract(epoch FROM now() - state_change), extract(epoch FROM now() - query_start), left(query, 120),"
+    " current_setting('max_connections')::int FROM pg_stat_activity"
+)
+_IDLE_IN_TRANSACTION = ("idle in transaction", "idle in transaction (aborted)")
+
+
+@dataclass(frozen=True, slots=True)
+class _Session:
+    own: bool  # this check's own connection
+    client: bool  # a client backend (not a background worker)
+    state: str
+    pid: int
+    user: str | None
+    application: str | None
+    state_s: float | None  # seconds in its current state
+    query_s: float | None  # seconds since its current (or last) query began
+    query: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Activity:
+    sessions: list[_Session]
+    max_connections: int
+
+
+def _activity(ctx: CheckContext, dsn: str) -> _Activity:
+    def read() -> _Activity:
+        rows = _query(ctx, dsn, _ACTIVITY)
+        sessions = [
+            _Session(
+                bool(r[0]),
+                r[1] == "client backend",
+                str(r[2]),
+                int(r[3]),
+                r[4],
+                r[5],
+                None if r[6] is None else float(r[6]),
+                None if r[7] is None else float(r[7]),
+                r[8],
+            )
+            for r in rows
+        ]
+        # Our own session is a row, so there is always one to carry the setting; never the less, be sure.
+        maximum = int(rows[0][9]) if rows else int(_query(ctx, dsn, "SHOW max_connections")[0][0])
+        return _Activity(sessions, maximum)
+
+    return ctx.clients.shared(("postgres.activity", dsn), read, ctx.remaining())
+
+
 class ConnectionsParams(_Params):
     warn_pct: float = Field(80.0, ge=0, le=100, description="Connections in use (% of max) for WARNING.")
     crit_pct: float = Field(95.0, ge=0, le=100, description="Connections in use (% of max) for CRITICAL.")
@@ -57,15 +112,13 @@ class ConnectionsParams(_Params):
 @plugins.check("postgres.connections", ConnectionsParams)
 def connections(ctx: CheckContext, params: ConnectionsParams) -> Outcome:
     """Connections in use against max_connections, with a breakdown by state."""
-    rows = _query(
-        ctx,
-        params.dsn,
-        "SELECT coalesce(state, 'background'), count(*) FROM pg_stat_activity"
-        " WHERE backend_type = 'client backend' GROUP BY 1",
-    )
-    by_state = {str(state): int(n) for state, n in rows}
+    activity = _activity(ctx, params.dsn)
+    by_state: dict[str, int] = {}
+    for session in activity.sessions:
+        if session.client:
+            by_state[session.state] = by_state.get(session.state, 0) + 1
     used = sum(by_state.values())
-    maximum = int(_query(ctx, params.dsn, "SHOW max_connections")[0][0])
+    maximum = activity.max_connections
     pct = 100.0 * used / maximum
     status = above(pct, params.warn_pct, params.crit_pct)
     return Outcome(
@@ -87,25 +140,25 @@ class IdleInTransactionParams(_Params):
 @plugins.check("postgres.idle_in_transaction", IdleInTransactionParams)
 def idle_in_transaction(ctx: CheckContext, params: IdleInTransactionParams) -> Outcome:
     """Sessions idle inside an open transaction for longer than N: they hold locks and connections."""
-    rows = _query(
-        ctx,
-        params.dsn,
-        "SELECT pid, usename, application_name, extract(epoch FROM now() - state_change)"
-        " FROM pg_stat_activity WHERE state IN ('idle in transaction', 'idle in transaction (aborted)')"
-        " AND now() - state_change > make_interval(secs => %s) AND pid <> pg_backend_pid()"
-        " ORDER BY state_change",
-        (params.older_than,),
+    idle = sorted(
+        (
+            s
+            for s in _activity(ctx, params.dsn).sessions
+            if s.state in _IDLE_IN_TRANSACTION and not s.own and s.state_s is not None and s.state_s > params.older_than
+        ),
+        key=lambda s: -(s.state_s or 0.0),  # the oldest first
     )
-    count = len(rows)
-    oldest = float(rows[0][3]) if rows else 0.0
+    count = len(idle)
+    oldest = (idle[0].state_s or 0.0) if idle else 0.0
     status = above(count, params.warn, params.crit)
     return Outcome(
         status,
         f"{count} sessions idle in transaction for over {params.older_than:g}s"
-        + (f" (oldest {oldest:.0f}s)" if rows else ""),
+        + (f" (oldest {oldest:.0f}s)" if idle else ""),
         details={
             "sessions": [
-                {"pid": r[0], "user": r[1], "application": r[2], "idle_s": round(float(r[3]), 1)} for r in rows[:20]
+                {"pid": s.pid, "user": s.user, "application": s.application, "idle_s": round(s.state_s or 0.0, 1)}
+                for s in idle[:20]
             ]
         },
         metrics={"idle_in_transaction": float(count), "oldest_idle_s": round(oldest, 1)},
@@ -122,21 +175,20 @@ class LongQueryParams(_Params):
 @plugins.check("postgres.long_query", LongQueryParams)
 def long_query(ctx: CheckContext, params: LongQueryParams) -> Outcome:
     """The longest running active query, with its pid and first characters."""
-    rows = _query(
-        ctx,
-        params.dsn,
-        "SELECT pid, extract(epoch FROM now() - query_start), left(query, 120) FROM pg_stat_activity"
-        " WHERE state = 'active' AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
-        " ORDER BY query_start LIMIT 1",
-    )
-    if not rows:
+    running = [
+        s
+        for s in _activity(ctx, params.dsn).sessions
+        if s.state == "active" and s.client and not s.own and s.query_s is not None
+    ]
+    if not running:
         return Outcome(Status.OK, "no other query running", metrics={"longest_query_s": 0.0})
-    pid, seconds, text = rows[0][0], float(rows[0][1]), rows[0][2]
+    longest = max(running, key=lambda s: s.query_s or 0.0)
+    seconds = longest.query_s or 0.0
     status = above(seconds, params.warn_seconds, params.crit_seconds)
     return Outcome(
         status,
-        f"longest query running {seconds:.0f}s (pid {pid})",
-        details={"pid": pid, "query": text},
+        f"longest query running {seconds:.0f}s (pid {longest.pid})",
+        details={"pid": longest.pid, "query": longest.query},
         metrics={"longest_query_s": round(seconds, 1)},
         thresholds={"longest_query_s": (params.warn_seconds, params.crit_seconds)},
         code="db_long_query" if status is not Status.OK else None,

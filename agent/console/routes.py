@@ -4,6 +4,7 @@ script or style in from anywhere but here."""
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import secrets
 import threading
@@ -211,18 +212,21 @@ def mount(app: FastAPI, daemon: Any, person_of: Callable[[bytes], str | None]) -
     @app.post("/ui/login", include_in_schema=False)
     async def login(request: Request) -> Response:
         address = request.client.host if request.client else "-"
-        if not failures.allowed(address):
-            raise _Refused(429, "too many failed sign-ins from here; wait a minute")
         fields = await form(request)
         expected = request.cookies.get(LOGIN_COOKIE, "")
         if not expected or not hmac.compare_digest(fields.get("csrf", "").encode(), expected.encode()):
             raise _Refused(403, "this sign-in form is not one the console gave you; open the sign-in page again")
+        # Counted before the credential is looked at, in one step with the limit (nothing awaited from here
+        # on): guesses sent at once are each counted, not all let through before the first failure is.
+        attempt = failures.take(address)
+        if attempt is None:
+            raise _Refused(429, "too many failed sign-ins from here; wait a minute")
         person = person_of(fields.get("credential", "").strip().encode())
         if person is None:
             # The intake token, or nothing known: one answer for both (nothing says which it was).
-            failures.failed(address)
             logs.log(logs.WARNING, "console_sign_in_refused", client=address)
             return login_page(request, 401, "That is not a decision credential of this agent.", fields.get("next"))
+        failures.forgive(address, attempt)
         sessions.close(request.cookies.get(COOKIE))  # a session this browser had ends with a new one
         session_id, _ = sessions.open(person)
         daemon.audit.bind(actor=f"console:{person}", mode="admin").record("console_signed_in", person=person)
@@ -542,16 +546,22 @@ class _Failures:
         self._seen: OrderedDict[str, list[float]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def allowed(self, address: str) -> bool:
+    def take(self, address: str) -> float | None:
+        """Count a sign-in attempt as failed until it succeeds (`forgive`); None: over the limit, and not
+        counted."""
         now = time.monotonic()
         with self._lock:
             recent = [t for t in self._seen.get(address, []) if now - t < self.window]
             self._seen[address] = recent
-            return len(recent) < self.most
-
-    def failed(self, address: str) -> None:
-        with self._lock:
-            self._seen.setdefault(address, []).append(time.monotonic())
             self._seen.move_to_end(address)
+            if len(recent) >= self.most:
+                return None
+            recent.append(now)
             while len(self._seen) > self.addresses:
                 self._seen.popitem(last=False)
+            return now
+
+    def forgive(self, address: str, attempt: float) -> None:
+        """A sign-in that succeeded was no failure."""
+        with self._lock, contextlib.suppress(KeyError, ValueError):
+            self._seen[address].remove(attempt)

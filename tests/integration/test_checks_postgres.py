@@ -4,11 +4,23 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 
+from agent.audit import AuditLog
+from agent.config import load_settings
+from agent.context import RunClients
+from agent.executor import Executor
+from agent.loader import LoadedRunbook, RunbookSet
+from agent.models import CheckResult
+from agent.redaction import Redactor
+from agent.registry import Registry
+from agent.schema import Runbook
 from agent.status import Status
+from agent.templating import Templates
 from sandbox import faults, stack
 
 pytestmark = pytest.mark.integration
@@ -73,3 +85,56 @@ def test_a_check_never_writes(probe, sql: str) -> None:
     assert (result.status, result.code) == (Status.CRITICAL, "db_query_failed")
     with psycopg.connect(DSN) as conn:
         assert conn.execute("SELECT to_regclass('rbtest_written')").fetchone() == (None,)
+
+
+def _run(tmp_path: Path, checks: list[dict[str, Any]]) -> dict[str, CheckResult]:
+    """One run of `checks` through the real executor (one set of clients, checks at once)."""
+    settings = load_settings(env={**stack.AGENT_ENV, "RUNBOOK_STATE_DIR": str(tmp_path)})
+    spec = Runbook.model_validate({"id": "pg", "title": "PG", "severity": "SEV-4", "checks": checks})
+    runbooks = RunbookSet({"pg": LoadedRunbook(spec, Path("pg.yaml"))}, Templates(), Registry())
+    redactor = Redactor()
+    executor = Executor(runbooks, settings, redactor, AuditLog(tmp_path / "audit.jsonl", redactor))
+    return {c.id: c for c in executor.run("pg", actor="test").checks}
+
+
+def test_the_session_checks_of_a_run_read_the_server_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # pool, idle_in_transaction and long_query all read pg_stat_activity: one statement for the three, on
+    # the diagnosis's critical path, after the connect that db_reachable makes.
+    statements: list[str] = []
+    real = RunClients.read_only_query
+
+    def counted(self: RunClients, dsn: str, sql: str, *args: Any, **kwargs: Any) -> Any:
+        statements.append(sql)
+        return real(self, dsn, sql, *args, **kwargs)
+
+    monkeypatch.setattr(RunClients, "read_only_query", counted)
+    results = _run(
+        tmp_path,
+        [
+            {"id": "db", "check": "postgres.query", "with": {"dsn": DSN}},
+            {"id": "pool", "check": "postgres.connections", "with": {"dsn": DSN}, "needs": ["db"]},
+            {"id": "idle", "check": "postgres.idle_in_transaction", "with": {"dsn": DSN}, "needs": ["db"]},
+            {"id": "long", "check": "postgres.long_query", "with": {"dsn": DSN}, "needs": ["db"]},
+        ],
+    )
+    assert {r.status for r in results.values()} == {Status.OK}, results
+    assert len(statements) == 2 and "pg_stat_activity" in statements[1], statements
+
+
+def test_a_check_cut_at_its_deadline_leaves_the_next_one_a_new_connection(tmp_path: Path) -> None:
+    # `slow` holds the run's connection past its deadline and is cut; `next` was waiting for that
+    # connection. It runs on a new one and finds the database up, not "connection lost".
+    results = _run(
+        tmp_path,
+        [
+            {
+                "id": "slow",
+                "check": "postgres.query",
+                "with": {"dsn": DSN, "sql": "SELECT pg_sleep(5)"},
+                "timeout": "1s",
+            },
+            {"id": "next", "check": "postgres.query", "with": {"dsn": DSN}, "timeout": "8s"},
+        ],
+    )
+    assert (results["slow"].status, results["slow"].code) == (Status.CRITICAL, "timeout")
+    assert results["next"].status is Status.OK, results["next"]

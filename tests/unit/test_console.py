@@ -5,6 +5,7 @@ text escaped; a changed plan shown, never applied. The browser test is tests/int
 from __future__ import annotations
 
 import re
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -282,3 +283,39 @@ def test_a_link_from_a_notification_reloads_itself_to_send_the_strict_cookie(api
     assert page.status_code == 200 and '<meta http-equiv="refresh" content="0">' in page.text
     assert "<script" not in page.text
     assert client.get("/ui/status", headers={"Sec-Fetch-Site": "same-origin"}).status_code == 200
+
+
+def test_guesses_sent_at_once_are_each_counted(api: Api) -> None:
+    # Ten wrong sign-ins in flight together from one address: five are answered, the rest refused, as
+    # if they had come one by one (each is counted before its credential is looked at).
+    import asyncio
+
+    import httpx
+
+    app = create_app(api.daemon, api.security)
+    transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 50000))
+
+    async def guesses() -> list[int]:
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as first:
+            page = await first.get("/ui/login")
+            token = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)  # type: ignore[union-attr]
+            form_cookie = {"runbook_login": page.cookies["runbook_login"]}
+
+        async def sign_in(credential: str) -> int:
+            first, second = f"csrf={token}&".encode(), f"credential={credential}".encode()
+
+            async def slowly() -> AsyncIterator[bytes]:  # a form that arrives in two parts, as on a slow link
+                yield first
+                await asyncio.sleep(0.05)
+                yield second
+
+            # One browser tab each: a refused sign-in's new form does not change the others' cookie.
+            async with httpx.AsyncClient(transport=transport, base_url="http://testserver", cookies=form_cookie) as tab:
+                form = {"Content-Type": "application/x-www-form-urlencoded", "Content-Length": str(len(first + second))}
+                return (await tab.post("/ui/login", content=slowly(), headers=form)).status_code
+
+        answers = await asyncio.gather(*(sign_in(f"wrong-{i:02d}-xyz") for i in range(10)))
+        return [*answers, await sign_in(ALICE)]
+
+    codes = asyncio.run(guesses())
+    assert sorted(codes[:10]) == [401] * 5 + [429] * 5 and codes[10] == 429, codes

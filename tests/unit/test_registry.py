@@ -165,3 +165,21 @@ def test_an_effects_import_elsewhere_is_not_blamed_on_a_checks_module(monkeypatc
         time.sleep(0.05)  # the family's load has begun
         applier._effect("redis.queue.pause")
         assert loading.result().name == "redis.ping"
+
+
+def test_a_check_asked_for_while_its_family_registers_waits_for_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A family counts as loaded only once its plugins are in: a check asked for meanwhile waits for the
+    # load, never finds the family loaded and its check missing.
+    real = Registry.add_plugins
+
+    def slowly(self: Registry, plugins: PluginSet) -> None:
+        time.sleep(0.2)
+        real(self, plugins)
+
+    monkeypatch.setattr(Registry, "add_plugins", slowly)
+    registry = Registry()
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(registry.check, "tcp.connect")
+        time.sleep(0.1)  # imported, registering
+        assert registry.check("tcp.connect").name == "tcp.connect"
+        assert first.result().name == "tcp.connect"
