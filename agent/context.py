@@ -331,6 +331,7 @@ class ReadOnlyDocker:
         self._clients = clients
 
     def containers(self, *, labels: list[str] | None = None, name: str | None = None) -> list[dict[str, Any]]:
+        import docker  # the package before its modules (see tests/unit/test_imports.py)
         import docker.errors
 
         client = self._clients.docker()
@@ -343,6 +344,7 @@ class ReadOnlyDocker:
         return [dict(client.api.inspect_container(c["Id"])) for c in found]
 
     def image(self, ref: str) -> dict[str, Any] | None:
+        import docker  # the package before its modules (see tests/unit/test_imports.py)
         import docker.errors
 
         try:
@@ -357,6 +359,7 @@ class ReadOnlyDocker:
     def swarm_service(self, name: str) -> dict[str, Any] | None:
         """The Swarm service named exactly `name` (the engine would also take an id or a unique prefix of
         one: a name a runbook or an alert gives never reaches another service that way)."""
+        import docker  # the package before its modules (see tests/unit/test_imports.py)
         import docker.errors
 
         client = self._clients.docker()

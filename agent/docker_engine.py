@@ -41,6 +41,7 @@ def _tracking(pool_class: type, in_flight: InFlight) -> type:
 
 def track(client: Any) -> InFlight:
     """Make `client`'s (a docker.DockerClient) pools note their connections; returns what they note."""
+    import docker  # noqa: F401 - the package before its modules (see tests/unit/test_imports.py)
     import urllib3
     from docker.transport import UnixHTTPAdapter
     from docker.transport.unixconn import UnixHTTPConnectionPool

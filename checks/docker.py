@@ -72,6 +72,7 @@ def _within_deadline(check: Callable[[CheckContext, Any], Outcome]) -> Callable[
 
 def containers(ctx: CheckContext, target: Target, *, running_only: bool = False) -> list[Any]:
     """The containers a target names, ordered by compose container number then name."""
+    import docker  # the package before its modules (see tests/unit/test_imports.py)
     import docker.errors
 
     def listing() -> list[Any]:

@@ -59,6 +59,7 @@ def _why(task: dict[str, Any]) -> str:
 def _counts(client: Any, inspected: dict[str, Any], tasks: list[dict[str, Any]]) -> tuple[int, int]:
     """(desired, running) tasks, as the manager counts them (ServiceStatus, API 1.41: right for global
     services and during restarts too); counted from the task list on an older engine."""
+    import docker  # the package before its modules (see tests/unit/test_imports.py)
     import docker.errors
 
     try:
@@ -77,6 +78,7 @@ def _counts(client: Any, inspected: dict[str, Any], tasks: list[dict[str, Any]])
 def service_by_name(client: Any, name: str) -> dict[str, Any] | None:
     """The service named exactly `name`. The engine would also take an id or a unique id prefix: a
     name a runbook (or an alert, through a pattern) gives must never reach another service that way."""
+    import docker  # the package before its modules (see tests/unit/test_imports.py)
     import docker.errors
 
     try:

@@ -75,6 +75,7 @@ def _create(client: Any, plan: Blueprint, name: str) -> Any:
 
 def _image_of(client: Any, attrs: dict[str, Any]) -> str:
     """The container's very image: its reference if that still names it, else its id."""
+    import docker  # the package before its modules (see tests/unit/test_imports.py)
     import docker.errors
 
     ref = str(attrs["Config"]["Image"])

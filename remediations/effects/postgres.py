@@ -28,6 +28,7 @@ def terminate(ctx: ApplyContext, spec: TerminateSpec) -> dict[str, Any]:
 
 def _client_env(dsn: str) -> tuple[str, dict[str, str]]:
     """A conninfo without the password, and the password in PGPASSWORD: never on a command line."""
+    import psycopg  # noqa: F401 - the package before its modules (see tests/unit/test_imports.py)
     from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
     params = conninfo_to_dict(dsn)

@@ -15,6 +15,7 @@ NOTHING_TO_REPLACE = 10.0  # seconds without any update status, and no task want
 
 def _as_planned(client: Any, service_id: str, digest: str, name: str) -> dict[str, Any]:
     """The service now, if its spec is still the one the plan (and its approval) saw."""
+    import docker  # the package before its modules (see tests/unit/test_imports.py)
     import docker.errors
 
     try:
@@ -30,6 +31,7 @@ def _update(client: Any, current: dict[str, Any], spec: dict[str, Any], name: st
     """POST /services/{id}/update with the version just read (the engine refuses it if the service
     changed in between). Called as the docker CLI calls it: docker-py's update_service rebuilds the spec
     from its own arguments and has no `rollback`."""
+    import docker  # the package before its modules (see tests/unit/test_imports.py)
     import docker.errors
 
     params: dict[str, Any] = {"version": int(current["Version"]["Index"])}
