@@ -63,7 +63,7 @@ _IDLE_IN_TRANSACTION = ("idle in transaction", "idle in transaction (aborted)")
 
 @dataclass(frozen=True, slots=True)
 class _Session:
-    own: bool  # this check's own connection
+    own: bool  # the run's own connection, the one that read this
     client: bool  # a client backend (not a background worker)
     state: str
     pid: int
@@ -97,7 +97,7 @@ def _activity(ctx: CheckContext, dsn: str) -> _Activity:
             )
             for r in rows
         ]
-        # Our own session is a row, so there is always one to carry the setting; never the less, be sure.
+        # Our own session is a row, so there is always one to carry the setting; if not, ask for it.
         maximum = int(rows[0][9]) if rows else int(_query(ctx, dsn, "SHOW max_connections")[0][0])
         return _Activity(sessions, maximum)
 
