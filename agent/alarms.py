@@ -16,6 +16,8 @@ from collections.abc import Callable
 
 __all__ = ["Alarm", "at"]
 
+IDLE_EXIT = 5.0  # seconds with no alarm before the thread ends
+
 _log = logging.getLogger("runbook.alarms")
 
 
@@ -72,7 +74,11 @@ class _Alarms:
                     while self._heap and self._heap[0][2].cancelled:
                         heapq.heappop(self._heap)
                     if not self._heap:
-                        self._cond.wait()
+                        # Idle for a while: the thread ends (started again by the next `at`), so a process
+                        # that ran checks in-process (a test, the bench) keeps no thread once they are done.
+                        if not self._cond.wait(IDLE_EXIT) and not self._heap:
+                            self._thread = None
+                            return
                         continue
                     delay = self._heap[0][0] - time.monotonic()
                     if delay <= 0:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -88,6 +89,13 @@ class _Attempt:
     plan: Plan
     run: _Run
     locked: list[str] = field(default_factory=list)
+    # Who holds the locks: this attempt, not only its run. A run's pending remediations are approved in
+    # whichever process takes them (API, console, CLI), each under the run's id: two approved at once
+    # must not both pass one target's lock, nor the first to finish release the lock the other relies on.
+    owner: str = ""
+
+    def __post_init__(self) -> None:
+        self.owner = self.owner or f"{self.run.run_id}:{uuid.uuid4().hex[:8]}"
 
 
 @dataclass(frozen=True)
@@ -195,7 +203,7 @@ class Remediator:
         return Denial(f"audit log unavailable, nothing is applied: {error}") if error else None
 
     def _lock(self, a: _Attempt) -> Denial | None:
-        held = self._state.lock(a.plan.targets, a.run.run_id, self.settings.lock_ttl)
+        held = self._state.lock(a.plan.targets, a.owner, self.settings.lock_ttl)
         if held:
             return Denial(held)
         a.locked = a.plan.targets
@@ -337,26 +345,35 @@ class Remediator:
             return self._decide(decision, "planned_only", f"{why}: nothing changed")
         attempt = _Attempt(runbook, step, plan, run)
         try:
-            for _name, guard in self._guards():
-                denial = guard(attempt)
-                if denial is not None:
-                    self._decide(decision, "denied", denial.reason)
-                    if denial.escalate:
-                        self._escalate(decision, run.audit, run.run_id, plan, denial.escalate)
-                    return None
+            if self._denied(attempt, decision):
+                return None
             if not self._approved(attempt, decision):
                 return None
-            # A person may have taken a while: the locks are taken again (still ours, or expired and
-            # free) before anything changes, then kept until the change is verified.
-            held = self._state.lock(attempt.locked, run.run_id, self.settings.lock_ttl)
-            if held:
-                return self._decide(decision, "denied", f"while waiting for approval, {held}")
+            # A person may have taken a while (a terminal's prompt has no timeout): the remediation may
+            # have been paused meanwhile, a breaker opened, a limit or cooldown reached by another run, or
+            # the locks (not renewed while a person decides) expired and taken. Every guard is passed
+            # again, the locks taken again (still ours, or expired and free), before anything changes;
+            # then they are kept until the change is verified.
+            if self._denied(attempt, decision, since="while waiting for approval, "):
+                return None
             with self._locks_kept(attempt) as lost:
                 self._apply_verify(attempt, decision, lost)
         finally:
             if attempt.locked:
-                self._state.unlock(attempt.locked, run.run_id)
+                self._state.unlock(attempt.locked, attempt.owner)
         return None
+
+    def _denied(self, a: _Attempt, decision: RemediationDecision, *, since: str = "") -> bool:
+        """Run the guards in order; the first to object denies the change (recorded, escalated if it says
+        so). `since` prefixes the reason (what changed while a person decided)."""
+        for _name, guard in self._guards():
+            denial = guard(a)
+            if denial is not None:
+                self._decide(decision, "denied", since + denial.reason)
+                if denial.escalate:
+                    self._escalate(decision, a.run.audit, a.run.run_id, a.plan, denial.escalate)
+                return True
+        return False
 
     @contextmanager
     def _locks_kept(self, a: _Attempt) -> Iterator[threading.Event]:
@@ -369,7 +386,7 @@ class Remediator:
         def renew() -> None:
             while not done.wait(every):
                 try:
-                    kept = self._state.renew(a.locked, a.run.run_id, self.settings.lock_ttl)
+                    kept = self._state.renew(a.locked, a.owner, self.settings.lock_ttl)
                 except Exception:
                     kept = False
                 if not kept:
@@ -469,6 +486,11 @@ class Remediator:
             if lost.is_set():
                 decision.results.append({**shown, "outcome": "failed", "error": "the target's lock was lost: stopped"})
                 return False
+            if a.run.audit.error:  # what is changed must be recorded: fail closed, as apply_started does
+                decision.results.append(
+                    {**shown, "outcome": "failed", "error": "the audit log cannot be written: stopped"}
+                )
+                return False
             action = self._state.start_action(
                 run_id=a.run.run_id,
                 runbook=a.runbook.spec.id,
@@ -504,9 +526,13 @@ class Remediator:
             batch = hosts[start : start + rollout.batch]
             if stopped is None and len(failed) > rollout.max_errors:
                 stopped = f"rollout stopped: {', '.join(failed)} failed"
-            if stopped is None and (lost.is_set() or self.stop.is_set()):
+            if stopped is None and (lost.is_set() or self.stop.is_set() or audit.error):
                 stopped = "rollout stopped: " + (
-                    "the targets' lock was lost" if lost.is_set() else "the agent is stopping"
+                    "the targets' lock was lost"
+                    if lost.is_set()
+                    else "the agent is stopping"
+                    if self.stop.is_set()
+                    else "the audit log cannot be written"
                 )
             if stopped is not None:
                 self._not_applied(decision, [c for c in plan.changes if c.host in batch], stopped)
@@ -727,6 +753,8 @@ class Remediator:
             run = _Run(
                 run_id, approver, audit, approve, run_checks, statuses=dict(statuses or {}), expected=fingerprint
             )
+            # The run's blast radius counts what it changed before this approval (its other remediations).
+            run.changed.update(self._state.targets_changed_by(run_id))
             self._one(runbook, step, decision, context, clients, run)
         finally:
             clients.close()

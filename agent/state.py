@@ -262,6 +262,11 @@ def process_host() -> str:
         return name
 
 
+def _run_of(holder: str) -> str:
+    """The run a lock's holder belongs to (`RUN:ATTEMPT`, or a bare run id)."""
+    return holder.partition(":")[0]
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -320,7 +325,8 @@ class StateStore:
 
     def lock(self, targets: list[str], run_id: str, ttl: float) -> str | None:
         """Take every target's lock or none. Returns None, or a description of who holds one.
-        A lock whose holder died on this host, or whose time ran out, is taken over."""
+        A lock whose holder died on this host, or whose time ran out, is taken over. `run_id` is the
+        holder: a run's id, or `RUN:ATTEMPT` for one attempt of the run (shown as the run)."""
         with self._write() as db:
             now = self.backend.now(db)
             for target in targets:
@@ -329,7 +335,7 @@ class StateStore:
                     continue
                 stale = row[3] < now or (row[1] == self.host and not _alive(row[2]))
                 if not stale:
-                    return f"{target} is locked by run {row[0]} (pid {row[2]} on {row[1]})"
+                    return f"{target} is locked by run {_run_of(row[0])} (pid {row[2]} on {row[1]})"
             db.executemany(
                 "INSERT INTO locks (target, run_id, host, pid, expires) VALUES (?, ?, ?, ?, ?) ON CONFLICT (target)"
                 " DO UPDATE SET run_id = excluded.run_id, host = excluded.host, pid = excluded.pid,"
@@ -354,7 +360,7 @@ class StateStore:
 
     def locks(self) -> list[tuple[str, str, float]]:
         rows = self._read("SELECT target, run_id, expires FROM locks WHERE expires >= ?", (self.now(),)).fetchall()
-        return [(r[0], r[1], r[2]) for r in rows]
+        return [(r[0], _run_of(r[1]), r[2]) for r in rows]
 
     # --- actions and limits ---------------------------------------------------------------------
 
@@ -377,6 +383,10 @@ class StateStore:
         """(run_id, effect, outcome) of a target's recorded changes, oldest first."""
         rows = self._read("SELECT run_id, effect, outcome FROM actions WHERE target = ? ORDER BY id", (target,))
         return [(r[0], r[1], r[2]) for r in rows.fetchall()]
+
+    def targets_changed_by(self, run_id: str) -> set[str]:
+        """Every target a run has changed (or begun to): its blast radius so far."""
+        return {r[0] for r in self._read("SELECT DISTINCT target FROM actions WHERE run_id = ?", (run_id,)).fetchall()}
 
     def runs_on_target(self, target: str, since: float) -> list[str]:
         """Distinct runs that changed a target since a time: one remediation of a service counts once."""

@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from bench import leftovers
 from bench.scale import scale
 from sandbox import stack
 
@@ -433,6 +434,7 @@ def main() -> None:
         check=True,
     )
     stack.up()
+    before = leftovers.take(_container_names)
     with tempfile.TemporaryDirectory() as tmp:
         state = Path(tmp)
         os.chmod(state, 0o700)
@@ -466,6 +468,19 @@ def main() -> None:
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(table(rows))
     print(f"\n{result['machine']}; medians of {rounds} rounds; written to {args.out}")
+    # Measured, not assumed: a run that leaked a daemon, a peer's process or a container fails.
+    if left := leftovers.wait_for_none(before, _container_names):
+        print("\nbench: the run left behind:\n  " + "\n  ".join(left), file=sys.stderr)
+        raise SystemExit(1)
+    print("left behind: nothing (containers, processes, threads, temporary state)")
+
+
+def _container_names() -> list[str]:
+    client = stack.client()
+    try:
+        return [c.name for c in client.containers.list(all=True, ignore_removed=True)]
+    finally:
+        client.close()
 
 
 if __name__ == "__main__":

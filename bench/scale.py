@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import statistics
 import tempfile
 import time
@@ -91,6 +92,7 @@ def scale(rounds: int) -> list[dict[str, Any]]:
     project = f"rbbench-{uuid.uuid4().hex[:6]}"
     made: list[Any] = []
     rows: list[dict[str, Any]] = []
+    state = Path(tempfile.mkdtemp(prefix="rbbench-"))  # the runs' state and audit: removed after
     try:
         with _engines() as extra:
             clients = [main, *(e.admin for e in extra)]
@@ -102,7 +104,6 @@ def scale(rounds: int) -> list[dict[str, Any]]:
                     for i, e in enumerate(extra, start=1)
                 },
             }
-            state = Path(tempfile.mkdtemp(prefix="rbbench-"))
             settings = Settings(state_dir=state, engines=engines, compose_project=project)
             per_engine = {"few": 10, "many": TOTAL // 3 + 1}
             made_so_far = [0, 0, 0]
@@ -131,6 +132,7 @@ def scale(rounds: int) -> list[dict[str, Any]]:
             with contextlib.suppress(Exception):
                 container.remove(force=True)
         main.close()
+        shutil.rmtree(state, ignore_errors=True)
     return rows
 
 

@@ -7,6 +7,8 @@ import threading
 import time
 import weakref
 
+import pytest
+
 from agent import alarms
 
 
@@ -51,3 +53,18 @@ def test_a_cancelled_alarm_lets_go_of_what_its_call_holds() -> None:
     alarm.cancel()
     gc.collect()
     assert ref() is None
+
+
+def test_the_thread_ends_once_idle_and_starts_again_when_needed(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A process that ran checks in-process (a test, the bench) keeps no thread once they are done.
+    monkeypatch.setattr(alarms, "IDLE_EXIT", 0.1)
+    done = threading.Event()
+    alarms.at(time.monotonic(), done.set)
+    assert done.wait(30)
+    deadline = time.monotonic() + 30
+    while any(t.name == "watchdogs" for t in threading.enumerate()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(t.name == "watchdogs" for t in threading.enumerate())
+    again = threading.Event()
+    alarms.at(time.monotonic(), again.set)
+    assert again.wait(30)

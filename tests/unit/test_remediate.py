@@ -377,3 +377,54 @@ def test_a_person_slow_to_approve_does_not_hold_the_lock(h: Harness) -> None:
     _, rem = h.run({"approval": "manual"}, settings=settings, approve=slow_person)
     assert rem.decision == "denied" and "while waiting for approval" in rem.decision_reason
     assert fake_effects.applied == []
+
+
+def test_a_pause_while_a_person_decides_denies_the_change(h: Harness) -> None:
+    def approve_after_the_pause(step: Any, plan: Any) -> bool:
+        open_state(h.tmp_path).set_paused(True, "ic@host", "deploy freeze")  # the commander, meanwhile
+        return True
+
+    _, rem = h.run({"approval": "manual"}, approve=approve_after_the_pause)
+    assert rem.decision == "denied"
+    assert rem.decision_reason == "while waiting for approval, remediation is paused by ic@host: deploy freeze"
+    assert fake_effects.applied == []
+
+
+def test_a_limit_reached_while_a_person_decides_denies_and_escalates(h: Harness) -> None:
+    def approve_after_another_run_acted(step: Any, plan: Any) -> bool:
+        other = open_state(h.tmp_path)
+        action = other.start_action(
+            run_id="other-run", runbook="t", remediation="fix", target="thing:a", effect="fake.thing.fix"
+        )
+        other.finish_action(action, "ok")
+        return True
+
+    _, rem = h.run({"approval": "manual", "limit": {"max": 1, "per": "1h"}}, approve=approve_after_another_run_acted)
+    assert rem.decision == "denied" and rem.decision_reason.startswith("while waiting for approval, limit reached")
+    assert rem.escalation and fake_effects.applied == []
+
+
+def test_two_approvals_of_one_run_do_not_share_a_lock(h: Harness) -> None:
+    # Approvals are applied by whichever process takes them, under the run's id: one of the run's
+    # remediations being applied elsewhere holds the target against this one.
+    executor = h.executor({"approval": "manual"})
+    executor.run("t", actor="t@h", approve=lambda s, p: None)
+    ((run_id, *_),) = h.state.pending()
+    assert h.state.lock(["thing:a"], f"{run_id}:elsewhere", ttl=60) is None
+    decision = executor.decide_pending(run_id, approve=True, approver="alice")
+    assert decision.decision == "denied" and f"locked by run {run_id} " in decision.decision_reason
+    assert fake_effects.applied == []
+    assert [t for t, _, _ in h.state.locks()] == ["thing:a"]  # the other attempt's lock is still there
+
+
+def test_an_approval_counts_what_its_run_already_changed(h: Harness) -> None:
+    settings = Settings(state_dir=h.tmp_path, default_cooldown=0, max_targets_per_run=1)
+    executor = h.executor({"approval": "manual"}, settings=settings)
+    executor.run("t", actor="t@h", approve=lambda s, p: None)
+    ((run_id, *_),) = h.state.pending()
+    # Another of the run's remediations changed a target already.
+    action = h.state.start_action(run_id=run_id, runbook="t", remediation="other", target="thing:z", effect="x")
+    h.state.finish_action(action, "ok")
+    decision = executor.decide_pending(run_id, approve=True, approver="alice")
+    assert decision.decision == "denied" and decision.decision_reason.startswith("blast radius: would change 2")
+    assert fake_effects.applied == []

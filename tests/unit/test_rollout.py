@@ -295,3 +295,20 @@ def test_an_approval_whose_plan_is_now_empty_is_a_changed_plan(tmp_path: Path) -
         executor.decide_pending(report.run_id, approve=True, approver="alice", fingerprint=pending.plan["fingerprint"])
     assert [p[1] for p in executor.state.pending(report.run_id)] == ["fix"]  # still waiting for a person
     assert APPLIED == []
+
+
+def test_an_audit_log_that_breaks_mid_rollout_stops_it(tmp_path: Path) -> None:
+    # The log becomes unwritable while the first engine is changed (a full disk): its step cannot be
+    # recorded, so no further engine is touched, as none would be if apply_started had failed.
+    HEALTH.update({"web-1": "CRITICAL", "web-2": "CRITICAL"})
+    audit_path = tmp_path / "audit.jsonl"
+
+    def break_the_log() -> None:
+        audit_path.unlink()
+        audit_path.mkdir()
+
+    DURING.append(break_the_log)
+    report, _ = run(tmp_path)
+    decision = report.remediations[0]
+    assert APPLIED == ["web-1"] and [r["outcome"] for r in decision.results] == ["ok", "not_applied"]
+    assert "the audit log cannot be written" in (decision.escalation or "")
