@@ -32,6 +32,7 @@ __all__ = [
 ]
 
 GENESIS = "0" * 64
+_CHUNK = 64 * 1024
 
 
 def _sha(line: bytes) -> str:
@@ -40,22 +41,26 @@ def _sha(line: bytes) -> str:
 
 def _last_line(fh: Any) -> tuple[bytes, bool] | None:
     """The last line of a file opened in binary mode, read backwards from the end, and whether it is
-    complete (ends with a newline): a torn write leaves a last line without one."""
+    complete (ends with a newline): a torn write leaves a last line without one. Linear in the line's
+    length: each chunk is searched once and the chunks are joined once (the lock is held meanwhile)."""
     end = fh.seek(0, os.SEEK_END)
     if end == 0:
         return None
-    chunk, pos, buf = 4096, end, b""
+    chunks: list[bytes] = []
+    pos = end
     while pos > 0:
-        step = min(chunk, pos)
+        step = min(_CHUNK, pos)
         pos -= step
         fh.seek(pos)
-        buf = fh.read(step) + buf
-        cut = buf.rfind(b"\n", 0, len(buf) - 1)
+        chunk = fh.read(step)
+        # The file's last byte is the line's own newline when it is complete: not the line before's.
+        cut = chunk.rfind(b"\n", 0, len(chunk) - 1 if not chunks else len(chunk))
         if cut != -1:
+            chunks.append(chunk[cut + 1 :])
             break
-    complete = buf.endswith(b"\n")
-    line = buf[cut + 1 :] if cut != -1 else buf
-    return bytes(line.rstrip(b"\n")), complete
+        chunks.append(chunk)
+    buf = b"".join(reversed(chunks))
+    return buf.rstrip(b"\n"), buf.endswith(b"\n")
 
 
 def _seq(line: bytes) -> int | None:

@@ -9,11 +9,18 @@ from __future__ import annotations
 
 import contextlib
 import socket
+from collections import deque
+from collections.abc import Iterable
 from typing import Any
 
 from agent.inflight import InFlight
 
-__all__ = ["read_logs", "track"]
+__all__ = ["MAX_LOG_BYTES", "read_logs", "track"]
+
+# The newest log bytes a check reads from one container at most: with `tail`'s line count, what bounds a
+# read whatever the lines' lengths.
+MAX_LOG_BYTES = 16 * 1024 * 1024
+_READ = 64 * 1024
 
 
 def _shutdown(conn: Any) -> None:
@@ -75,22 +82,51 @@ def track(client: Any) -> InFlight:
     return in_flight
 
 
-def read_logs(container: Any, *, since: float, tail: int) -> bytes:
+def read_logs(container: Any, *, since: float, tail: int, max_bytes: int = MAX_LOG_BYTES) -> bytes:
     """`container.logs(stdout, stderr, since, tail)` as UTF-8 bytes, in one engine call: docker-py's own
     inspects the container again first (to learn whether it has a TTY), which `container.attrs` already
     says. Its private helpers are used for the rest; if they change, its public call is the fallback.
-    Invalid UTF-8 becomes U+FFFD, as decoding with "replace" would."""
+    Invalid UTF-8 becomes U+FFFD, as decoding with "replace" would.
+
+    At most the newest `max_bytes`, from a line's start: `tail` counts lines, and a line may be any
+    length (a hostile or broken container's 50 MB without a newline). The answer is streamed, and what
+    falls out of the window is dropped as it comes, so a check never holds more than that."""
     api = container.client.api
     params = {"stdout": 1, "stderr": 1, "timestamps": 0, "follow": 0, "tail": tail, "since": since}
     try:
         tty = bool(container.attrs["Config"]["Tty"])
-        url, get, result = api._url, api._get, api._get_result_tty
+        url, get, check, frames = api._url, api._get, api._raise_for_status, api._multiplexed_response_stream_helper
     except (AttributeError, KeyError, TypeError):
-        raw = container.logs(stdout=True, stderr=True, since=since, timestamps=False, tail=tail)
+        raw = _newest([container.logs(stdout=True, stderr=True, since=since, timestamps=False, tail=tail)], max_bytes)
     else:
-        raw = result(False, get(url("/containers/{0}/logs", container.id), params=params, stream=False), tty)
+        response = get(url("/containers/{0}/logs", container.id), params=params, stream=True)
+        try:
+            check(response)
+            # A TTY's log is the raw stream; otherwise frames (stdout and stderr interleaved, in order).
+            raw = _newest(response.iter_content(_READ) if tty else frames(response), max_bytes)
+        finally:
+            response.close()
     try:
         raw.decode()
     except UnicodeDecodeError:
         raw = raw.decode("utf-8", "replace").encode()
-    return raw  # type: ignore[no-any-return]
+    return raw
+
+
+def _newest(chunks: Iterable[bytes], limit: int) -> bytes:
+    """The last `limit` bytes of the chunks, from the first whole line in them if any was cut."""
+    kept: deque[bytes] = deque()
+    size, cut = 0, False
+    for chunk in chunks:
+        kept.append(chunk)
+        size += len(chunk)
+        while len(kept) > 1 and size - len(kept[0]) >= limit:
+            size -= len(kept.popleft())
+            cut = True
+    data = b"".join(kept)
+    if len(data) > limit:
+        data, cut = data[-limit:], True
+    if cut:
+        newline = data.find(b"\n")
+        data = data[newline + 1 :] if newline != -1 else data
+    return data

@@ -33,6 +33,7 @@ plugins = PluginSet("docker")
 # Log lines read per container at most (the newest in the window): a chatty or hostile container cannot
 # make a check read without end.
 MAX_LOG_LINES = 20_000
+SAMPLE_CHARS = 1_000  # of a matched line, as shown
 
 
 class Target(Params):
@@ -328,7 +329,9 @@ def log_matches(ctx: CheckContext, params: LogMatchParams) -> Outcome:
     return Outcome(
         status,
         summary,
-        details={"samples": [f"{n}: {line}" for n, line in matched[-5:]]},
+        # Cut: a log line is the container's to make as long as it likes, and samples go into the audit
+        # log, the run's record, the API and the console.
+        details={"samples": [f"{n}: {line[:SAMPLE_CHARS]}" for n, line in matched[-5:]]},
         metrics={"matches": float(len(matched))},
         thresholds={"matches": (params.warn, params.crit)},
         code="log_pattern_found" if status is not Status.OK else None,

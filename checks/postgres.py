@@ -47,7 +47,7 @@ def query(ctx: CheckContext, params: QueryParams) -> Outcome:
     except psycopg.Error as exc:
         return Outcome(Status.CRITICAL, f"query failed: {str(exc).strip()}", code="db_query_failed")
     first = rows[0][0] if rows and rows[0] else None
-    return Outcome(Status.OK, f"query ran, {len(rows)} row(s)", details={"first_value": str(first)})
+    return Outcome(Status.OK, f"query ran, {len(rows)} row(s)", details={"first_value": str(first)[:1_000]})
 
 
 # What the session checks below read: pg_stat_activity as one statement saw it, once per run (by whichever

@@ -160,3 +160,22 @@ def test_throwaway_containers_are_testcontainers_from_the_local_image_without_ry
     assert container.image.tags == [stack.IMAGE] or stack.IMAGE in container.image.tags
     # No reaper: its image is in a registry this machine cannot reach; each fixture removes its own.
     assert not [c for c in dc.containers.list(all=True) if any("ryuk" in tag for tag in c.image.tags)]
+
+
+def test_a_log_read_is_bounded_in_bytes_and_samples_are_cut(probe, throwaway) -> None:
+    # `tail` counts lines, and a line may be any length: 4 MiB without a newline, then the line a check
+    # looks for. The read keeps the newest bytes (1 MiB here), from the first whole line in them.
+    from agent.docker_engine import read_logs
+
+    script = "head -c 4194304 /dev/zero | tr '\\0' x; echo; echo 'ERROR Database connection error'; sleep 60"
+    for tty in (False, True):
+        noisy = throwaway(["sh", "-c", script], tty=tty)
+        assert faults.wait_for(lambda noisy=noisy: b"Database connection error" in noisy.logs(tail=1))
+        raw = read_logs(noisy, since=0, tail=20_000, max_bytes=1 << 20)
+        assert raw.rstrip() == b"ERROR Database connection error", (tty, raw[:80])
+    # What a check shows of a long matching line is cut: it goes to the audit log, the API, the console.
+    long_line = throwaway(["sh", "-c", "printf 'Database connection error %05000d\\n' 0; sleep 60"])
+    assert faults.wait_for(lambda: b"Database connection error" in long_line.logs())
+    result = probe("docker.log_matches", container=long_line.name, pattern="Database connection error")
+    (sample,) = result.details["samples"]
+    assert result.metrics["matches"] == 1 and len(sample) == len(f"{long_line.name}: ") + 1_000

@@ -150,3 +150,35 @@ def test_log_and_head_are_private_whatever_the_umask(tmp_path: Path) -> None:
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE(path.with_name("audit.jsonl.head").stat().st_mode) == 0o600
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 7, 64 * 1024])
+def test_the_last_line_across_chunk_boundaries(monkeypatch: pytest.MonkeyPatch, chunk: int) -> None:
+    import io
+    import random
+
+    from agent import audit as audit_module
+
+    monkeypatch.setattr(audit_module, "_CHUNK", chunk)
+    rng = random.Random(chunk)
+    for _ in range(300):
+        data = bytes(rng.choice(b"ab\n") for _ in range(rng.randint(1, 20)))
+        body = data[:-1] if data.endswith(b"\n") else data
+        expected = (body.rsplit(b"\n", 1)[-1], data.endswith(b"\n"))
+        assert audit_module._last_line(io.BytesIO(data)) == expected, data
+
+
+def test_a_huge_last_line_is_read_in_linear_time(tmp_path: Path) -> None:
+    # A record made huge by outside text must not stall every writer behind the lock: the old search
+    # took minutes for this size (quadratic); the bound is a hundred times what a linear read takes.
+    import time
+
+    from agent import audit as audit_module
+
+    path = tmp_path / "big"
+    path.write_bytes(b'{"seq":1}\n' + b"x" * (48 * 1024 * 1024) + b"\n")
+    start = time.monotonic()
+    with open(path, "rb") as fh:
+        line, complete = audit_module._last_line(fh) or (b"", False)
+    assert complete and len(line) == 48 * 1024 * 1024
+    assert time.monotonic() - start < 20
