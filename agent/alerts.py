@@ -53,13 +53,16 @@ class _Limits:
 LIMITS = _Limits()
 
 
-# Sizes of everything from outside. (pydantic already refuses a lone surrogate in any string.)
-LabelName = Annotated[str, StringConstraints(max_length=LIMITS.name_chars)]
-LabelValue = Annotated[str, StringConstraints(max_length=LIMITS.label_chars)]
-AnnotationValue = Annotated[str, StringConstraints(max_length=LIMITS.annotation_chars)]
+# Sizes of everything from outside, and no NUL: PostgreSQL's text refuses it, so a state store there would
+# fail the whole batch a payload with one is committed with. (pydantic already refuses a lone surrogate.)
+_NO_NUL = r"^[^\x00]*$"
+LabelName = Annotated[str, StringConstraints(max_length=LIMITS.name_chars, pattern=_NO_NUL)]
+LabelValue = Annotated[str, StringConstraints(max_length=LIMITS.label_chars, pattern=_NO_NUL)]
+AnnotationValue = Annotated[str, StringConstraints(max_length=LIMITS.annotation_chars, pattern=_NO_NUL)]
 Labels = Annotated[dict[LabelName, LabelValue], Field(max_length=LIMITS.labels)]
 Annotations = Annotated[dict[LabelName, AnnotationValue], Field(max_length=LIMITS.annotations)]
-Fingerprint = Annotated[str, StringConstraints(max_length=LIMITS.fingerprint_chars)]
+Fingerprint = Annotated[str, StringConstraints(max_length=LIMITS.fingerprint_chars, pattern=_NO_NUL)]
+Short = Annotated[str, StringConstraints(max_length=64, pattern=_NO_NUL)]
 
 
 # A slotted record, not a model: a storm's group holds 10,000 of them, and a model per alert (its own field
@@ -71,8 +74,8 @@ class AlertmanagerAlert:
     status: Literal["firing", "resolved"]
     labels: Labels
     annotations: Annotations = Field(default_factory=dict)
-    startsAt: str | None = Field(default=None, max_length=64)
-    endsAt: str | None = Field(default=None, max_length=64)
+    startsAt: Short | None = None
+    endsAt: Short | None = None
     generatorURL: AnnotationValue | None = None
     fingerprint: Fingerprint | None = None
 
@@ -83,7 +86,7 @@ class AlertmanagerPayload(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    version: str = Field("4", max_length=16)
+    version: Short = "4"
     groupKey: AnnotationValue | None = None
     truncatedAlerts: int = 0
     status: Literal["firing", "resolved"]
@@ -100,11 +103,11 @@ class GenericAlert(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=200, description="Becomes the `alertname` label.")
+    name: str = Field(min_length=1, max_length=200, pattern=_NO_NUL, description="Becomes the `alertname` label.")
     status: Literal["firing", "resolved"] = "firing"
     labels: Labels = Field(default_factory=dict)
     annotations: Annotations = Field(default_factory=dict)
-    severity: str | None = Field(None, max_length=50, description="Becomes the `severity` label.")
+    severity: str | None = Field(None, max_length=50, pattern=_NO_NUL, description="Becomes the `severity` label.")
     fingerprint: Fingerprint | None = None
 
 

@@ -29,6 +29,7 @@ from agent import admin
 from agent.alerts import AlertmanagerPayload, GenericAlert, IncomingAlert
 from agent.daemon import Daemon, Disposition, QueueFull
 from agent.exceptions import AuditError, Conflict, NotFound, RunbookError, StateUnavailable
+from agent.ids import IncidentId, RunId
 from agent.server import over_unix_socket
 
 __all__ = ["ApiSecurity", "create_app"]
@@ -526,7 +527,7 @@ def create_app(daemon: Daemon, security: ApiSecurity) -> FastAPI:
         return [shown({k: v for k, v in r.items() if k != "report"}) for r in rows]
 
     @app.get("/v1/runs/{run_id}")
-    def run(run_id: str, _: Person) -> dict[str, Any]:
+    def run(run_id: RunId, _: Person) -> dict[str, Any]:
         """One run with its report: checks, remediations (plans, decisions, outcomes), pending approvals."""
         found = daemon.state.run(run_id)
         if found is None:
@@ -535,7 +536,7 @@ def create_app(daemon: Daemon, security: ApiSecurity) -> FastAPI:
         return shown(found)
 
     @app.post("/v1/runs/{run_id}/approve")
-    def approve(run_id: str, decision: Decision, person: Person) -> dict[str, Any]:
+    def approve(run_id: RunId, decision: Decision, person: Person) -> dict[str, Any]:
         """Approve a pending manual remediation: it is planned again and applied only if the plan is the
         one approved (409 otherwise), within the same limits as any remediation. A dry-run daemon, or a
         dry run's plan, answers 409."""
@@ -546,7 +547,7 @@ def create_app(daemon: Daemon, security: ApiSecurity) -> FastAPI:
         return result.to_json()
 
     @app.post("/v1/runs/{run_id}/reject")
-    def reject(run_id: str, decision: Decision, person: Person) -> dict[str, Any]:
+    def reject(run_id: RunId, decision: Decision, person: Person) -> dict[str, Any]:
         """Reject a pending manual remediation (recorded; nothing changes)."""
         result = daemon.executor.decide_pending(
             run_id, approve=False, approver=person, remediation=decision.remediation, reason=decision.reason
@@ -571,36 +572,36 @@ def create_app(daemon: Daemon, security: ApiSecurity) -> FastAPI:
         return shown
 
     @app.get("/v1/incidents/{incident_id}")
-    def incident(incident_id: int, _: Person) -> dict[str, Any]:
+    def incident(incident_id: IncidentId, _: Person) -> dict[str, Any]:
         """An incident: the record, time to each target, who was paged when, notifications, timeline."""
         return incident_shown(incident_id)
 
     @app.post("/v1/incidents/{incident_id}/ack")
-    def incident_ack(incident_id: int, person: Person) -> dict[str, Any]:
+    def incident_ack(incident_id: IncidentId, person: Person) -> dict[str, Any]:
         """Acknowledge (stops the acknowledgement ladder of the escalation path)."""
         daemon.incidents.acknowledge(incident_id, person)
         return incident_shown(incident_id)
 
     @app.post("/v1/incidents/{incident_id}/assign")
-    def incident_assign(incident_id: int, body: AssignRequest, person: Person) -> dict[str, Any]:
+    def incident_assign(incident_id: IncidentId, body: AssignRequest, person: Person) -> dict[str, Any]:
         """Assign the incident commander."""
         daemon.incidents.assign(incident_id, body.commander, person)
         return incident_shown(incident_id)
 
     @app.post("/v1/incidents/{incident_id}/note")
-    def incident_note(incident_id: int, body: NoteRequest, person: Person) -> dict[str, Any]:
+    def incident_note(incident_id: IncidentId, body: NoteRequest, person: Person) -> dict[str, Any]:
         """Add a note to the timeline."""
         daemon.incidents.note(incident_id, body.text, person)
         return incident_shown(incident_id)
 
     @app.post("/v1/incidents/{incident_id}/severity")
-    def incident_severity(incident_id: int, body: SeverityRequest, person: Person) -> dict[str, Any]:
+    def incident_severity(incident_id: IncidentId, body: SeverityRequest, person: Person) -> dict[str, Any]:
         """Change the severity (recorded and told)."""
         daemon.incidents.set_severity(incident_id, body.severity, person, body.reason)
         return incident_shown(incident_id)
 
     @app.post("/v1/incidents/{incident_id}/resolve")
-    def incident_resolve(incident_id: int, body: ReasonRequest, person: Person) -> dict[str, Any]:
+    def incident_resolve(incident_id: IncidentId, body: ReasonRequest, person: Person) -> dict[str, Any]:
         """Resolve (stops every escalation)."""
         daemon.incidents.resolve(incident_id, person, body.reason)
         return incident_shown(incident_id)

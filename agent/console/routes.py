@@ -23,6 +23,7 @@ from starlette.concurrency import run_in_threadpool
 from agent import admin, logs
 from agent.console.sessions import COOKIE, LOGIN_COOKIE, Session, Sessions
 from agent.exceptions import AuditError, NotFound, PlanChanged, RunbookError, StateUnavailable
+from agent.ids import IncidentId, RunId
 
 __all__ = ["mount"]
 
@@ -285,7 +286,7 @@ def mount(app: FastAPI, daemon: Any, person_of: Callable[[bytes], str | None]) -
         return described
 
     @app.get("/ui/incidents/{incident_id}", include_in_schema=False)
-    def incident(request: Request, incident_id: int) -> Response:
+    def incident(request: Request, incident_id: IncidentId) -> Response:
         signed_in(request)
         try:
             view = incident_view(incident_id)
@@ -320,7 +321,7 @@ def mount(app: FastAPI, daemon: Any, person_of: Callable[[bytes], str | None]) -
         return made
 
     @app.get("/ui/incidents/{incident_id}/timeline.svg", include_in_schema=False)
-    def timeline(request: Request, incident_id: int) -> Response:
+    def timeline(request: Request, incident_id: IncidentId) -> Response:
         signed_in(request)
         try:
             svg = draft(incident_id).svg
@@ -329,7 +330,7 @@ def mount(app: FastAPI, daemon: Any, person_of: Callable[[bytes], str | None]) -
         return Response(daemon.redactor.text(svg), media_type="image/svg+xml", headers=SECURITY_HEADERS)
 
     @app.get("/ui/incidents/{incident_id}/postmortem.md", include_in_schema=False)
-    def postmortem(request: Request, incident_id: int) -> Response:
+    def postmortem(request: Request, incident_id: IncidentId) -> Response:
         signed_in(request)
         try:
             text = draft(incident_id).markdown
@@ -360,27 +361,27 @@ def mount(app: FastAPI, daemon: Any, person_of: Callable[[bytes], str | None]) -
         return value
 
     @app.post("/ui/incidents/{incident_id}/ack", include_in_schema=False)
-    async def acknowledge(request: Request, incident_id: int) -> Response:
+    async def acknowledge(request: Request, incident_id: IncidentId) -> Response:
         return await incident_action(
             request, incident_id, "ack", lambda actor, _: daemon.incidents.acknowledge(incident_id, actor)
         )
 
     @app.post("/ui/incidents/{incident_id}/assign", include_in_schema=False)
-    async def assign(request: Request, incident_id: int) -> Response:
+    async def assign(request: Request, incident_id: IncidentId) -> Response:
         def act(actor: str, fields: dict[str, str]) -> None:
             daemon.incidents.assign(incident_id, text(fields, "commander", 200, required=True), actor)
 
         return await incident_action(request, incident_id, "assign", act)
 
     @app.post("/ui/incidents/{incident_id}/note", include_in_schema=False)
-    async def note(request: Request, incident_id: int) -> Response:
+    async def note(request: Request, incident_id: IncidentId) -> Response:
         def act(actor: str, fields: dict[str, str]) -> None:
             daemon.incidents.note(incident_id, text(fields, "text", 4000, required=True), actor)
 
         return await incident_action(request, incident_id, "note", act)
 
     @app.post("/ui/incidents/{incident_id}/severity", include_in_schema=False)
-    async def severity(request: Request, incident_id: int) -> Response:
+    async def severity(request: Request, incident_id: IncidentId) -> Response:
         def act(actor: str, fields: dict[str, str]) -> None:
             chosen = fields.get("severity", "")
             if chosen not in SEVERITIES:
@@ -390,7 +391,7 @@ def mount(app: FastAPI, daemon: Any, person_of: Callable[[bytes], str | None]) -
         return await incident_action(request, incident_id, "severity", act)
 
     @app.post("/ui/incidents/{incident_id}/resolve", include_in_schema=False)
-    async def resolve(request: Request, incident_id: int) -> Response:
+    async def resolve(request: Request, incident_id: IncidentId) -> Response:
         def act(actor: str, fields: dict[str, str]) -> None:
             daemon.incidents.resolve(incident_id, actor, text(fields, "reason", 500))
 
@@ -413,7 +414,7 @@ def mount(app: FastAPI, daemon: Any, person_of: Callable[[bytes], str | None]) -
         return view
 
     @app.get("/ui/runs/{run_id}", include_in_schema=False)
-    def run(request: Request, run_id: str) -> Response:
+    def run(request: Request, run_id: RunId) -> Response:
         signed_in(request)
         return page(request, "run.html", run=run_view(run_id))
 
@@ -453,11 +454,11 @@ def mount(app: FastAPI, daemon: Any, person_of: Callable[[bytes], str | None]) -
         return back(f"/ui/runs/{run_id}", "approved" if result.outcome == "resolved" else "approved_unverified")
 
     @app.post("/ui/runs/{run_id}/approve", include_in_schema=False)
-    async def approve(request: Request, run_id: str) -> Response:
+    async def approve(request: Request, run_id: RunId) -> Response:
         return await decide(request, run_id, True)
 
     @app.post("/ui/runs/{run_id}/reject", include_in_schema=False)
-    async def reject(request: Request, run_id: str) -> Response:
+    async def reject(request: Request, run_id: RunId) -> Response:
         return await decide(request, run_id, False)
 
     # --- status ----------------------------------------------------------------------------------------

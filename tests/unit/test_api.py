@@ -142,6 +142,36 @@ def test_a_lone_surrogate_is_a_clear_422_and_nothing_is_recorded(api: Api, raw: 
     assert api.daemon.state.alert_count() == 0 and api.daemon.state.runs() == []
 
 
+@pytest.mark.parametrize(
+    ("path", "raw"),
+    [
+        ("/v1/alerts", '{"name": "SvcDown", "labels": {"service": "app\\u0000"}}'),
+        ("/v1/alerts", '{"name": "Svc\\u0000Down"}'),
+        ("/v1/alerts", '{"name": "SvcDown", "fingerprint": "f\\u0000"}'),
+        (
+            "/v1/alerts/alertmanager",
+            '{"status": "firing", "receiver": "r", "alerts": [{"status": "firing", "labels": {"alertname": "SvcDown"},'
+            ' "annotations": {"summary": "a\\u0000b"}}]}',
+        ),
+    ],
+)
+def test_a_nul_is_a_clear_422_and_nothing_is_recorded(api: Api, path: str, raw: str) -> None:
+    # PostgreSQL's text cannot hold NUL: let in, it failed the whole group commit (every sender's 500).
+    response = api.client.post(
+        path, content=raw.encode(), headers={"Authorization": f"Bearer {INTAKE}", "Content-Type": "application/json"}
+    )
+    assert response.status_code == 422 and response.json()["detail"]
+    assert api.daemon.state.alert_count() == 0 and api.daemon.state.runs() == []
+
+
+def test_ids_in_paths_are_bounded(api: Api) -> None:
+    assert api.get("/v1/incidents/99999999999999999999").status_code == 422  # over SQLite's 64 bits
+    assert api.get("/v1/incidents/0").status_code == 422
+    assert api.get("/v1/runs/a%00b").status_code == 422
+    assert api.get("/v1/runs/" + "a" * 65).status_code == 422
+    assert api.get("/v1/runs/no-such-run").status_code == 404
+
+
 def test_a_payload_the_queue_cannot_hold_is_refused_whole(tmp_path: Path) -> None:
     api = Api(tmp_path, queue_size=1)
     response = api.post("/v1/alerts/alertmanager", am([firing(1, service="app"), firing(2, service="worker")]))

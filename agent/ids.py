@@ -1,0 +1,14 @@
+"""Ids in URL paths, as the API and the console take them: bounded and plain, so a hostile path is a 422
+with a reason, never a value the state store refuses with an error (PostgreSQL refuses NUL in text,
+SQLite an integer over 64 bits)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Path
+
+__all__ = ["IncidentId", "RunId"]
+
+RunId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
+IncidentId = Annotated[int, Path(ge=1, le=2**63 - 1)]
