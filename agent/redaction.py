@@ -24,9 +24,11 @@ _URL_USERINFO = re.compile(
     r"(?<![A-Za-z0-9+.-])(?P<pre>[A-Za-z][A-Za-z0-9+.-]*+://)(?P<user>[^/\s:@]*+)(?::(?P<password>[^@\s/]*+))?+@"
 )
 _KEY_LIKE_USER = re.compile(r"[A-Za-z0-9_-]{20,}+")
-# libpq key/value DSNs and query strings: password=..., also token=, secret=, api_key=.
+# libpq key/value DSNs and query strings: password=..., also token=, secret=, api_key=; and the same keys
+# quoted, as JSON or a Python dict prints them in a log line or an exception ({"password": "..."}).
 _KEY_VALUE = re.compile(
-    r"(?P<pre>\b(?:password|passwd|pwd|token|secret|api[_-]?key|access[_-]?key)\s*+[=:]\s*+)"
+    r"(?P<pre>\b(?:password|passwd|pwd|token|secret|api[_-]?key|access[_-]?key"
+    r"|(?:access|refresh|auth|id|bearer)[_-]?token|client[_-]?secret|private[_-]?key)[\"']?+\s*+[=:]\s*+)"
     r"(?P<secret>'[^']*+'|\"[^\"]*+\"|[^\s&,;'\"}]++)",
     re.IGNORECASE,
 )
@@ -37,7 +39,9 @@ _AUTH_HEADER = re.compile(r"(?P<pre>\b(?:Bearer|Basic|Token)\s++)(?P<secret>[A-Z
 # not PASSENGER_COUNT or CACHE_KEY_PREFIX.
 _SECRET_WORDS = re.compile(
     r"(?:^|_)(?:PASSWORD|PASSWD|PASS|PWD|PASSPHRASE|TOKEN|SECRET|SK|DSN|CREDENTIALS?|AUTH|COOKIE|APIKEY"
-    r"|(?:API|ACCESS|PRIVATE|SIGNING|ENCRYPTION|MASTER|CLIENT)_?KEY)(?:_|$)"
+    r"|(?:API|ACCESS|PRIVATE|SIGNING|ENCRYPTION|MASTER|CLIENT)_?KEY"
+    # libpq's own (no `_` before PASSWORD), and a webhook's URL (its path is the credential: Slack's)
+    r"|PGPASSWORD|WEBHOOK_URL)(?:_|$)"
 )
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 

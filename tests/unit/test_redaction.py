@@ -20,6 +20,30 @@ def test_key_value_dsn_and_bearer_tokens() -> None:
     assert "tok" not in r.text("?token=tok&x=1").replace("token", "")
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"msg": "Database connection error", "db": {"password": "hunter22"}}',
+        "psycopg.OperationalError: {'password': 'hunter22', 'host': 'db'}",
+        '{"access_token":"hunter22"}',
+        '"api_key" : "hunter22"',
+        "client_secret=hunter22",
+        '{"refresh-token": "hunter22"}',
+    ],
+)
+def test_secrets_in_json_and_dict_text_are_masked(text: str) -> None:
+    # A log line a check matched, or an exception's text: the same keys, quoted.
+    out = Redactor().text(text)
+    assert "hunter22" not in out and MASK in out, out
+
+
+def test_libpq_and_webhook_variables_are_secret() -> None:
+    r = Redactor()
+    r.add_from_env({"PGPASSWORD": "pg-hunter22", "SLACK_WEBHOOK_URL": "https://hooks.example/services/T0/B0/xyz123"})
+    out = r.text("PGPASSWORD=pg-hunter22 posted to https://hooks.example/services/T0/B0/xyz123")
+    assert "pg-hunter22" not in out and "xyz123" not in out, out
+
+
 def test_known_secret_values_are_masked_anywhere() -> None:
     r = Redactor(["correct-horse-battery"])
     r.add("postgresql://u:p%40ss-word@h/db")
@@ -87,6 +111,9 @@ HOSTILE = [
     "password='" + "x" * 1_048_566,
     "Bearer " * 149_796,
     "x_" * 524_288 + "=",
+    '"password"' * 104_857,
+    "'access_token' " * 69_905,
+    '{"password"' + " " * 1_048_565,
     "A" * 1_048_575 + "=",
     "@:" * 524_288,
 ]
