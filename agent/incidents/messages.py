@@ -18,6 +18,7 @@ __all__ = ["INTERNAL", "STATUS_PAGE", "Flavor", "MessageBook", "Rendered", "Temp
 
 Flavor = Literal["terminal", "chat", "email"]
 _ESCAPES: dict[str, Callable[[object], str]] = {"terminal": for_terminal, "chat": for_chat, "email": for_email}
+_MAX_BODY = {"terminal": 16_000, "chat": 1_900, "email": 100_000}  # characters of a notification's body
 
 # The guide's "Status Page Update", one line per status.
 STATUS_PAGE = """\
@@ -132,6 +133,11 @@ class MessageBook:
             body = f"{headline}\n\n{self.render('status_page', view, flavor)}\n\n{internal}"
         else:
             body = f"{headline}\n\n{internal}"
+        if len(body) > _MAX_BODY[flavor]:
+            # A chat message over the service's limit is refused whole (Discord's is 2,000 characters),
+            # and every later page of the incident with it: cut, and say where the rest is.
+            note = f"\n... (cut: runbook incident show {view['id']})"
+            body = body[: _MAX_BODY[flavor] - len(note)].rsplit("\n", 1)[0] + note
         subject = f"[{view['severity']}] {ref} {kind.replace('_', ' ')}: {for_email(view['title'])}"
         return Rendered(subject[:200], body)
 

@@ -29,6 +29,8 @@ from agent.templating import TemplateError, Templates
 
 __all__ = ["Incidents", "RunOrigin", "incident_target"]
 
+SHOWN = 5  # actions taken (the latest) and approvals waiting (the oldest) an update lists
+
 _SEVERITY_ORDER = {"SEV-1": 1, "SEV-2": 2, "SEV-3": 3, "SEV-4": 4}
 _STATUS_WORD = {"investigating": "Investigating", "identified": "In Progress", "monitoring": "In Progress"}
 
@@ -192,6 +194,13 @@ class Incidents:
             for e in events
             if e.kind == "pending" and (e.run_id, e.detail.get("remediation")) not in decided
         ]
+        # Bounded: every notification of the incident carries them, and a chat message has a limit (an
+        # incident whose fix was tried fifty times would fail every later page, escalations too).
+        if len(actions) > SHOWN:
+            actions = [f"({len(actions) - SHOWN} earlier: runbook incident show {incident.id})", *actions[-SHOWN:]]
+        if len(next_steps) > SHOWN:
+            more = len(next_steps) - SHOWN
+            next_steps = [*next_steps[:SHOWN], f"({more} more approvals waiting: runbook runs, or the console)"]
         if incident.is_open:
             next_steps += self._advice(incident)
         return {

@@ -460,3 +460,34 @@ def test_a_postmortem_keeps_outside_text_from_making_markdown(w: World) -> None:
     assert md.count("](") == 1 and f"![Timeline of INC-{incident.id}](t.svg)" in md  # no link but its own
     assert "\n# Owned" not in md and "<b>" not in md and "https://" not in md
     assert r"\[click\]" in md and r"evil\[.\]example" in md  # still there to read (as Markdown shows it)
+
+
+def test_updates_list_the_latest_actions_and_a_bounded_chat_body(w: World) -> None:
+    def applied(n: int) -> RemediationDecision:
+        return RemediationDecision(
+            f"fix_{n}",
+            "docker.restart",
+            "auto",
+            True,
+            "when",
+            decision="applied",
+            applied=True,
+            outcome="not_resolved",
+            plan={"fingerprint": "f" * 16, "changes": [{"summary": f"restart container app-{n}"}]},
+        )
+
+    def pending(n: int) -> RemediationDecision:
+        return RemediationDecision(
+            f"manual_{n}", "docker.rollback", "manual", True, "when", decision="pending", plan={"fingerprint": "a" * 16}
+        )
+
+    incident = None
+    for n in range(12):
+        incident = w.incidents.after_run(report(remediations=[applied(n), pending(n)], run_id=f"run{n}"), ALERT)
+    assert incident is not None
+    text = w.incidents.update_text(incident.id, "internal")
+    assert f"(7 earlier: runbook incident show {incident.id})" in text and "fix_11" in text and "fix_6" not in text
+    assert "manual_4" in text and "manual_5" not in text and "(7 more approvals waiting" in text
+    long = {**w.incidents.view(incident), "title": "x" * 5_000, "impact": "y" * 5_000}
+    chat = w.incidents.book.notification("status", long, {"why": "z" * 3_000}, "chat")
+    assert len(chat.body) <= 1_900 and chat.body.endswith(f"(cut: runbook incident show {incident.id})")
