@@ -238,7 +238,7 @@ def _directory() -> Path:
 
 def _directory_now() -> Path:
     directory = _state.get("dir")
-    if isinstance(directory, Path) and directory.is_dir():
+    if isinstance(directory, Path) and _still_ours(directory):
         return directory
     _sweep()
     directory = Path(tempfile.mkdtemp(prefix="runbook-ssh-"))
@@ -252,6 +252,17 @@ def _directory_now() -> Path:
     if not _state.get("atexit"):
         _state["atexit"] = atexit.register(close_all)
     return directory
+
+
+def _still_ours(directory: Path) -> bool:
+    """The directory made earlier is still there as made: a real directory (not a link), this user's,
+    private. Removed meanwhile (a /tmp cleaner), its name (shown in ssh's command line) could have been
+    taken by another user, whose directory would then hold the sockets Docker's calls go through."""
+    try:
+        st = os.lstat(directory)
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) & 0o077 == 0
 
 
 def _sweep() -> None:
