@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -31,6 +32,7 @@ __all__ = [
     "alert_params",
     "matches",
     "named_runbooks",
+    "params_refused",
     "route",
     "target_key",
 ]
@@ -263,6 +265,20 @@ def alert_params(runbook: LoadedRunbook, alert: IncomingAlert) -> MappedParams:
             return MappedParams({}, f"{mapping.from_}={shown} is not allowed for param {param} ({mapping.describe()})")
         params[param] = value
     return MappedParams(params)
+
+
+def params_refused(runbook: LoadedRunbook, params: Mapping[str, str]) -> str | None:
+    """Why params an alert gave (a queued run's, admitted by some agent) are not what this runbook allows
+    an alert to give, or None. The agent that takes a run from the shared queue holds them to its own
+    runbook again: during a rolling change, another agent may have admitted them under an older, wider
+    `allow`."""
+    for param, value in params.items():
+        mapping = runbook.spec.alert_params.get(param)
+        if mapping is None:
+            return f"param {param} is not one this runbook takes from an alert"
+        if not isinstance(value, str) or not mapping.allows(value):
+            return f"param {param} is not allowed ({mapping.describe()})"
+    return None
 
 
 def target_key(params: dict[str, Any]) -> str:

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from agent import logs, memory
-from agent.alerts import IncomingAlert, alert_params, route, target_key
+from agent.alerts import IncomingAlert, alert_params, params_refused, route, target_key
 from agent.audit import AuditLog
 from agent.config import Settings
 from agent.exceptions import AuditError, RunbookError, StateUnavailable
@@ -625,6 +625,10 @@ class Daemon:
             self._running.add(queued.run_id)
             started = datetime.now(UTC).isoformat(timespec="seconds")
             try:
+                loaded = self.runbooks.runbooks.get(queued.runbook)
+                from_alert = queued.actor.startswith("alert:") and loaded is not None
+                if from_alert and (refused := params_refused(loaded, queued.params)):  # type: ignore[arg-type]
+                    raise RunbookError(f"queued with alert params this agent's runbook refuses: {refused}")
                 report = self.executor.run(
                     queued.runbook,
                     overrides=queued.params,

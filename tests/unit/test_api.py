@@ -607,3 +607,33 @@ def test_a_stopping_agent_leaves_its_queued_runs_to_a_live_one_or_else_interrupt
     alive.stop(5)  # the last agent of its mode: nobody would begin them, its own or the other's
     assert {alive.state.run(r)["status"] for r in (first_run, second_run)} == {"interrupted"}
     assert "daemon stopped before it began" in (tmp_path / "alive-audit.jsonl").read_text()
+
+
+def test_a_queued_run_is_held_to_the_taking_agents_allow_list(tmp_path: Path) -> None:
+    """During a rolling change an older agent (wider `allow`) admitted `service=db`; the agent that takes
+    the run allows only app and worker: it never runs it, and its incident hears why."""
+    admitting = Api(tmp_path)
+    admitting.daemon.state.add_run(
+        run_id="wide1",
+        runbook="svc-down",
+        target="service=db",
+        mode="live",
+        actor="alert:SvcDown:fp1",
+        params={"service": "db"},
+        status="queued",
+        origin={"actor": "alert:SvcDown:fp1", "alert_name": "SvcDown", "severity": None, "started_at": None},
+    )
+    other = _agent(tmp_path, "other", workers=1)
+    told: list[Any] = []
+    other.incidents.after_run = lambda report, origin: told.append(report)  # type: ignore[method-assign]
+    ran: list[Any] = []
+    real_run = other.executor.run
+    other.executor.run = lambda *a, **kw: ran.append(a) or real_run(*a, **kw)  # type: ignore[method-assign]
+    other.start()
+    try:
+        _wait_for(lambda: bool(told))
+    finally:
+        other.stop(10)
+    assert ran == [] and other.state.run("wide1")["status"] == "interrupted"
+    (report,) = told
+    assert report.status.value == "UNKNOWN" and "param service is not allowed" in report.checks[0].summary
