@@ -5,6 +5,7 @@ tightened when opened (only files and directories this user owns, never a shared
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from pathlib import Path
@@ -44,7 +45,9 @@ def private_dir(path: Path, *, tighten: bool = False) -> Path:
 
 
 def private_file(path: Path) -> Path:
-    """Create `path` 0600 if missing (or tighten it), in a private directory."""
+    """Create `path` 0600 if missing (or tighten it), in a private directory. What is there must be a
+    regular file of this user: not a link (a library opening it by name would follow it), not a file
+    someone else planted (they could read it, or forge what it records)."""
     private_dir(path.parent)
     try:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, _FILE_MODE)
@@ -54,16 +57,31 @@ def private_file(path: Path) -> Path:
         pass
     else:
         os.close(fd)
+    _refuse_unless_ours(path, path.lstat())
     _tighten(path, _FILE_MODE)
     return path
 
 
 def open_private(path: Path, flags: int) -> int:
     """os.open with mode 0600 for whatever it creates (O_CREAT honours the mode, less the umask: 0600
-    can only get stricter)."""
+    can only get stricter). Never through a symlink, and only a regular file of this user: a link or a
+    file planted by someone who can write to the directory is refused (OSError), not written through.
+    O_NONBLOCK so that a FIFO planted there cannot hang the open; it changes nothing for a regular file."""
     private_dir(path.parent)
-    fd = os.open(path, flags | os.O_CREAT, _FILE_MODE)
-    info = os.fstat(fd)
-    if info.st_uid == os.getuid() and stat.S_IMODE(info.st_mode) & ~_FILE_MODE:
-        os.fchmod(fd, _FILE_MODE)
+    fd = os.open(path, flags | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, _FILE_MODE)
+    try:
+        info = os.fstat(fd)
+        _refuse_unless_ours(path, info)
+        if stat.S_IMODE(info.st_mode) & ~_FILE_MODE:
+            os.fchmod(fd, _FILE_MODE)
+    except BaseException:
+        os.close(fd)
+        raise
     return fd
+
+
+def _refuse_unless_ours(path: Path, info: os.stat_result) -> None:
+    if not stat.S_ISREG(info.st_mode):
+        raise PermissionError(errno.EPERM, "not a regular file (a link, a pipe, a device?): refused", str(path))
+    if info.st_uid != os.geteuid():
+        raise PermissionError(errno.EPERM, f"owned by uid {info.st_uid}, not this user: refused", str(path))
