@@ -186,7 +186,9 @@ class Decision(BaseModel):
 
     remediation: str | None = Field(None, max_length=64, description="Which pending remediation; needed if several.")
     fingerprint: str | None = Field(
-        None, max_length=64, description="The plan approved (as shown); a plan that changed since answers 409."
+        None,
+        max_length=64,
+        description="The plan approved (as shown): required to approve; a plan that changed since answers 409.",
     )
     reason: str = Field("", max_length=500)
 
@@ -539,7 +541,10 @@ def create_app(daemon: Daemon, security: ApiSecurity) -> FastAPI:
     def approve(run_id: RunId, decision: Decision, person: Person) -> dict[str, Any]:
         """Approve a pending manual remediation: it is planned again and applied only if the plan is the
         one approved (409 otherwise), within the same limits as any remediation. A dry-run daemon, or a
-        dry run's plan, answers 409."""
+        dry run's plan, answers 409. The fingerprint is required: what is approved is a plan someone saw,
+        never whatever is pending now (a replaced plan nobody was shown)."""
+        if not decision.fingerprint:
+            raise HTTPException(422, "approving needs the fingerprint of the plan approved (GET /v1/runs/RUN_ID)")
         result = daemon.executor.decide_pending(
             run_id, approve=True, approver=person, remediation=decision.remediation, fingerprint=decision.fingerprint
         )

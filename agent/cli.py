@@ -946,9 +946,37 @@ def approve(
 ) -> None:
     """Approve a pending manual remediation: planned again, applied only if the plan is unchanged.
 
-    A run given secret params (never stored) needs them again: --param-file with the same values."""
+    Without --plan, the pending plan is shown and asked about (y/N) on a terminal; elsewhere --plan is
+    needed: what is approved is a plan someone saw. A run given secret params (never stored) needs them
+    again: --param-file with the same values."""
     overrides = _parse_params(params, param_file)
+    if fingerprint is None:
+        fingerprint = _plan_shown_and_confirmed(state, run_id, remediation)
     _decide(state, run_id, True, remediation, fingerprint, "", runbooks_dirs, overrides, as_json=as_json)
+
+
+def _at_a_terminal() -> bool:
+    return sys.stdin.isatty() and sys.stdout.isatty()
+
+
+def _plan_shown_and_confirmed(state: _State, run_id: str, remediation: str | None) -> str | None:
+    """The fingerprint of the one pending plan, once a person at a terminal has seen it and said yes.
+    None when there is not exactly one (decide_pending then says why: none, or which of several)."""
+    store = _store(state)
+    plans = [p for p in store.pending_plans(run_id) if remediation in (None, p[0])]
+    if len(plans) != 1:
+        return None
+    name, fingerprint, plan = plans[0]
+    if not _at_a_terminal():
+        raise click.UsageError(
+            f"approving needs the plan approved: --plan {fingerprint} ({name}'s pending plan; see `runbook runs`)"
+        )
+    state.echo(f"{name}: plan {fingerprint}")
+    for change in plan.get("changes", []):
+        state.echo(f"  - {change.get('summary', change)}")
+    if not click.confirm(f"Apply {name}'s plan {fingerprint}?", default=False):
+        raise click.ClickException("not approved: nothing was changed")
+    return str(fingerprint)
 
 
 @cli.command()

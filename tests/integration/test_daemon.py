@@ -313,7 +313,7 @@ def test_pending_approval_over_the_api_and_the_cli(dc, daemon_env: dict[str, str
         ok = d.client.post(f"/v1/runs/{run['run_id']}/approve", json={"fingerprint": pending["fingerprint"]})
         assert ok.status_code == 200 and ok.json()["decision"] == "applied", ok.text
         assert ok.json()["approver"] == "api:alice" and client.hget("bull:rbtest-manual:meta", "paused") == "1"
-        again = d.client.post(f"/v1/runs/{run['run_id']}/approve", json={})
+        again = d.client.post(f"/v1/runs/{run['run_id']}/approve", json={"fingerprint": pending["fingerprint"]})
         assert again.status_code == 404  # decided once only
 
         # The same from a terminal on the host, against the same state store while the daemon runs.
@@ -321,7 +321,14 @@ def test_pending_approval_over_the_api_and_the_cli(dc, daemon_env: dict[str, str
         second = d.wait_run(d.alert("ProviderDown", fingerprint="second")["run_id"])
         listed = cli(daemon_env, "runs").stdout
         assert f"{second['run_id']}" in listed and "pending: pause" in listed
-        approved = cli(daemon_env, "approve", second["run_id"], "--runbooks", str(runbooks))
+        # Not on a terminal, nothing is asked: the plan approved must be named, as the message says.
+        unnamed = cli(daemon_env, "approve", second["run_id"], "--runbooks", str(runbooks))
+        (plan,) = second["pending"]
+        assert unnamed.returncode == 2 and f"--plan {plan['fingerprint']}" in unnamed.stderr, unnamed.stderr
+        assert client.hget("bull:rbtest-manual:meta", "paused") is None
+        approved = cli(
+            daemon_env, "approve", second["run_id"], "--plan", plan["fingerprint"], "--runbooks", str(runbooks)
+        )
         assert approved.returncode == 0 and "pause: applied" in approved.stdout, approved.stderr
         assert client.hget("bull:rbtest-manual:meta", "paused") == "1"
         client.delete("bull:rbtest-manual:meta")
@@ -413,7 +420,8 @@ def test_a_dry_run_daemon_never_applies_an_approval(dc, daemon_env: dict[str, st
     assert report["remediations"][0]["decision"] == "pending"
     d = Daemon(daemon_env, runbooks, "--dry-run").start()
     try:
-        answer = d.client.post(f"/v1/runs/{report['run_id']}/approve", json={})
+        fingerprint = report["remediations"][0]["plan"]["fingerprint"]
+        answer = d.client.post(f"/v1/runs/{report['run_id']}/approve", json={"fingerprint": fingerprint})
         assert answer.status_code == 409 and "dry-run mode" in answer.json()["detail"], answer.text
         assert client.hget("bull:rbtest-manual:meta", "paused") is None
         assert d.client.get(f"/v1/runs/{report['run_id']}").json()["pending"]  # still waiting for a live agent

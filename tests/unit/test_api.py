@@ -637,3 +637,10 @@ def test_a_queued_run_is_held_to_the_taking_agents_allow_list(tmp_path: Path) ->
     assert ran == [] and other.state.run("wide1")["status"] == "interrupted"
     (report,) = told
     assert report.status.value == "UNKNOWN" and "param service is not allowed" in report.checks[0].summary
+
+
+def test_an_approval_names_the_plan_it_approves(api: Api) -> None:
+    # Never "whatever is pending now": a plan replaced since (pending_plan_replaced) was never shown.
+    response = api.post("/v1/runs/some-run/approve", {}, token=ALICE)
+    assert response.status_code == 422 and "fingerprint" in response.json()["detail"]
+    assert api.post("/v1/runs/some-run/approve", {"fingerprint": "f" * 16}, token=ALICE).status_code == 404

@@ -273,3 +273,23 @@ def test_an_unreachable_shared_state_is_a_one_line_error_without_its_password(tm
     env["RUNBOOK_STATE_URL"] = "mysql://a@b/c"
     code, _, err = invoke("status", env=env)
     assert code != 0 and "state_url must be a postgresql:// URL" in err
+
+
+def test_approve_without_a_plan_shows_it_and_asks_or_else_asks_for_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agent.state import StateStore
+
+    store = StateStore(tmp_path / "state.sqlite3")
+    store.add_run(run_id="r1", runbook="email-queue", target="-", mode="live", actor="t", params={})
+    store.add_pending("r1", "pause_queue", "3f0c9a1e2b7d4c55", {"changes": [{"summary": "pause queue email"}]})
+    store.close()
+    env = {"RUNBOOK_STATE_DIR": str(tmp_path)}
+    # Not at a terminal: nothing is asked, the plan must be named (exit 2, a usage error).
+    code, _, err = invoke("approve", "r1", "--runbooks", str(REPO / "runbooks"), env=env)
+    assert code == 2 and "--plan 3f0c9a1e2b7d4c55" in err
+    # At a terminal: the plan is shown and asked about; "no" changes nothing.
+    monkeypatch.setattr("agent.cli._at_a_terminal", lambda: True)
+    result = CliRunner().invoke(cli, ["approve", "r1", "--runbooks", str(REPO / "runbooks")], env=env, input="n\n")
+    assert result.exit_code == 1 and "- pause queue email" in result.stdout and "not approved" in result.stderr
+    assert StateStore(tmp_path / "state.sqlite3").pending("r1")  # still waiting
