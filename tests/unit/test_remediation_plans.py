@@ -253,3 +253,28 @@ def test_swarm_waits_for_this_update_and_reports_how_it_ended(monkeypatch: pytes
     monkeypatch.setattr(swarm_effects, "NOTHING_TO_REPLACE", 0.1)
     done = swarm_effects._wait(FakeSwarmApi([None]), "s", "web", "completed", 10, None)
     assert done["update"] == "nothing to replace"
+
+
+def test_a_plan_names_the_server_its_secret_reaches_without_the_secret() -> None:
+    # An approval is of a plan against one Redis: the same queue on another server is another plan.
+    from pydantic import SecretStr
+
+    from agent.changes import Change, Plan, server_of
+    from remediations.redis import FlagSpec
+
+    def plan(url: str) -> Plan:
+        spec = FlagSpec(url=SecretStr(url), key="bull:email:meta", field="paused")
+        return Plan(
+            "pause_queue", "redis.pause_queue", (Change("redis.hset", "queue:email", "pause email", spec=spec),)
+        )
+
+    prod, sandbox = plan("redis://:prod-s3cret@prod-redis:6379/0"), plan("redis://:sandbox-pw@127.0.0.1:56379/0")
+    assert prod.fingerprint != sandbox.fingerprint
+    shown = json.dumps(prod.to_json())
+    assert "redis://prod-redis:6379/0" in shown and "prod-s3cret" not in shown
+    assert plan("redis://:other-password@prod-redis:6379/0").fingerprint == prod.fingerprint  # a rotated password
+    assert server_of("host=db port=5432 user=app password=s3cr dbname=app") == "host=db port=5432 dbname=app user=app"
+    assert server_of("postgresql://app:pw@[::1]:5432/app?password=x&host=/run/pg") == (
+        "postgresql://app@[::1]:5432/app?host=/run/pg"
+    )
+    assert server_of("an-opaque-token") is None
