@@ -29,8 +29,15 @@ _KEY_LIKE_USER = re.compile(r"[A-Za-z0-9_-]{20,}+")
 _KEY_VALUE = re.compile(
     r"(?P<pre>\b(?:password|passwd|pwd|token|secret|api[_-]?key|access[_-]?key"
     r"|(?:access|refresh|auth|id|bearer)[_-]?token|client[_-]?secret|private[_-]?key)[\"']?+\s*+[=:]\s*+)"
-    r"(?P<secret>'[^']*+'|\"[^\"]*+\"|[^\s&,;'\"}]++)",
+    r"(?P<secret>'(?:[^'\\]|\\.)*+'|\"(?:[^\"\\]|\\.)*+\"|[^\s&,;'\"}]++)",
     re.IGNORECASE,
+)
+# Any quoted key, as JSON or a Python dict prints it ({"db_password": "..."}, {'PGPASSWORD': '...'}): its
+# value masked when the key names a secret (the same rule as a NAME=value assignment). Starts at a quote and
+# the key is at most 64 characters, so a failed attempt costs O(1); escaped quotes stay inside the value.
+_QUOTED_KEY = re.compile(
+    r"(?P<q>[\"'])(?P<key>[A-Za-z0-9_.-]{1,64}+)(?P=q)\s*+[:=]\s*+"
+    r"(?P<secret>\"(?:[^\"\\]|\\.)*+\"|'(?:[^'\\]|\\.)*+'|[^\s,;}\]]++)"
 )
 # NAME=value, as in a container's environment or a log line: masked when NAME names a secret.
 _ASSIGNMENT = re.compile(r"(?<![A-Za-z0-9_])(?P<name>[A-Za-z_][A-Za-z0-9_]*+)=(?P<secret>[^\s,;'\"&]++)")
@@ -73,6 +80,12 @@ def _userinfo(match: re.Match[str]) -> str:
     if _KEY_LIKE_USER.fullmatch(match.group("user")):
         return f"{match.group('pre')}{MASK}@"
     return match.group(0)
+
+
+def _quoted_key(match: re.Match[str]) -> str:
+    if not is_secret_name(match.group("key")):
+        return match.group(0)
+    return match.group(0)[: match.start("secret") - match.start()] + MASK
 
 
 def _assignment(match: re.Match[str]) -> str:
@@ -123,6 +136,8 @@ class Redactor:
             value = _URL_USERINFO.sub(_userinfo, value)
         if "=" in value or ":" in value:
             value = _KEY_VALUE.sub(lambda m: m.group("pre") + MASK, value)
+            if "'" in value or '"' in value:
+                value = _QUOTED_KEY.sub(_quoted_key, value)
         if "=" in value:
             value = _ASSIGNMENT.sub(_assignment, value)
         return _AUTH_HEADER.sub(lambda m: m.group("pre") + MASK, value)

@@ -486,7 +486,10 @@ class Remediator:
             if lost.is_set():
                 decision.results.append({**shown, "outcome": "failed", "error": "the target's lock was lost: stopped"})
                 return False
-            if a.run.audit.error:  # what is changed must be recorded: fail closed, as apply_started does
+            # Each change is recorded before it is made, and not made if that fails: fail closed, as
+            # apply_started does (a log that broke during the change before, a full disk, stops the rest).
+            a.run.audit.record("apply_change", remediation=a.step.id, target=change.target, effect=change.effect)
+            if a.run.audit.error:
                 decision.results.append(
                     {**shown, "outcome": "failed", "error": "the audit log cannot be written: stopped"}
                 )

@@ -29,6 +29,10 @@ def test_key_value_dsn_and_bearer_tokens() -> None:
         '"api_key" : "hunter22"',
         "client_secret=hunter22",
         '{"refresh-token": "hunter22"}',
+        '{"db_password":"hunter22"}',
+        "{'PGPASSWORD': 'hunter22'}",
+        '{"api_token": "hunter22"}',
+        '{"password": "a\\"b-hunter22"}',  # an escaped quote stays inside the value
     ],
 )
 def test_secrets_in_json_and_dict_text_are_masked(text: str) -> None:
@@ -114,6 +118,9 @@ HOSTILE = [
     '"password"' * 104_857,
     "'access_token' " * 69_905,
     '{"password"' + " " * 1_048_565,
+    '"' * 1_048_576,
+    '"db_password": "' + "\\" * 1_048_558,
+    "'" + "k" * 1_048_575,
     "A" * 1_048_575 + "=",
     "@:" * 524_288,
 ]

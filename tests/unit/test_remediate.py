@@ -428,3 +428,19 @@ def test_an_approval_counts_what_its_run_already_changed(h: Harness) -> None:
     decision = executor.decide_pending(run_id, approve=True, approver="alice")
     assert decision.decision == "denied" and decision.decision_reason.startswith("blast radius: would change 2")
     assert fake_effects.applied == []
+
+
+def test_a_log_that_breaks_during_a_change_stops_the_next(h: Harness) -> None:
+    # Two changes on this engine (a dump, then a restore; two sessions to end): the first fills the
+    # disk the audit log is on. The second is not made: nothing is changed that cannot be recorded.
+    def break_the_log() -> None:
+        h.audit_path.unlink()
+        h.audit_path.mkdir()
+
+    fake_effects.DURING.append(break_the_log)
+    try:
+        _, rem = h.run({"with": {"targets": ["thing:a", "thing:b"]}})
+    finally:
+        fake_effects.DURING.clear()
+    assert fake_effects.applied == ["thing:a"]
+    assert rem.outcome == "apply_failed" and "the audit log cannot be written" in (rem.escalation or "")
