@@ -18,39 +18,51 @@ class EffectSpec(BaseModel):
     """Base of what a plan hands to one effect: exactly what the applier needs (ids, names, digests), typed
     per effect and validated when the plan is made, so a mismatch fails in a dry run, not mid-incident.
     Secrets are `SecretStr` fields: never shown, recorded or part of the fingerprint; the server a secret
-    URL or DSN names (without its password) is (see `servers`)."""
+    database URL or DSN names (without its password) is, in the change's summary (see `servers`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    def servers(self) -> dict[str, str]:
-        """Each secret field that is a URL or a libpq DSN, as the server it names: no password, no query."""
-        found = {}
+    def servers(self) -> list[str]:
+        """The servers the secret fields that are database or Redis URLs, or libpq DSNs, name: no password,
+        no query but the socket directory or port (see `server_of`)."""
+        found = []
         for name in type(self).model_fields:
             value = getattr(self, name)
             if isinstance(value, SecretStr) and (where := server_of(value.get_secret_value())):
-                found[name] = where
-        return found
+                found.append(where)
+        return sorted(set(found))
 
 
-_LIBPQ_PAIR = re.compile(r"(\w+)\s*=\s*('(?:[^'\\]|\\.)*'|\S+)")
+# URLs of these schemes name a server; any other URL may carry its credential in the path (a chat
+# webhook's), so it is never shown.
+_SERVER_SCHEMES = {"postgres": "postgresql", "postgresql": "postgresql", "redis": "redis", "rediss": "rediss"}
+_DEFAULT_PORTS = {"postgresql": 5432, "redis": 6379, "rediss": 6379}
+# libpq's key = value: a value quoted ('...', \' and \\ escaped) or not (backslash escapes allowed too).
+_LIBPQ_PAIR = re.compile(r"(\w+)\s*=\s*('(?:[^'\\]|\\.)*'|(?:[^\s'\\]|\\.)+)")
 _LIBPQ_SHOWN = ("host", "hostaddr", "port", "dbname", "user")
 
 
 def server_of(secret: str) -> str | None:
-    """`scheme://user@host:port/path` of a URL, or `host=... port=... dbname=... user=...` of a libpq
-    key/value DSN; None for anything else (a bare token names no server)."""
+    """`scheme://user@host:port/path` of a PostgreSQL or Redis URL, spelled one way (postgres:// is
+    postgresql://, the default port given, Redis's default database /0), or `host=... port=... dbname=...
+    user=...` of a libpq key/value DSN; None for anything else."""
     if "://" in secret:
         try:
             url = urlsplit(secret)
-            port = f":{url.port}" if url.port else ""
+            scheme = _SERVER_SCHEMES.get(url.scheme.lower())
+            port = url.port or (_DEFAULT_PORTS.get(scheme) if scheme else None)
         except ValueError:
+            return None
+        if scheme is None:
             return None
         user = f"{url.username}@" if url.username else ""
         host = f"[{url.hostname}]" if url.hostname and ":" in url.hostname else url.hostname or ""
+        path = url.path if url.path not in ("", "/") or scheme == "postgresql" else "/0"
         # A socket directory or port given in the query (postgresql:///app?host=/run/postgresql) names the
         # server too; nothing else of the query is kept (it may carry a password).
         query = "&".join(f"{k}={v}" for k, v in parse_qsl(url.query) if k in ("host", "port"))
-        return f"{url.scheme}://{user}{host}{port}{url.path}" + (f"?{query}" if query else "")
+        where = f"{host}:{port}" if host and port else host
+        return f"{scheme}://{user}{where}{path}" + (f"?{query}" if query else "")
     pairs = {k: v for k, v in _LIBPQ_PAIR.findall(secret[:4096]) if k in _LIBPQ_SHOWN}
     return " ".join(f"{k}={pairs[k]}" for k in _LIBPQ_SHOWN if k in pairs) or None
 
@@ -77,12 +89,6 @@ class Change:
             "after": self.after,
             "spec": self.spec.model_dump(mode="json") if self.spec is not None else None,
         }
-        # Which server a secret connection string reaches, without its secret: part of what is shown and
-        # approved, so a plan approved against one database or Redis is not applied to another (an
-        # approver's environment pointing elsewhere, re-planned with the same queue or session).
-        where = self.spec.servers() if self.spec is not None else {}
-        if where:
-            shown["servers"] = where
         # Only when there is one: a single-engine plan's fingerprint stays what it was.
         return {**shown, "host": self.host} if self.host is not None else shown
 

@@ -80,6 +80,11 @@ class _Run:
         ]
 
 
+def _on_server(change: Change) -> Change:
+    servers = change.spec.servers() if change.spec is not None else []
+    return replace(change, summary=f"{change.summary} (on {', '.join(servers)})") if servers else change
+
+
 @dataclass
 class _Attempt:
     """One remediation on its way through the guards."""
@@ -271,6 +276,10 @@ class Remediator:
             changes = [replace(c, host=None) if c.host is not None else c for c in planned]  # the default engine
         else:
             changes = self._plan_hosts(step, context, clients, run)
+        # Which server a secret connection string reaches, without its secret, in what people read and
+        # approve: a plan approved against one database or Redis is never applied to another (an
+        # approver's environment pointing elsewhere, re-planned with the same queue or session name).
+        changes = [_on_server(c) for c in changes]
         for change in changes:
             model = spec.effects.get(change.effect)
             if model is None:

@@ -260,21 +260,25 @@ def test_a_plan_names_the_server_its_secret_reaches_without_the_secret() -> None
     from pydantic import SecretStr
 
     from agent.changes import Change, Plan, server_of
+    from agent.remediate import _on_server
     from remediations.redis import FlagSpec
 
     def plan(url: str) -> Plan:
         spec = FlagSpec(url=SecretStr(url), key="bull:email:meta", field="paused")
-        return Plan(
-            "pause_queue", "redis.pause_queue", (Change("redis.hset", "queue:email", "pause email", spec=spec),)
-        )
+        change = _on_server(Change("redis.hset", "queue:email", "pause email", spec=spec))
+        return Plan("pause_queue", "redis.pause_queue", (change,))
 
     prod, sandbox = plan("redis://:prod-s3cret@prod-redis:6379/0"), plan("redis://:sandbox-pw@127.0.0.1:56379/0")
     assert prod.fingerprint != sandbox.fingerprint
     shown = json.dumps(prod.to_json())
-    assert "redis://prod-redis:6379/0" in shown and "prod-s3cret" not in shown
-    assert plan("redis://:other-password@prod-redis:6379/0").fingerprint == prod.fingerprint  # a rotated password
-    assert server_of("host=db port=5432 user=app password=s3cr dbname=app") == "host=db port=5432 dbname=app user=app"
-    assert server_of("postgresql://app:pw@[::1]:5432/app?password=x&host=/run/pg") == (
+    assert "pause email (on redis://prod-redis:6379/0)" in shown and "prod-s3cret" not in shown
+    assert plan("redis://:other-password@prod-redis/").fingerprint == prod.fingerprint  # rotated, spelled short
+    assert (
+        server_of("host=db port=5432 user=app password='s3 cr' dbname=app") == "host=db port=5432 dbname=app user=app"
+    )
+    assert server_of("host=db password=a\\ host=evil") == "host=db"  # an escaped space is the password's
+    assert server_of("postgres://app:pw@[::1]/app?password=x&host=/run/pg") == (
         "postgresql://app@[::1]:5432/app?host=/run/pg"
     )
+    assert server_of("https://hooks.slack.com/services/T0/B0/SECRET") is None  # a path may be the credential
     assert server_of("an-opaque-token") is None
