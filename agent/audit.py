@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.exceptions import AuditError
-from agent.files import open_private
+from agent.files import open_private, refusal
 from agent.redaction import Redactor
 
 __all__ = [
@@ -136,7 +136,11 @@ class AuditSink:
         os.replace(tmp, self.head_path)
 
     def problem(self) -> str | None:
-        """Why the next record could not be written, or None: a damaged last line, an unwritable file."""
+        """Why the next record could not be written, or None: a damaged last line, an unwritable file, a
+        file (or the head's temporary file) that writes would refuse (see `files.refusal`)."""
+        for path in (self.path, self.head_path.with_name(self.head_path.name + ".tmp")):
+            if why := refusal(path):
+                return f"audit log {path.name}: {why}"
         try:
             with open(self.path, "rb") as fh:
                 last = _last_line(fh)

@@ -10,7 +10,7 @@ import os
 import stat
 from pathlib import Path
 
-__all__ = ["open_private", "private_dir", "private_file"]
+__all__ = ["open_private", "private_dir", "private_file", "refusal"]
 
 _DIR_MODE = 0o700
 _FILE_MODE = 0o600
@@ -45,9 +45,8 @@ def private_dir(path: Path, *, tighten: bool = False) -> Path:
 
 
 def private_file(path: Path) -> Path:
-    """Create `path` 0600 if missing (or tighten it), in a private directory. What is there must be a
-    regular file of this user: not a link (a library opening it by name would follow it), not a file
-    someone else planted (they could read it, or forge what it records)."""
+    """Create `path` 0600 if missing (or tighten it), in a private directory. In a directory others can
+    write to, what is there must be a regular file of this user (see `refusal`)."""
     private_dir(path.parent)
     try:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, _FILE_MODE)
@@ -57,22 +56,25 @@ def private_file(path: Path) -> Path:
         pass
     else:
         os.close(fd)
-    _refuse_unless_ours(path, path.lstat())
+    if why := refusal(path):
+        raise PermissionError(errno.EPERM, why, str(path))
     _tighten(path, _FILE_MODE)
     return path
 
 
 def open_private(path: Path, flags: int) -> int:
     """os.open with mode 0600 for whatever it creates (O_CREAT honours the mode, less the umask: 0600
-    can only get stricter). Never through a symlink, and only a regular file of this user: a link or a
-    file planted by someone who can write to the directory is refused (OSError), not written through.
-    O_NONBLOCK so that a FIFO planted there cannot hang the open; it changes nothing for a regular file."""
+    can only get stricter). O_NONBLOCK so that a FIFO cannot hang the open (it changes nothing for a
+    regular file), and only a regular file is used. In a directory others can write to, never through a
+    link and only a file of this user (see `refusal`)."""
     private_dir(path.parent)
-    fd = os.open(path, flags | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, _FILE_MODE)
+    shared = _shared(path.parent)
+    fd = os.open(path, flags | os.O_CREAT | os.O_NONBLOCK | (os.O_NOFOLLOW if shared else 0), _FILE_MODE)
     try:
         info = os.fstat(fd)
-        _refuse_unless_ours(path, info)
-        if stat.S_IMODE(info.st_mode) & ~_FILE_MODE:
+        if why := _refused(info, shared):
+            raise PermissionError(errno.EPERM, why, str(path))
+        if info.st_uid == os.geteuid() and stat.S_IMODE(info.st_mode) & ~_FILE_MODE:
             os.fchmod(fd, _FILE_MODE)
     except BaseException:
         os.close(fd)
@@ -80,8 +82,38 @@ def open_private(path: Path, flags: int) -> int:
     return fd
 
 
-def _refuse_unless_ours(path: Path, info: os.stat_result) -> None:
+def refusal(path: Path) -> str | None:
+    """Why `open_private` would refuse what is at `path` now, or None (also None when nothing is there).
+
+    Where only this user (or root) can write, what is there is taken as it is: a link someone made on
+    purpose, a file of the service's user read by root (`sudo runbook status`), an owner mapped by NFS.
+    Where others can write (group or world writable, sticky like /tmp, or someone else's directory),
+    they could have put it there: a link, whose target every write would clobber, or their own file,
+    which they could read and forge, is refused."""
+    shared = _shared(path.parent)
+    try:
+        info = path.lstat() if shared else path.stat()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"cannot look at it: {exc.strerror or exc}"
+    return _refused(info, shared)
+
+
+def _refused(info: os.stat_result, shared: bool) -> str | None:
+    if stat.S_ISLNK(info.st_mode):
+        return "a link, in a directory others can write to: refused"
     if not stat.S_ISREG(info.st_mode):
-        raise PermissionError(errno.EPERM, "not a regular file (a link, a pipe, a device?): refused", str(path))
-    if info.st_uid != os.geteuid():
-        raise PermissionError(errno.EPERM, f"owned by uid {info.st_uid}, not this user: refused", str(path))
+        return "not a regular file (a pipe, a device?): refused"
+    if shared and info.st_uid != os.geteuid():
+        return f"owned by uid {info.st_uid}, in a directory others can write to: refused"
+    return None
+
+
+def _shared(directory: Path) -> bool:
+    try:
+        info = directory.stat()
+    except OSError:
+        return True
+    others_write = info.st_mode & (stat.S_IWGRP | stat.S_IWOTH | stat.S_ISVTX)
+    return bool(others_write) or info.st_uid not in (os.geteuid(), 0)
