@@ -24,6 +24,7 @@ from agent.schema import AlertmanagerMatchers, Trigger, label_rule
 
 __all__ = [
     "LIMITS",
+    "NO_NUL",
     "AlertmanagerAlert",
     "AlertmanagerPayload",
     "GenericAlert",
@@ -57,14 +58,14 @@ LIMITS = _Limits()
 
 # Sizes of everything from outside, and no NUL: PostgreSQL's text refuses it, so a state store there would
 # fail the whole batch a payload with one is committed with. (pydantic already refuses a lone surrogate.)
-_NO_NUL = r"^[^\x00]*$"
-LabelName = Annotated[str, StringConstraints(max_length=LIMITS.name_chars, pattern=_NO_NUL)]
-LabelValue = Annotated[str, StringConstraints(max_length=LIMITS.label_chars, pattern=_NO_NUL)]
-AnnotationValue = Annotated[str, StringConstraints(max_length=LIMITS.annotation_chars, pattern=_NO_NUL)]
+NO_NUL = r"^[^\x00]*$"
+LabelName = Annotated[str, StringConstraints(max_length=LIMITS.name_chars, pattern=NO_NUL)]
+LabelValue = Annotated[str, StringConstraints(max_length=LIMITS.label_chars, pattern=NO_NUL)]
+AnnotationValue = Annotated[str, StringConstraints(max_length=LIMITS.annotation_chars, pattern=NO_NUL)]
 Labels = Annotated[dict[LabelName, LabelValue], Field(max_length=LIMITS.labels)]
 Annotations = Annotated[dict[LabelName, AnnotationValue], Field(max_length=LIMITS.annotations)]
-Fingerprint = Annotated[str, StringConstraints(max_length=LIMITS.fingerprint_chars, pattern=_NO_NUL)]
-Short = Annotated[str, StringConstraints(max_length=64, pattern=_NO_NUL)]
+Fingerprint = Annotated[str, StringConstraints(max_length=LIMITS.fingerprint_chars, pattern=NO_NUL)]
+Short = Annotated[str, StringConstraints(max_length=64, pattern=NO_NUL)]
 
 
 # A slotted record, not a model: a storm's group holds 10,000 of them, and a model per alert (its own field
@@ -105,11 +106,11 @@ class GenericAlert(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=200, pattern=_NO_NUL, description="Becomes the `alertname` label.")
+    name: str = Field(min_length=1, max_length=200, pattern=NO_NUL, description="Becomes the `alertname` label.")
     status: Literal["firing", "resolved"] = "firing"
     labels: Labels = Field(default_factory=dict)
     annotations: Annotations = Field(default_factory=dict)
-    severity: str | None = Field(None, max_length=50, pattern=_NO_NUL, description="Becomes the `severity` label.")
+    severity: str | None = Field(None, max_length=50, pattern=NO_NUL, description="Becomes the `severity` label.")
     fingerprint: Fingerprint | None = None
 
 

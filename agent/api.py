@@ -29,7 +29,7 @@ from agent import admin
 from agent.alerts import AlertmanagerPayload, GenericAlert, IncomingAlert
 from agent.daemon import Daemon, Disposition, QueueFull
 from agent.exceptions import AuditError, Conflict, NotFound, RunbookError, StateUnavailable
-from agent.ids import IncidentId, RunId
+from agent.ids import NO_NUL, IncidentId, RunId
 from agent.server import over_unix_socket
 
 __all__ = ["ApiSecurity", "create_app"]
@@ -184,50 +184,55 @@ class _SeenSignatures:
 class Decision(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    remediation: str | None = Field(None, max_length=64, description="Which pending remediation; needed if several.")
+    remediation: str | None = Field(
+        None, max_length=64, pattern=NO_NUL, description="Which pending remediation; needed if several."
+    )
     fingerprint: str | None = Field(
         None,
         max_length=64,
+        pattern=NO_NUL,
         description="The plan approved (as shown): required to approve; a plan that changed since answers 409.",
     )
-    reason: str = Field("", max_length=500)
+    reason: str = Field("", max_length=500, pattern=NO_NUL)
 
 
 class PauseRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    reason: str = Field("", max_length=500, description="Shown with every denial while paused.")
+    reason: str = Field("", max_length=500, pattern=NO_NUL, description="Shown with every denial while paused.")
 
 
 class ReasonRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    reason: str = Field("", max_length=500, description="Why (recorded and told).")
+    reason: str = Field("", max_length=500, pattern=NO_NUL, description="Why (recorded and told).")
 
 
 class AssignRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    commander: str = Field(min_length=1, max_length=200, description="The incident commander.")
+    commander: str = Field(min_length=1, max_length=200, pattern=NO_NUL, description="The incident commander.")
 
 
 class NoteRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    text: str = Field(min_length=1, max_length=4000)
+    text: str = Field(min_length=1, max_length=4000, pattern=NO_NUL)
 
 
 class SeverityRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     severity: Literal["SEV-1", "SEV-2", "SEV-3", "SEV-4"]
-    reason: str = Field("", max_length=500)
+    reason: str = Field("", max_length=500, pattern=NO_NUL)
 
 
 class ResetRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    target: str = Field(min_length=1, max_length=300, description="The breaker's target, e.g. container:sandbox-app-1.")
+    target: str = Field(
+        min_length=1, max_length=300, pattern=NO_NUL, description="The breaker's target, e.g. container:sandbox-app-1."
+    )
 
 
 class Accepted(BaseModel):

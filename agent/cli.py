@@ -949,6 +949,9 @@ def approve(
     Without --plan, the pending plan is shown and asked about (y/N) on a terminal; elsewhere --plan is
     needed: what is approved is a plan someone saw. A run given secret params (never stored) needs them
     again: --param-file with the same values."""
+    if fingerprint is None and param_file is not None and str(param_file) == "-":
+        # stdin is the params, read to its end: there is no answer left to read from it.
+        raise click.UsageError("with --param-file -, name the plan approved: --plan FINGERPRINT (see `runbook runs`)")
     overrides = _parse_params(params, param_file)
     if fingerprint is None:
         fingerprint = _plan_shown_and_confirmed(state, run_id, remediation)

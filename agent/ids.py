@@ -8,7 +8,10 @@ from typing import Annotated
 
 from fastapi import Path
 
-__all__ = ["IncidentId", "RunId"]
+from agent.alerts import NO_NUL  # a string a text column can hold: PostgreSQL's refuses NUL
+
+__all__ = ["NO_NUL", "IncidentId", "RunId"]
+
 
 RunId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
 IncidentId = Annotated[int, Path(ge=1, le=2**63 - 1)]

@@ -151,6 +151,8 @@ def mount(app: FastAPI, daemon: Any, person_of: Callable[[bytes], str | None]) -
             pairs = urllib.parse.parse_qsl(body.decode("utf-8"), keep_blank_values=True, max_num_fields=20)
         except (UnicodeDecodeError, ValueError):
             raise _Refused(400, "not a form this console sent") from None
+        if any("\x00" in k or "\x00" in v for k, v in pairs):  # PostgreSQL's text cannot hold one
+            raise _Refused(400, "a form field holds a NUL character")
         return dict(pairs)
 
     async def acting(request: Request) -> tuple[str, dict[str, str]]:

@@ -644,3 +644,19 @@ def test_an_approval_names_the_plan_it_approves(api: Api) -> None:
     response = api.post("/v1/runs/some-run/approve", {}, token=ALICE)
     assert response.status_code == 422 and "fingerprint" in response.json()["detail"]
     assert api.post("/v1/runs/some-run/approve", {"fingerprint": "f" * 16}, token=ALICE).status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/pause", {"reason": "freeze\x00"}),
+        ("/v1/incidents/1/assign", {"commander": "bob\x00"}),
+        ("/v1/incidents/1/note", {"text": "a\x00b"}),
+        ("/v1/runs/r1/reject", {"reason": "\x00"}),
+        ("/v1/breakers/reset", {"target": "container:app\x00"}),
+    ],
+)
+def test_a_nul_in_what_people_send_is_a_422(api: Api, path: str, body: dict[str, str]) -> None:
+    response = api.post(path, body, token=ALICE)
+    assert response.status_code == 422, (path, response.text)
+    assert api.daemon.state.paused() is None

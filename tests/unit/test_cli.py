@@ -293,3 +293,6 @@ def test_approve_without_a_plan_shows_it_and_asks_or_else_asks_for_it(
     result = CliRunner().invoke(cli, ["approve", "r1", "--runbooks", str(REPO / "runbooks")], env=env, input="n\n")
     assert result.exit_code == 1 and "- pause queue email" in result.stdout and "not approved" in result.stderr
     assert StateStore(tmp_path / "state.sqlite3").pending("r1")  # still waiting
+    # Secret params on stdin leave no answer to read there: the plan must be named.
+    code, _, err = invoke("approve", "r1", "--param-file", "-", "--runbooks", str(REPO / "runbooks"), env=env)
+    assert code == 2 and "--plan FINGERPRINT" in err

@@ -319,3 +319,13 @@ def test_guesses_sent_at_once_are_each_counted(api: Api) -> None:
 
     codes = asyncio.run(guesses())
     assert sorted(codes[:10]) == [401] * 5 + [429] * 5 and codes[10] == 429, codes
+
+
+def test_a_nul_in_a_form_or_a_huge_id_is_refused_never_a_server_error(api: Api) -> None:
+    # PostgreSQL's text cannot hold NUL (an error there, not a refusal); SQLite's integers stop at 64 bits.
+    client = _signed_in(api)
+    token = _csrf(client, "/ui/status")
+    assert client.post("/ui/pause", data={"reason": "freeze\x00", "csrf": token}).status_code == 400
+    assert api.daemon.state.paused() is None
+    assert client.get("/ui/incidents/99999999999999999999").status_code == 422
+    assert client.get("/ui/runs/a%00b").status_code == 422
