@@ -2,10 +2,12 @@
 state directory that was not there before it. A benchmark that leaks a daemon or a peer's `psql` skews
 the figures after it, and on a shared machine it leaks into whoever runs next.
 
-Taken before and after the run; `strays` names what is new. Containers are compared by name: the bench
-replaces the sandbox's app container (same name, new id) on purpose. A new process is ours if it descends
-from the bench or was orphaned to init (a killed peer's child); processes the container runtime started
-for containers (under a containerd shim) are the engine's, counted as containers.
+Taken before and after the run; `strays` names what is new. Containers are compared by name, and only
+the bench's own and the sandbox's count (the bench replaces the sandbox's app container, same name, new id,
+on purpose; someone else's container on a shared engine is not the bench's). A new process is the bench's
+if it carries the run's mark in its environment (every process the bench starts inherits it, and keeps it
+when orphaned by a killed peer, whoever reaps it) or still descends from the bench; someone else's
+processes, and those the container runtime starts for containers, do not.
 """
 
 from __future__ import annotations
@@ -14,16 +16,18 @@ import os
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 
-__all__ = ["TEMP_PREFIXES", "Snapshot", "strays", "take", "wait_for_none"]
+__all__ = ["CONTAINER_PREFIXES", "MARK", "TEMP_PREFIXES", "Snapshot", "strays", "take", "wait_for_none"]
 
-TEMP_PREFIXES = ("rbbench-",)  # temporary directories of the bench's own naming
-_INIT_PIDS = (0, 1)
+TEMP_PREFIXES = ("rbbench-", "rbtest-engine-")  # temporary directories of the bench's own naming
+CONTAINER_PREFIXES = ("rbbench-", "rbtest-", "sandbox-")  # containers the bench (or its engines) makes
+MARK = "RUNBOOK_BENCH_RUN"  # in the environment of everything the bench starts
 
 
 @dataclass(frozen=True)
@@ -35,7 +39,9 @@ class Snapshot:
 
 
 def _containers(list_names: Callable[[], Iterable[str]] | None) -> frozenset[str]:
-    return frozenset(list_names()) if list_names is not None else frozenset()
+    if list_names is None:
+        return frozenset()
+    return frozenset(name for name in list_names() if name.startswith(CONTAINER_PREFIXES))
 
 
 def _temp() -> frozenset[str]:
@@ -47,7 +53,9 @@ def _temp() -> frozenset[str]:
 
 
 def take(list_containers: Callable[[], Iterable[str]] | None = None) -> Snapshot:
-    """What is there now. `list_containers` names the engine's containers (all, stopped too)."""
+    """What is there now. `list_containers` names the engine's containers (all, stopped too). The first
+    call marks this process's environment, so that what it starts from then on is known as its own."""
+    os.environ.setdefault(MARK, uuid.uuid4().hex)
     processes = set()
     for proc in psutil.process_iter(["create_time"]):
         processes.add((proc.pid, proc.info["create_time"] or 0.0))
@@ -60,13 +68,11 @@ def take(list_containers: Callable[[], Iterable[str]] | None = None) -> Snapshot
 
 
 def _ours(proc: psutil.Process, me: int) -> bool:
-    """Started by the bench (still its descendant) or left by it (orphaned to init, not a container's)."""
+    """Started by the bench: it carries the run's mark, or still descends from the bench."""
     try:
-        parents = proc.parents()
-        if any(p.pid == me for p in parents):
+        if any(p.pid == me for p in proc.parents()):
             return True
-        parent = proc.ppid()
-        return parent in _INIT_PIDS and not proc.name().startswith("containerd-shim")
+        return proc.environ().get(MARK) == os.environ.get(MARK)
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
         return False
 

@@ -31,10 +31,10 @@ def test_a_child_process_still_running_is_left() -> None:
 
 
 def test_an_orphan_of_a_killed_peer_is_left() -> None:
-    """A peer killed at its cap (bash) leaves its child (psql) running under init: still ours."""
+    """A peer killed at its cap (bash) leaves its child (psql) running, reparented to init or whichever
+    subreaper: still the bench's, by the mark it inherited."""
     before = leftovers.take()
-    # The shell starts a sleeper in the background and exits: the sleeper is reparented to init (or to
-    # the nearest subreaper: then it is still counted when that is this process or init).
+    # The shell starts a sleeper in the background and exits: the sleeper is orphaned.
     out = subprocess.run(
         ["bash", "-c", f"{sys.executable} -c 'import time; time.sleep(60)' >/dev/null 2>&1 & echo $!"],
         capture_output=True,
@@ -66,8 +66,9 @@ def test_a_new_container_and_a_temporary_state_directory_are_left() -> None:
     before = leftovers.take(lambda: ["sandbox-app-1"])
     made = Path(tempfile.mkdtemp(prefix=leftovers.TEMP_PREFIXES[0]))
     try:
-        found = leftovers.strays(before, leftovers.take(lambda: ["sandbox-app-1", "rbbench-web-1"]))
-        assert "container rbbench-web-1" in found
+        after = leftovers.take(lambda: ["sandbox-app-1", "rbbench-web-1", "someone-elses"])
+        found = leftovers.strays(before, after)
+        assert "container rbbench-web-1" in found and "container someone-elses" not in found
         assert f"temporary directory {tempfile.gettempdir()}/{made.name}" in found
     finally:
         made.rmdir()
@@ -84,3 +85,22 @@ def test_waiting_gives_a_stopping_process_its_time() -> None:
     finally:
         reaper.join()
     assert time.monotonic() - start >= 0.3  # it waited for the exit rather than missing the child
+
+
+def test_someone_elses_new_process_is_not_the_benchs() -> None:
+    import os
+
+    before = leftovers.take()
+    env = {k: v for k, v in os.environ.items() if k != leftovers.MARK}
+    out = subprocess.run(
+        ["bash", "-c", f"{sys.executable} -c 'import time; time.sleep(60)' >/dev/null 2>&1 & echo $!"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,  # started by another user's shell: not marked, and not the bench's child once orphaned
+    )
+    other = int(out.stdout.strip())
+    try:
+        assert not any(line.startswith(f"process {other}:") for line in leftovers.strays(before, leftovers.take()))
+    finally:
+        subprocess.run(["kill", "-9", str(other)], check=False)
