@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, SecretStr
 
@@ -23,8 +22,8 @@ class EffectSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     def servers(self) -> list[str]:
-        """The servers the secret fields that are database or Redis URLs, or libpq DSNs, name: no password,
-        no query but the socket directory or port (see `server_of`)."""
+        """The servers the secret fields that are database or Redis URLs, or libpq DSNs, name, without
+        their passwords (see `server_of`)."""
         found = []
         for name in type(self).model_fields:
             value = getattr(self, name)
@@ -33,38 +32,54 @@ class EffectSpec(BaseModel):
         return sorted(set(found))
 
 
-# URLs of these schemes name a server; any other URL may carry its credential in the path (a chat
-# webhook's), so it is never shown.
-_SERVER_SCHEMES = {"postgres": "postgresql", "postgresql": "postgresql", "redis": "redis", "rediss": "rediss"}
-_DEFAULT_PORTS = {"postgresql": 5432, "redis": 6379, "rediss": 6379}
-# libpq's key = value: a value quoted ('...', \' and \\ escaped) or not (backslash escapes allowed too).
-_LIBPQ_PAIR = re.compile(r"(\w+)\s*=\s*('(?:[^'\\]|\\.)*'|(?:[^\s'\\]|\\.)+)")
-_LIBPQ_SHOWN = ("host", "hostaddr", "port", "dbname", "user")
-
-
 def server_of(secret: str) -> str | None:
-    """`scheme://user@host:port/path` of a PostgreSQL or Redis URL, spelled one way (postgres:// is
-    postgresql://, the default port given, Redis's default database /0), or `host=... port=... dbname=...
-    user=...` of a libpq key/value DSN; None for anything else."""
-    if "://" in secret:
-        try:
-            url = urlsplit(secret)
-            scheme = _SERVER_SCHEMES.get(url.scheme.lower())
-            port = url.port or (_DEFAULT_PORTS.get(scheme) if scheme else None)
-        except ValueError:
-            return None
-        if scheme is None:
-            return None
-        user = f"{url.username}@" if url.username else ""
-        host = f"[{url.hostname}]" if url.hostname and ":" in url.hostname else url.hostname or ""
-        path = url.path if url.path not in ("", "/") or scheme == "postgresql" else "/0"
-        # A socket directory or port given in the query (postgresql:///app?host=/run/postgresql) names the
-        # server too; nothing else of the query is kept (it may carry a password).
-        query = "&".join(f"{k}={v}" for k, v in parse_qsl(url.query) if k in ("host", "port"))
-        where = f"{host}:{port}" if host and port else host
-        return f"{scheme}://{user}{where}{path}" + (f"?{query}" if query else "")
-    pairs = {k: v for k, v in _LIBPQ_PAIR.findall(secret[:4096]) if k in _LIBPQ_SHOWN}
-    return " ".join(f"{k}={pairs[k]}" for k in _LIBPQ_SHOWN if k in pairs) or None
+    """The server a PostgreSQL URL or libpq DSN, or a Redis URL, names, without its password: read by the
+    client library's own parser (what it shows is what the client connects to: a query's dbname or db
+    overrides the path). None for anything else (a chat webhook's URL, whose path is its credential), for
+    what the parser refuses, and for a URL with an `@` past its host (an unencoded password: its parts
+    would be shown as a host or a path)."""
+    scheme = secret.partition("://")[0].lower() if "://" in secret else ""
+    try:
+        if scheme in ("redis", "rediss", "unix"):
+            return _redis_server(secret, scheme)
+        if scheme in ("postgres", "postgresql") or (not scheme and "=" in secret):
+            return _postgres_server(secret)
+    except ValueError:
+        return None
+    return None
+
+
+def _unambiguous(url: str) -> bool:
+    parts = urlsplit(url)
+    return "@" not in parts.path + parts.query + parts.fragment
+
+
+def _postgres_server(dsn: str) -> str | None:
+    import psycopg  # the package before its modules (see tests/unit/test_imports.py)
+    from psycopg.conninfo import conninfo_to_dict
+
+    if "://" in dsn and not _unambiguous(dsn):
+        return None
+    try:
+        parts = conninfo_to_dict(dsn)
+    except psycopg.Error:
+        return None
+    parts.setdefault("port", "5432")
+    shown = [f"{k}={parts[k]}" for k in ("host", "hostaddr", "port", "dbname", "user") if parts.get(k)]
+    return "postgresql " + " ".join(shown)
+
+
+def _redis_server(url: str, scheme: str) -> str | None:
+    import redis  # noqa: F401 - the package before its modules (see tests/unit/test_imports.py)
+    from redis.connection import parse_url
+
+    if not _unambiguous(url):
+        return None
+    parts: dict[str, Any] = parse_url(url)  # type: ignore[no-untyped-call]
+    host = f"host={parts.get('host')} port={parts.get('port') or 6379}"
+    where = f"socket={parts['path']}" if "path" in parts else host
+    user = f" user={parts['username']}" if parts.get("username") else ""
+    return f"{scheme} {where} db={parts.get('db', 0)}{user}"
 
 
 @dataclass(frozen=True)

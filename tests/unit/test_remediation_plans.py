@@ -271,14 +271,18 @@ def test_a_plan_names_the_server_its_secret_reaches_without_the_secret() -> None
     prod, sandbox = plan("redis://:prod-s3cret@prod-redis:6379/0"), plan("redis://:sandbox-pw@127.0.0.1:56379/0")
     assert prod.fingerprint != sandbox.fingerprint
     shown = json.dumps(prod.to_json())
-    assert "pause email (on redis://prod-redis:6379/0)" in shown and "prod-s3cret" not in shown
+    assert "pause email (on redis host=prod-redis port=6379 db=0)" in shown and "prod-s3cret" not in shown
     assert plan("redis://:other-password@prod-redis/").fingerprint == prod.fingerprint  # rotated, spelled short
-    assert (
-        server_of("host=db port=5432 user=app password='s3 cr' dbname=app") == "host=db port=5432 dbname=app user=app"
+    # What the client connects to, read by its own parser: a query's db or dbname wins over the path.
+    assert server_of("redis://prod:6379/0?db=5") == "redis host=prod port=6379 db=5"
+    assert server_of("postgresql://app:pw@db/app?dbname=other&hostaddr=10.9.9.9") == (
+        "postgresql host=db hostaddr=10.9.9.9 port=5432 dbname=other user=app"
     )
-    assert server_of("host=db password=a\\ host=evil") == "host=db"  # an escaped space is the password's
-    assert server_of("postgres://app:pw@[::1]/app?password=x&host=/run/pg") == (
-        "postgresql://app@[::1]:5432/app?host=/run/pg"
+    assert server_of("host=db port=5432 user=app password='s3 cr' dbname=app") == (
+        "postgresql host=db port=5432 dbname=app user=app"
     )
+    # Nothing of a password: escaped in a DSN, or unencoded in a URL (its parts would read as a host).
+    assert server_of("host=db password='Xk9\\\n user=Qz7pL2vR' dbname=app") == "postgresql host=db port=5432 dbname=app"
+    assert server_of("redis://:p@ss/word@host:6379/0") is None
     assert server_of("https://hooks.slack.com/services/T0/B0/SECRET") is None  # a path may be the credential
     assert server_of("an-opaque-token") is None
