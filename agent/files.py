@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = ["open_private", "private_dir", "private_file", "refusal"]
@@ -45,8 +46,8 @@ def private_dir(path: Path, *, tighten: bool = False) -> Path:
 
 
 def private_file(path: Path) -> Path:
-    """Create `path` 0600 if missing (or tighten it), in a private directory. In a directory others can
-    write to, what is there must be a regular file of this user (see `refusal`)."""
+    """Create `path` 0600 if missing (or tighten it), in a private directory. What is there must be what
+    `open_private` would use (see `refusal`)."""
     private_dir(path.parent)
     try:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, _FILE_MODE)
@@ -65,14 +66,15 @@ def private_file(path: Path) -> Path:
 def open_private(path: Path, flags: int) -> int:
     """os.open with mode 0600 for whatever it creates (O_CREAT honours the mode, less the umask: 0600
     can only get stricter). O_NONBLOCK so that a FIFO cannot hang the open (it changes nothing for a
-    regular file), and only a regular file is used. In a directory others can write to, never through a
-    link and only a file of this user (see `refusal`)."""
+    regular file), and only a regular file is used. Where someone else could have put what is there,
+    never through a link, and only a file of a user allowed there (see `refusal`)."""
     private_dir(path.parent)
-    shared = _shared(path.parent)
-    fd = os.open(path, flags | os.O_CREAT | os.O_NONBLOCK | (os.O_NOFOLLOW if shared else 0), _FILE_MODE)
+    trust = _trust(path.parent)
+    nofollow = 0 if trust.links else os.O_NOFOLLOW
+    fd = os.open(path, flags | os.O_CREAT | os.O_NONBLOCK | nofollow, _FILE_MODE)
     try:
         info = os.fstat(fd)
-        if why := _refused(info, shared):
+        if why := _refused(info, trust):
             raise PermissionError(errno.EPERM, why, str(path))
         if info.st_uid == os.geteuid() and stat.S_IMODE(info.st_mode) & ~_FILE_MODE:
             os.fchmod(fd, _FILE_MODE)
@@ -85,35 +87,49 @@ def open_private(path: Path, flags: int) -> int:
 def refusal(path: Path) -> str | None:
     """Why `open_private` would refuse what is at `path` now, or None (also None when nothing is there).
 
-    Where only this user (or root) can write, what is there is taken as it is: a link someone made on
-    purpose, a file of the service's user read by root (`sudo runbook status`), an owner mapped by NFS.
-    Where others can write (group or world writable, sticky like /tmp, or someone else's directory),
-    they could have put it there: a link, whose target every write would clobber, or their own file,
-    which they could read and forge, is refused."""
-    shared = _shared(path.parent)
+    Who could have put it there decides:
+    - a directory only this user or root can write to: what is there is taken as it is (a link made on
+      purpose, an owner NFS maps);
+    - another user's directory no one else can write to (root running `sudo runbook status` on the
+      service user's /var/lib/runbook): that user's files and ours, never a link (the user could point
+      it at a file only root may write);
+    - a directory others can write to (group or world writable, or sticky like /tmp): only our own
+      files, never a link: anyone there could have planted it, to have our writes clobber its target
+      or to read and forge what is recorded."""
+    trust = _trust(path.parent)
     try:
-        info = path.lstat() if shared else path.stat()
+        info = path.stat() if trust.links else path.lstat()
     except FileNotFoundError:
         return None
     except OSError as exc:
         return f"cannot look at it: {exc.strerror or exc}"
-    return _refused(info, shared)
+    return _refused(info, trust)
 
 
-def _refused(info: os.stat_result, shared: bool) -> str | None:
-    if stat.S_ISLNK(info.st_mode):
-        return "a link, in a directory others can write to: refused"
-    if not stat.S_ISREG(info.st_mode):
-        return "not a regular file (a pipe, a device?): refused"
-    if shared and info.st_uid != os.geteuid():
-        return f"owned by uid {info.st_uid}, in a directory others can write to: refused"
-    return None
+@dataclass(frozen=True)
+class _Trust:
+    links: bool  # links there are followed
+    owners: frozenset[int] | None  # the users whose files are used (None: anyone's)
 
 
-def _shared(directory: Path) -> bool:
+def _trust(directory: Path) -> _Trust:
+    me = os.geteuid()
     try:
         info = directory.stat()
     except OSError:
-        return True
-    others_write = info.st_mode & (stat.S_IWGRP | stat.S_IWOTH | stat.S_ISVTX)
-    return bool(others_write) or info.st_uid not in (os.geteuid(), 0)
+        return _Trust(False, frozenset({me}))
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH | stat.S_ISVTX):
+        return _Trust(False, frozenset({me}))
+    if info.st_uid in (me, 0):
+        return _Trust(True, None)
+    return _Trust(False, frozenset({me, info.st_uid}))
+
+
+def _refused(info: os.stat_result, trust: _Trust) -> str | None:
+    if stat.S_ISLNK(info.st_mode):
+        return "a link, where someone else could have made it: refused"
+    if not stat.S_ISREG(info.st_mode):
+        return "not a regular file (a pipe, a device?): refused"
+    if trust.owners is not None and info.st_uid not in trust.owners:
+        return f"owned by uid {info.st_uid}, where someone else could have put it: refused"
+    return None

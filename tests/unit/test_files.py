@@ -89,3 +89,30 @@ def test_a_pipe_is_refused_without_hanging(tmp_path: Path) -> None:
         open_private(pipe, os.O_WRONLY)
     with pytest.raises(PermissionError, match="not a regular file"):
         open_private(pipe, os.O_RDWR | os.O_APPEND)
+
+
+@as_root
+def test_root_in_the_service_users_directory_uses_its_files_never_its_links(tmp_path: Path) -> None:
+    # sudo runbook status on /var/lib/runbook (0700, the service user's): its state is used; a link the
+    # service user made there is not followed (it could point at a file only root may write).
+    service = tmp_path / "var-lib-runbook"
+    service.mkdir(mode=0o700)
+    state = service / "state.sqlite3"
+    state.write_text("")
+    for made in (service, state):
+        os.chown(made, NOBODY, NOBODY)
+    private_file(state)
+    os.close(open_private(state, os.O_RDWR))
+    victim = tmp_path / "only-root-writes-here"
+    victim.write_text("keep me")
+    (service / "audit.jsonl").symlink_to(victim)
+    os.lchown(service / "audit.jsonl", NOBODY, NOBODY)
+    with pytest.raises(OSError):
+        open_private(service / "audit.jsonl", os.O_RDWR | os.O_APPEND)
+    assert victim.read_text() == "keep me"
+    # A third user's file there is not the service user's either.
+    third = service / "planted"
+    third.write_text("")
+    os.chown(third, NOBODY - 1, NOBODY - 1)
+    with pytest.raises(PermissionError, match="owned by uid"):
+        private_file(third)
