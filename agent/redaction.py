@@ -28,16 +28,22 @@ _KEY_LIKE_USER = re.compile(r"[A-Za-z0-9_-]{20,}+")
 # quoted, as JSON or a Python dict prints them in a log line or an exception ({"password": "..."}).
 _KEY_VALUE = re.compile(
     r"(?P<pre>\b(?:password|passwd|pwd|token|secret|api[_-]?key|access[_-]?key"
-    r"|(?:access|refresh|auth|id|bearer)[_-]?token|client[_-]?secret|private[_-]?key)[\"']?+\s*+[=:]\s*+)"
-    r"(?P<secret>'(?:[^'\\]|\\.)*+'|\"(?:[^\"\\]|\\.)*+\"|[^\s&,;'\"}]++)",
+    r"|(?:access|refresh|auth|id|bearer)[_-]?token|client[_-]?secret|private[_-]?key)\\?+[\"']?+\s*+(?:=>|[=:])\s*+)"
+    r"(?P<secret>\\\"(?:[^\\\"]|\\[^\"])*+\\\"|'(?:[^'\\]|\\.)*+'|\"(?:[^\"\\]|\\.)*+\"|[^\s&,;'\"}\\]++)",
     re.IGNORECASE,
 )
-# Any quoted key, as JSON or a Python dict prints it ({"db_password": "..."}, {'PGPASSWORD': '...'}): its
-# value masked when the key names a secret (the same rule as a NAME=value assignment). Starts at a quote and
-# the key is at most 64 characters, so a failed attempt costs O(1); escaped quotes stay inside the value.
-_QUOTED_KEY = re.compile(
-    r"(?P<q>[\"'])(?P<key>[A-Za-z0-9_.-]{1,64}+)(?P=q)\s*+[:=]\s*+"
-    r"(?P<secret>\"(?:[^\"\\]|\\.)*+\"|'(?:[^'\\]|\\.)*+'|[^\s,;}\]]++)"
+# Any quoted key, as JSON or a Python dict prints it ({"db_password": "..."}, {'PGPASSWORD': '...'}), also
+# JSON inside a JSON string ({\"db_password\":\"...\"}) and Ruby's `=>`: its value masked when the key
+# names a secret (the same rule as a NAME=value assignment). Only the key is matched (a key inside another
+# key's value is still found); the value is matched after it, only for a secret key. Linear: a key starts
+# at a quote and is at most 64 characters; a quoted value runs to its closing quote or the end of the
+# text, and whatever a value match scans is consumed (nothing is scanned twice).
+_QUOTED_KEY = re.compile(r"(?P<q>\\?+[\"'])(?P<key>[A-Za-z0-9_.-]{1,64}+)(?P=q)\s*+(?:=>|[:=])\s*+")
+_QUOTED_VALUE = re.compile(
+    r"\\\"(?:[^\\\"]|\\[^\"])*+(?:\\\"|\Z)"
+    r"|\"(?:[^\"\\]|\\.)*+(?:\"|\Z)"
+    r"|'(?:[^'\\]|\\.)*+(?:'|\Z)"
+    r"|[^\s,;}\]\\]++"
 )
 # NAME=value, as in a container's environment or a log line: masked when NAME names a secret.
 _ASSIGNMENT = re.compile(r"(?<![A-Za-z0-9_])(?P<name>[A-Za-z_][A-Za-z0-9_]*+)=(?P<secret>[^\s,;'\"&]++)")
@@ -82,10 +88,17 @@ def _userinfo(match: re.Match[str]) -> str:
     return match.group(0)
 
 
-def _quoted_key(match: re.Match[str]) -> str:
-    if not is_secret_name(match.group("key")):
-        return match.group(0)
-    return match.group(0)[: match.start("secret") - match.start()] + MASK
+def _mask_quoted_keys(text: str) -> str:
+    out: list[str] = []
+    pos = 0
+    for key in _QUOTED_KEY.finditer(text):
+        if key.start() < pos or not is_secret_name(key.group("key")):
+            continue  # inside a value masked already, or not a secret's key
+        value = _QUOTED_VALUE.match(text, key.end())
+        if value is not None:
+            out += [text[pos : key.end()], MASK]
+            pos = value.end()
+    return "".join(out) + text[pos:] if out else text
 
 
 def _assignment(match: re.Match[str]) -> str:
@@ -135,9 +148,9 @@ class Redactor:
         if "://" in value:
             value = _URL_USERINFO.sub(_userinfo, value)
         if "=" in value or ":" in value:
-            value = _KEY_VALUE.sub(lambda m: m.group("pre") + MASK, value)
             if "'" in value or '"' in value:
-                value = _QUOTED_KEY.sub(_quoted_key, value)
+                value = _mask_quoted_keys(value)
+            value = _KEY_VALUE.sub(lambda m: m.group("pre") + MASK, value)
         if "=" in value:
             value = _ASSIGNMENT.sub(_assignment, value)
         return _AUTH_HEADER.sub(lambda m: m.group("pre") + MASK, value)

@@ -33,6 +33,8 @@ def test_key_value_dsn_and_bearer_tokens() -> None:
         "{'PGPASSWORD': 'hunter22'}",
         '{"api_token": "hunter22"}',
         '{"password": "a\\"b-hunter22"}',  # an escaped quote stays inside the value
+        '{"msg": "bad config {\\"db_password\\":\\"hunter22\\"}"}',  # JSON inside a JSON string
+        '{"password" => "hunter22"}',  # Ruby's inspect
     ],
 )
 def test_secrets_in_json_and_dict_text_are_masked(text: str) -> None:
@@ -121,6 +123,9 @@ HOSTILE = [
     '"' * 1_048_576,
     '"db_password": "' + "\\" * 1_048_558,
     "'" + "k" * 1_048_575,
+    '"password":"\\"' * 65_536,
+    '\\"db_password\\":' * 58_254,
+    '{"db_password": "' + '\\"a' * 349_520,
     "A" * 1_048_575 + "=",
     "@:" * 524_288,
 ]
