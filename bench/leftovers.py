@@ -26,7 +26,7 @@ import psutil
 __all__ = ["CONTAINER_PREFIXES", "MARK", "TEMP_PREFIXES", "Snapshot", "strays", "take", "wait_for_none"]
 
 TEMP_PREFIXES = ("rbbench-", "rbtest-engine-")  # temporary directories of the bench's own naming
-CONTAINER_PREFIXES = ("rbbench-", "rbtest-", "sandbox-")  # containers the bench (or its engines) makes
+CONTAINER_PREFIXES = ("rbbench-", "sandbox-")  # containers the bench makes (its engines are processes)
 MARK = "RUNBOOK_BENCH_RUN"  # in the environment of everything the bench starts
 
 

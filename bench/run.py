@@ -39,7 +39,8 @@ CAP = 20.0  # how long a by-hand command is left hanging before it is counted as
 
 
 def environment(state_dir: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNBOOK_")}
+    # The agent's own settings are the bench's to give; the bench's mark (what it starts) is kept.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNBOOK_") or k == leftovers.MARK}
     env.update(stack.AGENT_ENV)
     env.update(RUNBOOK_STATE_DIR=str(state_dir), RUNBOOK_API_TOKEN=TOKEN, ANSIBLE_NOCOLOR="1")
     env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '/usr/bin:/bin')}"

@@ -104,3 +104,14 @@ def test_someone_elses_new_process_is_not_the_benchs() -> None:
         assert not any(line.startswith(f"process {other}:") for line in leftovers.strays(before, leftovers.take()))
     finally:
         subprocess.run(["kill", "-9", str(other)], check=False)
+
+
+def test_what_the_bench_starts_carries_its_mark(tmp_path: Path) -> None:
+    # The bench gives its commands an environment of its own (no RUNBOOK_ settings but its own): the
+    # mark must survive that, or an orphan of a killed peer would not be known as the bench's.
+    import os
+
+    from bench.run import environment
+
+    leftovers.take()
+    assert environment(tmp_path)[leftovers.MARK] == os.environ[leftovers.MARK]
