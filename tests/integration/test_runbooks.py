@@ -16,12 +16,19 @@ SEED = ["app-down", "db-connection", "high-error-rate", "email-queue", "host-res
 @pytest.mark.parametrize("runbook_id", SEED)
 def test_healthy_sandbox_reports_ok(dc, run_json, runbook_id: str) -> None:
     code, report = run_json(runbook_id)
-    not_ok = {c["id"]: (c["status"], c["summary"]) for c in report["checks"] if c["status"] != "OK"}
-    # host-resources' CPU and load are readings of the machine running the tests: on a busy CI host
-    # (2 shared cores) they may rightly warn. Nothing else may, and nothing is ever CRITICAL.
-    busy = {i for i, (status, _) in not_ok.items() if runbook_id == "host-resources" and i in ("cpu", "load")}
-    assert all(not_ok[i][0] == "WARNING" for i in busy), not_ok
-    expected = (1, "WARNING") if busy else (0, "OK")
+    checks = {c["id"]: c for c in report["checks"]}
+    not_ok = {i: (c["status"], c["summary"]) for i, c in checks.items() if c["status"] != "OK"}
+    # host-resources' CPU and load are readings of the machine running the tests, not of the sandbox: on
+    # a busy CI host (2 shared cores, a neighbour pinning one) they rightly warn, or are critical. What
+    # must hold is that they are readings judged by their thresholds; nothing else may be anything but OK.
+    busy = {i for i in not_ok if runbook_id == "host-resources" and i in ("cpu", "load")}
+    for i in busy:
+        assert not_ok[i][0] in ("WARNING", "CRITICAL") and checks[i]["metrics"], not_ok
+        if i == "cpu":
+            above = checks[i]["metrics"]["cpu_pct"] >= (95 if not_ok[i][0] == "CRITICAL" else 85)
+            assert above, checks[i]
+    worst = max((not_ok[i][0] for i in busy), key=["WARNING", "CRITICAL"].index, default="OK")
+    expected = {"OK": (0, "OK"), "WARNING": (1, "WARNING"), "CRITICAL": (2, "CRITICAL")}[worst]
     assert (code, report["status"], {i: v for i, v in not_ok.items() if i not in busy}) == (*expected, {})
     assert report["mode"] == "live" and report["runbook"] == runbook_id
     assert not any(r["would_apply"] for r in report["remediations"])
