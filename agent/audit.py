@@ -87,6 +87,7 @@ class AuditSink:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.head_path = path.with_name(path.name + ".head")
+        self._head_tmp = path.with_name(path.name + ".head.tmp")  # written, then renamed over the head
 
     def write(self, **event: Any) -> None:
         self.write_many([event])
@@ -129,16 +130,15 @@ class AuditSink:
         fh.flush()
         os.fsync(fh.fileno())
         # The head records where the chain ends, so a removed tail is found too.
-        tmp = self.head_path.with_name(self.head_path.name + ".tmp")
-        fd = open_private(tmp, os.O_WRONLY | os.O_TRUNC)
+        fd = open_private(self._head_tmp, os.O_WRONLY | os.O_TRUNC)
         with os.fdopen(fd, "w") as out:
             out.write(json.dumps({"seq": seq, "sha256": _sha(line)}))
-        os.replace(tmp, self.head_path)
+        os.replace(self._head_tmp, self.head_path)
 
     def problem(self) -> str | None:
         """Why the next record could not be written, or None: a damaged last line, an unwritable file, a
         file (or the head's temporary file) that writes would refuse (see `files.refusal`)."""
-        for path in (self.path, self.head_path.with_name(self.head_path.name + ".tmp")):
+        for path in (self.path, self._head_tmp):
             if why := refusal(path):
                 return f"audit log {path.name}: {why}"
         try:

@@ -626,8 +626,8 @@ class Daemon:
             started = datetime.now(UTC).isoformat(timespec="seconds")
             try:
                 loaded = self.runbooks.runbooks.get(queued.runbook)
-                from_alert = queued.actor.startswith("alert:") and loaded is not None
-                if from_alert and (refused := params_refused(loaded, queued.params)):  # type: ignore[arg-type]
+                from_alert = queued.actor.startswith("alert:")
+                if from_alert and loaded is not None and (refused := params_refused(loaded, queued.params)):
                     raise RunbookError(f"queued with alert params this agent's runbook refuses: {refused}")
                 report = self.executor.run(
                     queued.runbook,
